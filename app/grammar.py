@@ -1,0 +1,17 @@
+"""The distribution spec's grammars and the registry's route shapes, defined once."""
+import re
+
+# A repository name: path components of lower-case alphanumerics joined by
+# single separators, 255 characters at most.
+NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"{NAME_COMPONENT}(?:/{NAME_COMPONENT})*")
+NAME_MAX = 255
+
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+# The digests this registry makes and serves.
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+# /v2/<name>/(manifests|blobs)/<reference>: names hold '/', so the route
+# is matched on its trailing part.
+ROUTE_RE = re.compile(r"(?P<name>.*)/(?P<kind>manifests|blobs)/(?P<reference>[^/]*)")

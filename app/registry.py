@@ -1,0 +1,157 @@
+"""The pull side of the Docker Registry HTTP API V2 / OCI distribution spec."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, redirect, request
+
+from builders import manifest
+from builders.image import Image
+from storage import keys
+from storage.errors import ObjectNotFound
+
+from . import grammar
+from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid,
+                     NameUnknown, RangeInvalid, TagInvalid, Unsupported)
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("registry", __name__)
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+CHUNK = 1 << 20
+
+
+@bp.after_request
+def api_version(resp):
+    resp.headers.update(API_VERSION)
+    return resp
+
+
+@bp.route("/v2/", methods=ALL_METHODS)
+@bp.route("/v2", methods=ALL_METHODS)
+def base():
+    _pull_only()
+    return Response("{}", mimetype="application/json")
+
+
+@bp.route("/v2/<path:rest>", methods=ALL_METHODS)
+def dispatch(rest):
+    _pull_only()
+    m = grammar.ROUTE_RE.fullmatch(rest)
+    if not m:
+        raise NameUnknown(f"no such endpoint: /v2/{rest}; this registry serves "
+                          "/v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>")
+    name, kind, reference = m.group("name", "kind", "reference")
+    _check_name(name)
+    if kind == "manifests":
+        return _manifest(name, reference)
+    return _blob(_check_digest(reference))
+
+
+def _pull_only():
+    if request.method not in ("GET", "HEAD"):
+        raise Unsupported(f"{request.method} is not supported: this registry is pull-only")
+
+
+def _check_name(name):
+    if len(name) > grammar.NAME_MAX:
+        raise NameInvalid(f"repository name is longer than {grammar.NAME_MAX} characters")
+    if not grammar.NAME_RE.fullmatch(name):
+        raise NameInvalid(
+            f"invalid repository name {name!r}: use lower-case package names separated by '/', "
+            "e.g. shell/git/htop", {"name": name})
+
+
+def _check_digest(reference):
+    if not grammar.DIGEST_RE.fullmatch(reference):
+        raise DigestInvalid(f"invalid digest {reference!r}: expected sha256:<64 hex digits>",
+                            {"digest": reference})
+    return reference
+
+
+def _manifest(name, reference):
+    if ":" in reference:  # tags cannot hold ':'; anything with one is meant as a digest
+        digest = _check_digest(reference)
+        body = current_app.extensions["storage"].read(keys.blob(digest))
+        media_type = manifest.media_type_of(body) if body is not None else None
+        if media_type is None:
+            raise ManifestUnknown(f"manifest {digest} is unknown to this registry",
+                                  {"digest": digest})
+    else:
+        if not grammar.TAG_RE.fullmatch(reference):
+            raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, digits, "
+                             "'_', '.' and '-', not starting with '.' or '-'", {"tag": reference})
+        record = current_app.extensions["images"].image(Image.from_name(name), reference)
+        media_type = negotiate(request.headers.getlist("Accept"))
+        body = record.manifest(media_type)
+        digest = manifest.digest_of(body)
+    resp = Response(body, mimetype=media_type)
+    resp.headers["Docker-Content-Digest"] = digest
+    resp.headers["ETag"] = f'"{digest}"'
+    return resp
+
+
+def negotiate(accept_headers) -> str:
+    """Docker schema 2 or OCI, whichever the client lists with the higher
+    quality (the earlier on a tie); Docker schema 2 when it names neither."""
+    best, best_q = manifest.DOCKER_MANIFEST, -1.0
+    for header in accept_headers:
+        for item in header.split(","):
+            parts = [p.strip() for p in item.split(";")]
+            q = 1.0
+            for param in parts[1:]:
+                if param.startswith("q="):
+                    try:
+                        q = float(param[2:])
+                    except ValueError:
+                        q = 0.0
+            if parts[0] in manifest.MANIFEST_TYPES and q > 0 and q > best_q:
+                best, best_q = parts[0], q
+    return best
+
+
+def _blob(digest):
+    storage = current_app.extensions["storage"]
+    key = keys.blob(digest)
+    size = storage.size(key)
+    if size is None:
+        raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest})
+    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"',
+               "Accept-Ranges": "bytes", "Cache-Control": "max-age=31536000, immutable"}
+    if request.method == "GET":
+        url = storage.url(key)
+        if url:
+            return redirect(url, code=307, Response=None)
+    start, stop, status = 0, size, 200
+    rng = request.range
+    if rng is not None and len(rng.ranges) == 1:
+        span = rng.range_for_length(size)
+        if span is None:
+            raise RangeInvalid(f"range {request.headers.get('Range')!r} is outside the blob's "
+                               f"{size} bytes", headers={"Content-Range": f"bytes */{size}"})
+        start, stop = span
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    headers["Content-Length"] = str(stop - start)
+    if request.method == "HEAD":
+        return Response(status=status, headers=headers, mimetype="application/octet-stream")
+    try:
+        f = storage.open(key)
+    except ObjectNotFound:
+        raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest}) from None
+    return Response(_stream(f, start, stop), status=status, headers=headers,
+                    mimetype="application/octet-stream", direct_passthrough=True)
+
+
+def _stream(f, start, stop):
+    with f:
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk

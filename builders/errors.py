@@ -1,0 +1,51 @@
+"""Domain errors of the image builder; app/errors.py maps them to the wire."""
+from __future__ import annotations
+
+
+class BuildError(Exception):
+    """Base of every failure to produce an image."""
+
+    def __init__(self, message, *, log_tail=""):
+        super().__init__(message)
+        self.message = message
+        self.log_tail = log_tail
+
+
+class PackagesNotFound(BuildError):
+    """Some requested attribute paths do not exist in the package source."""
+
+    def __init__(self, missing):
+        # missing: list of (name, [close matches])
+        self.missing = missing
+        parts = []
+        for name, matches in missing:
+            hint = f" (did you mean {', '.join(matches)}?)" if matches else ""
+            parts.append(f"{name}{hint}")
+        noun = "package" if len(missing) == 1 else "packages"
+        super().__init__(f"{noun} not found in the package source: {'; '.join(parts)}")
+
+
+class PackageUnbuildable(BuildError):
+    """A package exists but Nix refuses it (unfree, broken, not a derivation, ...)."""
+
+
+class BuildFailed(BuildError):
+    """Nix tried to build and the build failed."""
+
+
+class BuildTimeout(BuildError):
+    """The Nix work for one image outlived NIX_TIMEOUT."""
+
+    def __init__(self, limit, *, log_tail=""):
+        self.limit = limit
+        super().__init__(
+            f"building the image took longer than the {limit:g}s limit (NIX_TIMEOUT); "
+            "the build was stopped", log_tail=log_tail)
+
+
+class SourceUnavailable(BuildError):
+    """The package source could not be fetched."""
+
+
+class InvalidImage(BuildError):
+    """The image name asks for something the builder cannot make."""

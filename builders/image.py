@@ -1,0 +1,50 @@
+"""Image names: which packages, for which system."""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+# Meta-packages, recognised as leading components of a name.
+SHELL_PACKAGES = ("bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "nano")
+
+# name component -> (Nix system, OCI architecture)
+SYSTEMS = {
+    "arm64": ("aarch64-linux", "arm64"),
+}
+_HOST_SYSTEMS = {
+    "x86_64": ("x86_64-linux", "amd64"),
+    "aarch64": ("aarch64-linux", "arm64"),
+}
+HOST_SYSTEM = _HOST_SYSTEMS.get(platform.machine(), ("x86_64-linux", "amd64"))
+
+
+@dataclass(frozen=True)
+class Image:
+    """What one image name asks for: sorted, de-duplicated attribute paths."""
+
+    packages: tuple[str, ...]
+    system: str = HOST_SYSTEM[0]
+    arch: str = HOST_SYSTEM[1]
+
+    @classmethod
+    def from_name(cls, name: str) -> "Image":
+        """Parse a repository name that already passed the registry grammar."""
+        components = name.split("/")
+        packages = []
+        system, arch = HOST_SYSTEM
+        while components and (components[0] == "shell" or components[0] in SYSTEMS):
+            meta = components.pop(0)
+            if meta == "shell":
+                packages.extend(SHELL_PACKAGES)
+            else:
+                system, arch = SYSTEMS[meta]
+        packages.extend(components)
+        return cls(tuple(sorted(set(packages))), system, arch)
+
+    @property
+    def attribute_paths(self) -> list[list[str]]:
+        return [p.split(".") for p in self.packages]
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.packages)

@@ -1,0 +1,67 @@
+"""Image configs and manifests, Docker schema 2 and OCI, as canonical JSON."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
+_FORMATS = {
+    DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER),
+    OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
+}
+
+# Fixed, so the same image always has the same config digest.
+CREATED = "1970-01-01T00:00:01Z"
+PATH = "/bin:/sbin:/usr/bin:/usr/sbin"
+
+
+def canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_config(*, arch, diff_ids, env=(), cmd=None) -> bytes:
+    config = {"Env": [f"PATH={PATH}", *env]}
+    if cmd:
+        config["Cmd"] = list(cmd)
+    return canonical({
+        "architecture": arch,
+        "os": "linux",
+        "created": CREATED,
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+    })
+
+
+def render(media_type, config: dict, layers: list[dict]) -> bytes:
+    """The manifest of `media_type` for a config {digest, size} and layers
+    [{digest, size}, ...]; the same inputs always give the same bytes."""
+    config_type, layer_type = _FORMATS[media_type]
+    return canonical({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": config_type, "digest": config["digest"], "size": config["size"]},
+        "layers": [{"mediaType": layer_type, "digest": l["digest"], "size": l["size"]}
+                   for l in layers],
+    })
+
+
+def media_type_of(data: bytes) -> str | None:
+    """The mediaType a stored manifest declares, or None if it is not one of ours."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("schemaVersion") == 2 and doc.get("mediaType") in MANIFEST_TYPES:
+        return doc["mediaType"]
+    return None

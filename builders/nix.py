@@ -1,0 +1,193 @@
+"""Runs Nix: resolve packages, build them, report their runtime closure.
+
+Every Nix command of one image shares one `Deadline`, so NIX_TIMEOUT bounds
+evaluation and building together however many commands it takes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from . import process
+from .errors import (BuildFailed, BuildTimeout, PackageUnbuildable,
+                     SourceUnavailable)
+
+logger = logging.getLogger(__name__)
+
+NIX_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nix")
+IMAGE_NIX = os.path.join(NIX_DIR, "image.nix")
+
+# Without these, an unreachable source costs minutes of retries before Nix
+# says it cannot download it.
+FETCH_OPTIONS = ("--option", "connect-timeout", "10", "--option", "download-attempts", "2")
+
+_DOWNLOAD_RE = re.compile(r"unable to download '([^']+)': (.*)")
+_GIT_RE = re.compile(r"(?:fetching Git repository|program 'git' failed|fatal: ).*")
+_BUILDER_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed(?: with exit code (\d+))?")
+_NOISE = ("(use '--show-trace'", "warning: you did not specify '--add-root'")
+
+
+@dataclass(frozen=True)
+class StorePath:
+    path: str
+    nar_size: int
+    references: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The path's name without its hash, e.g. `glibc-2.37`."""
+        return os.path.basename(self.path).split("-", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One requested attribute path as nix/image.nix reported it."""
+
+    requested: str
+    status: str  # ok | missing | error | notDerivation
+    attr_path: str
+    drv: str | None = None
+    out: str | None = None
+    output_name: str = "out"
+    siblings: tuple[str, ...] = ()
+
+
+class Deadline:
+    """The time left of one image's Nix budget."""
+
+    def __init__(self, limit: float, clock=time.monotonic):
+        self.limit = limit
+        self._clock = clock
+        self._end = clock() + limit
+
+    def remaining(self) -> float:
+        left = self._end - self._clock()
+        if left <= 0:
+            raise BuildTimeout(self.limit)
+        return left
+
+
+def clean_log(text: str) -> str:
+    lines = [line for line in text.splitlines() if not line.startswith(_NOISE)]
+    return "\n".join(lines).strip()
+
+
+class Nix:
+    def __init__(self, image_nix=IMAGE_NIX):
+        self.image_nix = image_nix
+        self.runs = 0  # Nix commands started, for logs and tests
+
+    def _run(self, cmd, deadline: Deadline) -> process.Completed:
+        self.runs += 1
+        logger.debug("running %s", cmd)
+        try:
+            return process.run(cmd, timeout=deadline.remaining())
+        except process.Timeout as e:
+            raise BuildTimeout(deadline.limit, log_tail=clean_log(e.stderr_tail)) from None
+        except FileNotFoundError as e:
+            raise BuildFailed(f"cannot run {cmd[0]}: is Nix installed? ({e.strerror})") from None
+
+    def _image_args(self, source: dict, system: str, attribute_paths):
+        return [
+            self.image_nix,
+            "--argstr", "sourceJson", json.dumps(source, sort_keys=True),
+            "--argstr", "system", system,
+            "--argstr", "packagesJson", json.dumps(attribute_paths),
+        ]
+
+    def resolve(self, source: dict, system: str, attribute_paths, deadline) -> list[Resolved]:
+        """Look every attribute path up; derivations are instantiated for realise()."""
+        cmd = ["nix-instantiate", "--eval", "--strict", "--json", "--read-write-mode",
+               *FETCH_OPTIONS, *self._image_args(source, system, attribute_paths),
+               "-A", "report"]
+        done = self._run(cmd, deadline)
+        if done.returncode != 0:
+            raise _source_or_eval_error(done.stderr_tail)
+        results = []
+        for entry in json.loads(done.stdout):
+            results.append(Resolved(
+                requested=".".join(entry["requested"]),
+                status=entry["status"],
+                attr_path=".".join(entry.get("attrPath") or entry["requested"]),
+                drv=entry.get("drv"),
+                out=entry.get("out"),
+                output_name=entry.get("outputName", "out"),
+                siblings=tuple(entry.get("siblings", ())),
+            ))
+        return results
+
+    def explain(self, source: dict, system: str, attribute_paths, index, deadline) -> str:
+        """Why the package at `index` cannot be evaluated, in Nix's words."""
+        cmd = ["nix-instantiate", "--eval", "--json", *FETCH_OPTIONS,
+               *self._image_args(source, system, attribute_paths),
+               "--argstr", "explainIndex", str(index), "-A", "explain"]
+        done = self._run(cmd, deadline)
+        if done.returncode == 0:
+            return "it is not a buildable derivation"
+        return clean_log(done.stderr_tail)
+
+    def realise(self, outputs: dict[str, str], deadline) -> None:
+        """Build (or substitute) `drv!output` for each requested package.
+
+        `outputs` maps drv!output -> the requested name, to say which
+        package failed.
+        """
+        cmd = ["nix-store", "--realise", *FETCH_OPTIONS, *sorted(outputs)]
+        done = self._run(cmd, deadline)
+        if done.returncode == 0:
+            return
+        log = clean_log(done.stderr_tail)
+        m = _BUILDER_RE.search(log)
+        if m:
+            drv = m.group(1)
+            owner = next((name for key, name in outputs.items() if key.split("!")[0] == drv), None)
+            what = os.path.basename(drv)[33:-4]
+            code = f" with exit code {m.group(2)}" if m.group(2) else ""
+            if owner:
+                message = f"package {owner} failed to build ({what}{code})"
+            else:
+                message = f"a dependency ({what}) of {', '.join(sorted(set(outputs.values())))} failed to build{code}"
+            raise BuildFailed(message, log_tail=log)
+        m = _DOWNLOAD_RE.search(log)
+        if m:
+            raise SourceUnavailable(f"could not download {m.group(1)}: {m.group(2)}", log_tail=log)
+        raise BuildFailed("Nix failed to build " + ", ".join(sorted(set(outputs.values()))),
+                          log_tail=log)
+
+    def closure(self, paths, deadline) -> list[StorePath]:
+        """Every store path the given paths need at run time, with NAR sizes and references."""
+        cmd = ["nix", "--extra-experimental-features", "nix-command", "path-info",
+               "--json", "--recursive", *sorted(paths)]
+        done = self._run(cmd, deadline)
+        if done.returncode != 0:
+            raise BuildFailed("could not read the closure from the Nix store",
+                              log_tail=clean_log(done.stderr_tail))
+        return parse_path_info(json.loads(done.stdout))
+
+
+def parse_path_info(data) -> list[StorePath]:
+    """Nix before 2.19 prints a list of objects, later versions an object keyed by path."""
+    if isinstance(data, dict):
+        items = [dict(info, path=path) for path, info in data.items()]
+    else:
+        items = data
+    result = [StorePath(i["path"], int(i["narSize"]), tuple(sorted(i.get("references", ()))))
+              for i in items]
+    return sorted(result, key=lambda p: p.path)
+
+
+def _source_or_eval_error(stderr_tail):
+    log = clean_log(stderr_tail)
+    m = _DOWNLOAD_RE.search(log)
+    if m:
+        return SourceUnavailable(
+            f"could not fetch the package source {m.group(1)}: {m.group(2)}", log_tail=log)
+    m = _GIT_RE.search(log)
+    if m and "git" in log:
+        return SourceUnavailable(f"could not fetch the package source: {m.group(0)}", log_tail=log)
+    last = log.splitlines()[-1] if log else "no output"
+    return PackageUnbuildable(f"evaluating the package source failed: {last}", log_tail=log)

@@ -1,0 +1,130 @@
+"""Runs a command under a deadline and kills its whole process tree on expiry.
+
+`subprocess.run(timeout=...)` kills only the direct child.  Nix's builders
+call setsid(), so they are outside the child's process group, and a
+builder's own children outlive it once Nix dies.  The tree is therefore
+found through /proc (parent links) and frozen before it is killed, so no
+process can fork its way out between the snapshot and the kill.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+# Enough of a log to say why a build failed, small enough to put in an error.
+DEFAULT_TAIL_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: bytes
+    stderr_tail: str
+
+
+class Timeout(Exception):
+    """The command outlived its deadline and its process tree was killed."""
+
+    def __init__(self, cmd, timeout, stderr_tail):
+        super().__init__(f"{cmd[0]} exceeded {timeout:.1f}s")
+        self.cmd = cmd
+        self.timeout = timeout
+        self.stderr_tail = stderr_tail
+
+
+def run(cmd, *, timeout, env=None, cwd=None, tail_bytes=DEFAULT_TAIL_BYTES) -> Completed:
+    """Run `cmd` (a list, never a shell string) for at most `timeout` seconds.
+
+    stdout is returned whole; stderr goes to an unlinked temporary file so
+    a chatty command can neither deadlock on a full pipe nor fill memory,
+    and only its last `tail_bytes` are kept.  Raises `Timeout` after
+    killing every process the command started.
+    """
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            env=env, cwd=cwd, start_new_session=True)
+        try:
+            stdout, _ = proc.communicate(timeout=max(timeout, 0.001))
+        except subprocess.TimeoutExpired:
+            kill_tree(proc.pid)
+            proc.communicate()
+            raise Timeout(cmd, timeout, _tail(err, tail_bytes)) from None
+        except BaseException:
+            kill_tree(proc.pid)
+            proc.communicate()
+            raise
+        return Completed(proc.returncode, stdout, _tail(err, tail_bytes))
+
+
+def _tail(f, n) -> str:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - n))
+    data = f.read()
+    text = data.decode("utf-8", "replace")
+    if size > n:
+        # drop the partial first line
+        text = "…" + text.split("\n", 1)[-1]
+    return text
+
+
+def _children_map():
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the command name may hold spaces and parens: parse after the last ')'
+        fields = stat[stat.rfind(b")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(pid) -> list[int]:
+    """Every live process below `pid`, whatever session it moved to."""
+    children = _children_map()
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_tree(pid):
+    """SIGKILL `pid`, its process group and all of its descendants."""
+    frozen = set()
+    _signal(pid, signal.SIGSTOP)
+    frozen.add(pid)
+    # Freeze until no new process appears, so nothing forks past the kill.
+    while True:
+        new = [p for p in descendants(pid) if p not in frozen]
+        if not new:
+            break
+        for p in new:
+            _signal(p, signal.SIGSTOP)
+            frozen.add(p)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in frozen:
+        _signal(p, signal.SIGKILL)
+    logger.info("killed process tree of %s (%d processes)", pid, len(frozen))

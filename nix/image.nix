@@ -1,0 +1,97 @@
+# Resolves the packages of one image in a package source.
+#
+# Every argument is data passed with --argstr; nothing from a request is
+# ever parsed as Nix code.  The source is imported exactly the way nixpkgs
+# is imported, so this file works unchanged against real nixpkgs and
+# against the offline test package set.
+#
+#   sourceJson   {"type":"path","path":"/abs"} | {"type":"channel","url":...}
+#                | {"type":"git","url":...,"ref":...,"rev":...}
+#   system       e.g. "x86_64-linux"
+#   packagesJson list of attribute paths, each a list of names
+#   explainIndex index into packages, for the `explain` attribute
+{ sourceJson, system, packagesJson, explainIndex ? "0" }:
+let
+  source = builtins.fromJSON sourceJson;
+
+  tree =
+    if source.type == "path" then source.path
+    else if source.type == "channel" then builtins.fetchTarball source.url
+    else if source.type == "git" then builtins.fetchGit (
+      { url = source.url; }
+      // (if source ? ref then { ref = source.ref; } else {})
+      // (if source ? rev then { rev = source.rev; } else {}))
+    else throw "unknown package source type ${source.type}";
+
+  pkgs = import tree { inherit system; config = {}; overlays = []; };
+
+  requested = builtins.fromJSON packagesJson;
+
+  upper = [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M"
+            "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" ];
+  lower = [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m"
+            "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" ];
+  toLower = builtins.replaceStrings upper lower;
+
+  # Registry names are lower case and may not start with `_`, so a name
+  # falls back to its unique case-insensitive match, and a name starting
+  # with a digit to its `_`-prefixed attribute.
+  resolveName = set: name:
+    let
+      digitFirst = builtins.match "[0-9].*" name != null;
+      candidates = [ name ] ++ (if digitFirst then [ "_${name}" ] else []);
+      exact = builtins.filter (n: builtins.hasAttr n set) candidates;
+      folded = builtins.filter (n: toLower n == toLower name) (builtins.attrNames set);
+    in
+      if exact != [] then builtins.head exact
+      else if builtins.length folded == 1 then builtins.head folded
+      else null;
+
+  # Walks one attribute path.  Each step is guarded with tryEval, since
+  # nixpkgs refuses some attributes by throwing.
+  walk = path: builtins.foldl' (acc:
+    name:
+      if acc.status != "found" then acc
+      else
+        let
+          isSet = builtins.tryEval (builtins.isAttrs acc.value);
+          real = if isSet.success && isSet.value then resolveName acc.value name else null;
+        in
+          if !isSet.success then acc // { status = "error"; }
+          else if real == null then {
+            status = "missing";
+            value = null;
+            # names beside the missing one, for "did you mean"
+            siblings = if isSet.value then builtins.attrNames acc.value else [];
+          }
+          else acc // { value = acc.value.${real}; attrPath = acc.attrPath ++ [ real ]; }
+  ) { status = "found"; value = pkgs; attrPath = []; } path;
+
+  describe = path:
+    let
+      w = walk path;
+      forced = builtins.tryEval w.value;
+      isDrv = builtins.tryEval (builtins.isAttrs w.value && (w.value.type or null) == "derivation");
+      drvPath = builtins.tryEval w.value.drvPath;
+      outPath = builtins.tryEval w.value.outPath;
+      base = { requested = path; attrPath = w.attrPath or path; };
+    in
+      if w.status == "missing" then base // { status = "missing"; siblings = w.siblings; }
+      else if w.status == "error" || !forced.success || !isDrv.success then base // { status = "error"; }
+      else if !isDrv.value then base // { status = "notDerivation"; }
+      else if !drvPath.success || !outPath.success then base // { status = "error"; }
+      else base // {
+        status = "ok";
+        # not `outPath`: toJSON would turn the record into that string
+        drv = drvPath.value;
+        out = outPath.value;
+        name = w.value.name or "";
+        outputName = w.value.outputName or "out";
+      };
+in {
+  report = map describe requested;
+
+  # Evaluated alone, without tryEval, so Nix prints why a package that
+  # `report` marked as an error cannot be evaluated.
+  explain = (walk (builtins.elemAt requested (builtins.fromJSON explainIndex))).value.drvPath;
+}

@@ -1,0 +1,26 @@
+"""Blob and manifest storage: one interface, a driver per backend."""
+from __future__ import annotations
+
+from . import keys
+from .base import Storage
+from .errors import IntegrityError, ObjectNotFound, StorageError, StorageUnavailable
+from .filesystem import FilesystemStorage
+
+
+def _gcs(config):
+    from .gcs import GCSStorage  # imported only when used: it pulls in google-cloud
+    return GCSStorage(config.gcs_bucket, credentials_file=config.google_credentials)
+
+
+DRIVERS = {
+    "filesystem": lambda config: FilesystemStorage(config.storage_path),
+    "gcs": _gcs,
+}
+
+
+def from_config(config) -> Storage:
+    return DRIVERS[config.storage_backend](config)
+
+
+__all__ = ["Storage", "FilesystemStorage", "DRIVERS", "from_config", "keys",
+           "StorageError", "StorageUnavailable", "ObjectNotFound", "IntegrityError"]

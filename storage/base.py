@@ -1,0 +1,64 @@
+"""The storage interface every backend implements."""
+from __future__ import annotations
+
+import abc
+import io
+import typing
+
+from . import keys
+from .errors import ObjectNotFound
+
+
+class Storage(abc.ABC):
+    """A flat key -> bytes store.
+
+    Writes are atomic: an object is visible under its key only once it is
+    complete, and an object under a content-addressed key (`layers/sha256:..`)
+    is verified against that digest before it gets the key.
+    """
+
+    #: name shown to people, e.g. in "storage unavailable" errors
+    name = "storage"
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored under `key`."""
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None when there is none."""
+
+    @abc.abstractmethod
+    def open(self, key: str) -> typing.BinaryIO:
+        """A readable, seekable binary stream of the object; ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    def put(self, key: str, fileobj: typing.BinaryIO, *, size: int, md5: str,
+            content_type: str = "application/octet-stream") -> None:
+        """Store `size` bytes read from `fileobj` (from its current position).
+
+        `md5` is the hex MD5 of those bytes; the write fails with
+        IntegrityError, leaving nothing under `key`, if the data does not
+        match it (or, for a blob key, its sha256).
+        """
+
+    def url(self, key: str) -> str | None:
+        """A URL clients may fetch the object from directly, or None to stream it."""
+        return None
+
+    def read(self, key: str) -> bytes | None:
+        """The whole (small) object, or None when there is none."""
+        try:
+            with self.open(key) as f:
+                return f.read()
+        except ObjectNotFound:
+            return None
+
+    def put_bytes(self, key: str, data: bytes, content_type="application/octet-stream"):
+        import hashlib
+        self.put(key, io.BytesIO(data), size=len(data),
+                 md5=hashlib.md5(data).hexdigest(), content_type=content_type)
+
+    @staticmethod
+    def expected_sha256(key: str) -> str | None:
+        return keys.blob_sha256(key)

@@ -1,0 +1,98 @@
+"""Storage in a local folder (the default backend)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+
+from .base import Storage
+from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class FilesystemStorage(Storage):
+    """Objects are files under `root`, keys are relative paths.
+
+    Writes go to a temporary file in `root/.tmp` (same file system), are
+    verified and fsynced, then renamed into place, so a reader never sees a
+    partial object and a crash leaves only temporary files behind.
+    """
+
+    name = "filesystem storage"
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.tmp = os.path.join(self.root, ".tmp")
+        try:
+            os.makedirs(self.tmp, exist_ok=True)
+        except OSError as e:
+            raise StorageUnavailable(f"cannot create {self.root}: {e.strerror}") from e
+
+    def _path(self, key):
+        path = os.path.normpath(os.path.join(self.root, key))
+        if not path.startswith(self.root + os.sep):
+            raise ValueError(f"key outside the storage root: {key!r}")
+        return path
+
+    def exists(self, key):
+        return os.path.isfile(self._path(key))
+
+    def size(self, key):
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            return None
+
+    def open(self, key):
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
+        path = self._path(key)
+        want_sha = self.expected_sha256(key)
+        md5sum, sha = hashlib.md5(), hashlib.sha256()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.tmp)
+        except OSError as e:
+            raise StorageUnavailable(f"{self.name}: cannot write to {self.tmp}: {e.strerror}") from e
+        try:
+            with os.fdopen(fd, "wb") as out:
+                remaining = size
+                while remaining > 0:
+                    chunk = fileobj.read(min(CHUNK, remaining))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+                    md5sum.update(chunk)
+                    if want_sha:
+                        sha.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if remaining:
+                raise IntegrityError(f"{key}: got {size - remaining} of {size} bytes")
+            if md5sum.hexdigest() != md5:
+                raise IntegrityError(f"{key}: MD5 {md5sum.hexdigest()} does not match {md5}")
+            if want_sha and sha.hexdigest() != want_sha:
+                raise IntegrityError(f"{key}: content has sha256 {sha.hexdigest()}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.replace(tmp, path)
+        except OSError as e:
+            _unlink(tmp)
+            raise StorageUnavailable(f"{self.name}: cannot write {key}: {e.strerror}") from e
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,28 @@
+"""Where things live in storage: the one place that knows the key layout."""
+from __future__ import annotations
+
+import re
+
+BLOB_PREFIX = "layers/"
+BLOB_KEY_RE = re.compile(r"^layers/sha256:([0-9a-f]{64})$")
+
+
+def blob(digest: str) -> str:
+    """Layers, configs and manifests, by digest (`sha256:<hex>`)."""
+    return f"{BLOB_PREFIX}{digest}"
+
+
+def manifest(cache_key: str) -> str:
+    """A built image's record, by the manifest cache key."""
+    return f"manifests/{cache_key}"
+
+
+def layer(layer_id: str) -> str:
+    """What a layer (identified by its store paths) was stored as."""
+    return f"layerinfo/{layer_id}"
+
+
+def blob_sha256(key: str) -> str | None:
+    """The sha256 hex a key must hold, for content-addressed keys."""
+    m = BLOB_KEY_RE.match(key)
+    return m.group(1) if m else None

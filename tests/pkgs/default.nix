@@ -1,0 +1,186 @@
+# A small package set shaped like nixpkgs, for offline tests and demos.
+#
+# Every derivation's builder is Debian's static busybox, imported from the
+# host as a folder holding only that binary, so its store path ends in
+# `/busybox` and busybox can pick its applet from argv[0].  It takes the
+# arguments nixpkgs takes, so nix/ imports it exactly like nixpkgs.
+{ system ? builtins.currentSystem, config ? {}, overlays ? [], ... }:
+let
+  busybox = builtins.path {
+    name = "busybox";
+    path = if builtins.pathExists /usr/bin/busybox then /usr/bin else /bin;
+    filter = path: type: baseNameOf path == "busybox";
+  };
+  bb = "${busybox}/busybox";
+
+  # mk: a derivation whose build script runs in busybox sh with every
+  # applet on PATH.
+  mk = { pname, version ? "1.0", script, passthru ? {} }:
+    derivation {
+      name = "${pname}-${version}";
+      inherit system;
+      builder = bb;
+      args = [ "sh" "-euc" ''
+        ${bb} mkdir -p "$TMPDIR/tools"
+        ${bb} --install -s "$TMPDIR/tools"
+        export PATH="$TMPDIR/tools"
+        ${script}
+      '' ];
+    } // { inherit pname version; meta = { description = "test package ${pname}"; }; } // passthru;
+
+  # A program: a busybox shell script in $out/bin/<prog>.
+  script = pname: prog: body: extra: mk {
+    inherit pname;
+    script = ''
+      mkdir -p $out/bin
+      printf '%s\n' '#!${bb} sh' ${escape body} > $out/bin/${prog}
+      chmod 0755 $out/bin/${prog}
+      ${extra}
+    '';
+  };
+  escape = s: "'" + builtins.replaceStrings ["'"] ["'\\''"] s + "'";
+
+  # Applets reached through symlinks to the busybox binary.
+  applets = pname: names: mk {
+    inherit pname;
+    script = ''
+      mkdir -p $out/bin
+      for a in ${builtins.concatStringsSep " " names}; do ln -s ${bb} $out/bin/$a; done
+    '';
+  };
+
+  # A library other packages share, so images that need it share its layer.
+  libshared = mk {
+    pname = "libshared";
+    script = ''
+      mkdir -p $out/lib
+      head -c 65536 /dev/zero | tr '\0' 'x' > $out/lib/libshared.so
+    '';
+  };
+
+  wideDeps = builtins.genList (i: mk {
+    pname = "wide-dep-${toString i}";
+    script = ''mkdir -p $out/share; echo ${toString i} > $out/share/dep-${toString i}'';
+  }) 130;
+
+  self = {
+    hello = script "hello" "hello" ''echo "Hello, world!"'' "";
+
+    bashInteractive = script "bash-interactive" "bash" ''exec ${bb} sh "$@"''
+      "ln -s ${bb} $out/bin/sh";
+
+    coreutils = applets "coreutils" [
+      "basename" "cat" "chmod" "cp" "cut" "date" "dirname" "echo" "env" "false"
+      "head" "id" "ln" "ls" "mkdir" "mv" "printf" "pwd" "readlink" "rm" "sleep"
+      "sort" "stat" "tail" "tee" "touch" "tr" "true" "uname" "wc" "whoami"
+    ];
+
+    cacert = mk {
+      pname = "nss-cacert";
+      script = ''
+        mkdir -p $out/etc/ssl/certs
+        echo "# test CA bundle" > $out/etc/ssl/certs/ca-bundle.crt
+      '';
+    };
+
+    iana-etc = mk {
+      pname = "iana-etc";
+      script = ''
+        mkdir -p $out/etc
+        printf 'ip\t0\tIP\ntcp\t6\tTCP\nudp\t17\tUDP\n' > $out/etc/protocols
+        printf 'http\t80/tcp\nhttps\t443/tcp\n' > $out/etc/services
+      '';
+    };
+
+    moreutils = script "moreutils" "sponge" ''t=$(${bb} cat); printf "%s\n" "$t" > "$1"'' "";
+
+    nano = script "nano" "nano" ''echo "GNU nano (test package set) 1.0"'' "";
+
+    git = script "git" "git" ''echo "git version 2.0.0 (test, ${libshared}/lib/libshared.so)"'' "";
+
+    htop = script "htop" "htop" ''echo "htop 3.0.0 (test, ${libshared}/lib/libshared.so)"'' "";
+
+    curl = script "curl" "curl" ''echo "curl 8.0.0 (test, ${libshared}/lib/libshared.so)"'' "";
+
+    inherit libshared;
+
+    # A nested package set, reached as `langPackages.foo`.
+    langPackages = {
+      recurseForDerivations = true;
+      foo = script "lang-foo" "foo" ''echo "foo from langPackages"'' "";
+      bar = script "lang-bar" "bar" ''echo "bar from langPackages"'' "";
+    };
+
+    # Files, directories, a symlink, a hardlink and odd modes in one output.
+    filetypes = mk {
+      pname = "filetypes";
+      script = ''
+        mkdir -p $out/share/filetypes/sub
+        echo data > $out/share/filetypes/file
+        ln $out/share/filetypes/file $out/share/filetypes/hardlink
+        ln -s file $out/share/filetypes/symlink
+        echo secret > $out/share/filetypes/sub/readonly
+        chmod 0444 $out/share/filetypes/sub/readonly
+      '';
+    };
+
+    # A closure wider than any layer budget.
+    wide = mk {
+      pname = "wide";
+      script = ''
+        mkdir -p $out/share
+        echo ${builtins.concatStringsSep " " (map toString wideDeps)} > $out/share/deps
+      '';
+    };
+
+    # Build failures, one of them very talkative.
+    broken = mk {
+      pname = "broken";
+      script = ''
+        echo "checking for a working compiler... no" >&2
+        echo "broken: this package fails to build on purpose" >&2
+        exit 1
+      '';
+    };
+    chatty-broken = mk {
+      pname = "chatty-broken";
+      script = ''
+        i=0
+        while [ $i -lt 40000 ]; do
+          echo "chatty-broken: log line $i of a very long build log, padding padding padding" >&2
+          i=$((i + 1))
+        done
+        echo "chatty-broken: the last words of the build" >&2
+        exit 2
+      '';
+    };
+    # Builds fine but writes megabytes to its log first.
+    chatty = mk {
+      pname = "chatty";
+      script = ''
+        i=0
+        while [ $i -lt 40000 ]; do
+          echo "chatty: log line $i of a very long build log, padding padding padding" >&2
+          i=$((i + 1))
+        done
+        mkdir -p $out/bin
+        ln -s ${bb} $out/bin/true
+      '';
+    };
+
+    # Outlasts any short NIX_TIMEOUT; its `sleep` child must be killed with it.
+    slow = mk {
+      pname = "slow";
+      script = ''
+        sleep 3600
+        mkdir -p $out
+      '';
+    };
+
+    # Refusals the way nixpkgs throws them.
+    unfree-tool = throw "Package ‘unfree-tool-1.0’ has an unfree license (‘unfree’), refusing to evaluate.";
+    insecure-tool = throw "Package ‘insecure-tool-0.1’ is marked as broken, refusing to evaluate.";
+    notAPackage = { description = "an attribute set that is not a derivation"; };
+    someString = "just a string";
+  };
+in self
