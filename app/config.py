@@ -20,6 +20,8 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Config:
     port: int = 8080
+    # 0.0.0.0 like Nixery, for containers and load balancers
+    listen_address: str = "0.0.0.0"
     nix_timeout: float = 60.0
     channel: str | None = None
     pkgs_repo: str | None = None
@@ -88,6 +90,7 @@ class Config:
 
         kwargs = dict(
             port=number("PORT", int, cls.port),
+            listen_address=get("LISTEN_ADDRESS") or cls.listen_address,
             nix_timeout=number("NIX_TIMEOUT", float, cls.nix_timeout),
             channel=get("NIXERY_CHANNEL"),
             pkgs_repo=get("NIXERY_PKGS_REPO"),

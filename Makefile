@@ -1,0 +1,45 @@
+# The two commands of the README: `make run` serves the registry,
+# `make test` runs the tests.  Both install what a fresh Debian machine lacks.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# What serving needs: Nix (with its build users), git for git sources and
+# the static busybox the test package set is built from.
+RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
+# What the end-to-end tests drive.
+TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap
+
+LISTEN_ADDRESS ?= 127.0.0.1
+export LISTEN_ADDRESS
+
+.PHONY: run test test-unit test-e2e deps test-deps clean
+
+run: deps $(VENV)/.installed
+	$(BIN)/gunicorn -c gunicorn.conf.py
+
+test: deps test-deps $(VENV)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: deps $(VENV)/.installed
+	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
+
+test-e2e: deps test-deps $(VENV)/.installed
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+deps:
+	@./scripts/apt-install $(RUN_DEBS)
+
+test-deps:
+	@./scripts/apt-install $(TEST_DEBS)
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,55 @@
+"""Shared fixtures: the offline package set, an app, its storage, a real server."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+
+import pytest
+
+from app import create_app
+from app.config import Config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PKGS = ROOT / "tests" / "pkgs"
+
+# No binary cache is reachable here: build everything from the test set.
+os.environ["NIX_CONFIG"] = "substituters ="
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def config(tmp_path):
+    return Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "storage"), nix_timeout=120)
+
+
+@pytest.fixture
+def app(config):
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def storage(app):
+    return app.extensions["storage"]
+
+
+@pytest.fixture(scope="session")
+def pkgs_path():
+    return str(PKGS)
+
+
+def need(*programs):
+    """Fail loudly when a tool the suite relies on is missing (make test installs them)."""
+    for program in programs:
+        if shutil.which(program) is None:
+            pytest.fail(f"{program} is not installed; run the tests with `make test`")

@@ -1,0 +1,113 @@
+"""Servers for end-to-end tests: the registry under gunicorn, and private
+containerd and dockerd daemons, each on this machine only and stopped after."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import PKGS, need
+from tests.server import Server
+
+
+def run(cmd, *, check=True, timeout=300, **kwargs):
+    """Run a client command; its output is part of the failure message."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {done.returncode}:\n"
+                    f"{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    srv = Server(str(tmp_path_factory.mktemp("registry")),
+                 NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def slow_server(tmp_path_factory):
+    """A registry whose NIX_TIMEOUT is short enough to hit on purpose."""
+    srv = Server(str(tmp_path_factory.mktemp("registry-timeout")),
+                 NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="4")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class Daemon:
+    def __init__(self, cmd, socket, log_path):
+        self.socket = socket
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_for(self, probe, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                break
+            if os.path.exists(self.socket) and probe().returncode == 0:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        with open(self.log_path, errors="replace") as f:
+            pytest.fail(f"{self.proc.args[0]} did not start:\n{f.read()[-4000:]}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory):
+    need("containerd", "ctr", "runc")
+    d = tmp_path_factory.mktemp("containerd")
+    sock = str(d / "containerd.sock")
+    daemon = Daemon(["containerd", "--root", str(d / "root"), "--state", str(d / "state"),
+                     "--address", sock], sock, str(d / "containerd.log"))
+    daemon.wait_for(lambda: run(["ctr", "--address", sock, "version"], check=False))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory):
+    need("dockerd", "docker")
+    # short path: unix socket paths are limited to 108 bytes
+    d = tmp_path_factory.mktemp("dockerd")
+    sock = str(d / "docker.sock")
+    daemon = Daemon(["dockerd", "--data-root", str(d / "root"), "--exec-root", str(d / "exec"),
+                     "--pidfile", str(d / "docker.pid"), "--host", f"unix://{sock}",
+                     "--iptables=false", "--ip6tables=false", "--bridge=none",
+                     "--storage-driver=vfs"], sock, str(d / "dockerd.log"))
+    daemon.env = dict(os.environ, DOCKER_HOST=f"unix://{sock}")
+    daemon.wait_for(lambda: run(["docker", "version"], check=False, env=daemon.env))
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(d / "root", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory):
+    need("podman", "runc")
+    d = tmp_path_factory.mktemp("podman")
+    base = ["podman", "--root", str(d / "root"), "--runroot", str(d / "run"),
+            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
+            "--events-backend", "file", "--runtime", "runc"]
+    yield base
+    run(base + ["system", "reset", "--force"], check=False)

@@ -1,0 +1,76 @@
+"""A real gunicorn server on 127.0.0.1 for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+from tests.conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """gunicorn with gunicorn.conf.py, configured through the environment like production."""
+
+    def __init__(self, workdir, **env):
+        self.port = free_port()
+        self.workdir = workdir
+        self.log_path = os.path.join(workdir, "server.log")
+        self.env = dict(os.environ, PORT=str(self.port), LISTEN_ADDRESS="127.0.0.1",
+                        STORAGE_PATH=os.path.join(workdir, "storage"), **env)
+        self.proc = None
+
+    @property
+    def host(self):
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self):
+        return f"http://{self.host}"
+
+    def start(self, timeout=30):
+        self.log = open(self.log_path, "ab")
+        gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+        self.proc = subprocess.Popen([gunicorn, "-c", "gunicorn.conf.py"], cwd=ROOT,
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                if requests.get(self.url + "/v2/", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def builds(self) -> int:
+        """Images this server built, counted from its log."""
+        return self.read_log().count("builders.service: built ")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
