@@ -14,4 +14,6 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 # /v2/<name>/(manifests|blobs)/<reference>: names hold '/', so the route
 # is matched on its trailing part.
-ROUTE_RE = re.compile(r"(?P<name>.*)/(?P<kind>manifests|blobs)/(?P<reference>[^/]*)")
+# DOTALL: a name or reference holding a newline must reach the grammar
+# checks (and fail there), not slip past the route.
+ROUTE_RE = re.compile(r"(?P<name>.*)/(?P<kind>manifests|blobs)/(?P<reference>[^/]*)", re.DOTALL)

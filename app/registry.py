@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, current_app, redirect, request
+from werkzeug.routing import PathConverter
 
 from builders import manifest
 from builders.image import Image
@@ -23,6 +24,18 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 CHUNK = 1 << 20
 
 
+class AnyPathConverter(PathConverter):
+    """Like `path`, but also matching control characters, so the grammar
+    checks (not a routing 404) answer them."""
+    regex = r"[\s\S]*?"
+    part_isolating = False  # spans '/'
+
+
+@bp.record_once
+def _register_converter(state):
+    state.app.url_map.converters["anypath"] = AnyPathConverter
+
+
 @bp.after_request
 def api_version(resp):
     resp.headers.update(API_VERSION)
@@ -36,7 +49,7 @@ def base():
     return Response("{}", mimetype="application/json")
 
 
-@bp.route("/v2/<path:rest>", methods=ALL_METHODS)
+@bp.route("/v2/<anypath:rest>", methods=ALL_METHODS)
 def dispatch(rest):
     _pull_only()
     m = grammar.ROUTE_RE.fullmatch(rest)

@@ -24,7 +24,7 @@ the first time and served from cache after.</p>
 <li><code>arm64</code> (first component): builds for aarch64-linux</li>
 </ul>
 <h2>Package source</h2>
-<p>Images are built from {{ source }}.</p>
+<p>Images are built from {{ package_source }}.</p>
 </body></html>
 """
 
@@ -33,4 +33,4 @@ the first time and served from cache after.</p>
 def index():
     return render_template_string(
         PAGE, host=request.host, shell=SHELL_PACKAGES,
-        source=current_app.extensions["images"].source.describe())
+        package_source=current_app.extensions["images"].source.describe())

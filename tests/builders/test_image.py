@@ -1,0 +1,29 @@
+from builders.image import HOST_SYSTEM, SHELL_PACKAGES, Image
+
+
+def test_order_and_duplicates_do_not_matter():
+    assert Image.from_name("git/htop") == Image.from_name("htop/git/git")
+    assert Image.from_name("htop/git").packages == ("git", "htop")
+
+
+def test_shell_adds_its_packages():
+    image = Image.from_name("shell/git")
+    assert set(image.packages) == set(SHELL_PACKAGES) | {"git"}
+    assert image.system == HOST_SYSTEM[0]
+
+
+def test_arm64_builds_for_aarch64():
+    image = Image.from_name("arm64/shell/hello")
+    assert (image.system, image.arch) == ("aarch64-linux", "arm64")
+    assert "hello" in image.packages and "bashInteractive" in image.packages
+    assert Image.from_name("shell/arm64/hello").arch == "arm64"
+
+
+def test_meta_packages_count_only_in_front():
+    image = Image.from_name("hello/shell")
+    assert image.packages == ("hello", "shell")
+    assert image.arch == HOST_SYSTEM[1]
+
+
+def test_dots_make_attribute_paths():
+    assert Image.from_name("langpackages.foo/hello").attribute_paths == [["hello"], ["langpackages", "foo"]]

@@ -1,0 +1,91 @@
+"""The Nix wrapper against real Nix and the offline package set."""
+import pytest
+
+from builders.errors import BuildFailed, BuildTimeout
+from builders.nix import Deadline, Nix, parse_path_info
+from tests.conftest import PKGS
+
+SOURCE = {"type": "path", "path": str(PKGS)}
+SYSTEM = "x86_64-linux"
+
+
+def resolve(*names):
+    return Nix().resolve(SOURCE, SYSTEM, [n.split(".") for n in names], Deadline(120))
+
+
+def test_resolve_reports_every_missing_name_at_once():
+    res = resolve("hello", "nosuch", "gti", "langpackages.nope")
+    status = {r.requested: r.status for r in res}
+    assert status == {"hello": "ok", "nosuch": "missing", "gti": "missing",
+                      "langpackages.nope": "missing"}
+    gti = next(r for r in res if r.requested == "gti")
+    assert "git" in gti.siblings
+    nope = next(r for r in res if r.requested == "langpackages.nope")
+    assert set(nope.siblings) >= {"foo", "bar"}
+
+
+def test_resolve_nested_case_insensitive_and_refusals():
+    res = {r.requested: r for r in resolve("langpackages.foo", "bashinteractive", "unfree-tool",
+                                           "notapackage", "somestring")}
+    assert res["langpackages.foo"].attr_path == "langPackages.foo"
+    assert res["langpackages.foo"].out.endswith("-lang-foo-1.0")
+    assert res["bashinteractive"].attr_path == "bashInteractive"
+    assert res["unfree-tool"].status == "error"
+    assert res["notapackage"].status == "notDerivation"
+    assert res["somestring"].status == "notDerivation"
+
+
+def test_explain_gives_nix_message():
+    nix = Nix()
+    why = nix.explain(SOURCE, SYSTEM, [["hello"], ["unfree-tool"]], 1, Deadline(60))
+    assert "unfree license" in why and "--show-trace" not in why
+
+
+def test_aarch64_evaluates_for_that_system():
+    res = Nix().resolve(SOURCE, "aarch64-linux", [["hello"]], Deadline(60))
+    assert res[0].status == "ok"
+    assert res[0].out != resolve("hello")[0].out
+
+
+def test_realise_and_closure():
+    nix = Nix()
+    hello = resolve("hello")[0]
+    nix.realise({f"{hello.drv}!out": "hello"}, Deadline(120))
+    closure = nix.closure([hello.out], Deadline(60))
+    paths = {p.path: p for p in closure}
+    assert hello.out in paths
+    busybox = next(p for p in closure if p.name == "busybox")
+    assert busybox.path in paths[hello.out].references
+    assert busybox.nar_size > 1_000_000
+
+
+def test_realise_failure_names_the_package():
+    broken = resolve("broken")[0]
+    with pytest.raises(BuildFailed) as info:
+        Nix().realise({f"{broken.drv}!out": "broken"}, Deadline(120))
+    assert "package broken failed to build" in info.value.message
+    assert "fails to build on purpose" in info.value.log_tail
+
+
+def test_deadline_is_shared_by_every_command():
+    clock = iter([0.0, 0.5, 1.5]).__next__
+    d = Deadline(1.0, clock=clock)
+    assert d.remaining() == 0.5
+    with pytest.raises(BuildTimeout) as info:
+        d.remaining()
+    assert "NIX_TIMEOUT" in info.value.message
+
+
+def test_slow_build_times_out():
+    slow = resolve("slow")[0]
+    with pytest.raises(BuildTimeout):
+        Nix().realise({f"{slow.drv}!out": "slow"}, Deadline(2))
+
+
+def test_path_info_list_and_object_forms():
+    as_list = [{"path": "/nix/store/b-x", "narSize": 5, "references": ["/nix/store/a-y"]},
+               {"path": "/nix/store/a-y", "narSize": 7, "references": []}]
+    as_object = {"/nix/store/b-x": {"narSize": 5, "references": ["/nix/store/a-y"]},
+                 "/nix/store/a-y": {"narSize": 7, "references": []}}
+    assert parse_path_info(as_list) == parse_path_info(as_object)
+    assert [p.name for p in parse_path_info(as_list)] == ["y", "x"]

@@ -1,0 +1,87 @@
+"""One suite every storage driver passes."""
+import hashlib
+import io
+import os
+
+import pytest
+
+from storage import FilesystemStorage, IntegrityError, ObjectNotFound, StorageError, keys
+
+
+@pytest.fixture(params=["filesystem"])
+def driver(request, tmp_path):
+    if request.param == "filesystem":
+        return FilesystemStorage(str(tmp_path / "store"))
+
+
+def blob(data):
+    return keys.blob("sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def test_put_then_read_back(driver):
+    data = os.urandom(3 << 20)
+    key = blob(data)
+    assert not driver.exists(key) and driver.size(key) is None
+    driver.put(key, io.BytesIO(data), size=len(data), md5=md5(data))
+    assert driver.exists(key) and driver.size(key) == len(data)
+    with driver.open(key) as f:
+        assert f.read() == data
+        f.seek(100)
+        assert f.read(10) == data[100:110]
+    assert driver.url(key) is None or driver.url(key).startswith("http")
+
+
+def test_missing_object(driver):
+    with pytest.raises(ObjectNotFound):
+        driver.open("manifests/nothing")
+    assert driver.read("manifests/nothing") is None
+
+
+def test_wrong_md5_leaves_nothing(driver):
+    data = b"layer bytes"
+    with pytest.raises(IntegrityError):
+        driver.put(blob(data), io.BytesIO(data), size=len(data), md5=md5(b"other"))
+    assert not driver.exists(blob(data))
+
+
+def test_content_must_match_its_digest_key(driver):
+    data = b"claimed content"
+    key = blob(b"different content")
+    with pytest.raises(IntegrityError):
+        driver.put(key, io.BytesIO(data), size=len(data), md5=md5(data))
+    assert not driver.exists(key)
+
+
+def test_short_stream_leaves_nothing(driver):
+    data = b"0123456789"
+    with pytest.raises(IntegrityError):
+        driver.put(blob(data), io.BytesIO(data[:5]), size=len(data), md5=md5(data))
+    assert not driver.exists(blob(data))
+
+
+def test_failing_stream_leaves_nothing(driver):
+    data = os.urandom(4 << 20)
+
+    class Dies(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > (1 << 20):
+                raise ConnectionResetError("gone")
+            return super().read(n)
+    with pytest.raises((OSError, StorageError)):
+        driver.put(blob(data), Dies(data), size=len(data), md5=md5(data))
+    assert not driver.exists(blob(data))
+
+
+def test_rewrite_and_small_objects(driver):
+    driver.put_bytes("manifests/k", b"one", "application/json")
+    driver.put_bytes("manifests/k", b"two", "application/json")
+    assert driver.read("manifests/k") == b"two"
+
+
+def test_keys_cannot_escape(driver):
+    with pytest.raises(ValueError):
+        driver.exists("../outside")
