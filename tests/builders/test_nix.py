@@ -89,3 +89,12 @@ def test_path_info_list_and_object_forms():
                  "/nix/store/a-y": {"narSize": 7, "references": []}}
     assert parse_path_info(as_list) == parse_path_info(as_object)
     assert [p.name for p in parse_path_info(as_list)] == ["y", "x"]
+
+
+def test_names_reach_nix_as_data_never_as_code(tmp_path):
+    marker = tmp_path / "evaluated"
+    hostile = [f'hello"; builtins.toFile "x" (builtins.readFile {marker}) #', "${abort \"x\"}",
+               "a\nb", "__functor"]
+    res = resolve(*hostile)
+    assert [r.status for r in res] == ["missing"] * len(hostile)
+    assert {r.requested for r in res} == set(hostile)

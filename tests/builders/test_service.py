@@ -52,6 +52,15 @@ def test_restart_serves_stored_image_without_nix(tmp_path):
     assert second.manifest(DOCKER_MANIFEST) == first.manifest(DOCKER_MANIFEST)
 
 
+def test_restart_reuses_stored_layers_for_a_new_image(tmp_path):
+    git = service(tmp_path).image(Image.from_name("git"), "latest")
+    again = service(tmp_path)
+    htop = again.image(Image.from_name("htop"), "latest")
+    shared = {l["digest"] for l in git.layers} & {l["digest"] for l in htop.layers}
+    assert shared
+    assert not {keys.blob(d) for d in shared} & set(again.storage.puts)
+
+
 def test_same_request_same_digest_in_fresh_storage(tmp_path):
     a = service(tmp_path / "a").image(Image.from_name("shell/hello"), "latest")
     b = service(tmp_path / "b").image(Image.from_name("shell/hello/hello"), "latest")
