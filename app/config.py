@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
 DEFAULT_CHANNEL = "nixos-unstable"
+CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ConfigError(Exception):
@@ -31,6 +33,13 @@ class Config:
     gcs_bucket: str | None = None
     google_credentials: str | None = None
     popularity_url: str | None = None
+    # How long a moving source (channel, branch, local folder) keeps the
+    # revision it resolved to before it is asked again.
+    source_refresh: float = 300.0
+    # Where channels publish the commit they point at, and where nixpkgs
+    # at a commit is fetched from.
+    channel_url: str = "https://channels.nixos.org"
+    archive_url: str = "https://github.com/NixOS/nixpkgs/archive/{rev}.tar.gz"
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
     log_level: str = "INFO"
@@ -46,6 +55,12 @@ class Config:
                 f"not {self.storage_backend!r}")
         if self.storage_backend == "gcs" and not self.gcs_bucket:
             raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
+        if self.channel and not CHANNEL_RE.fullmatch(self.channel):
+            raise ConfigError(f"NIXERY_CHANNEL {self.channel!r} is not a channel name")
+        if "{rev}" not in self.archive_url:
+            raise ConfigError("NIXERY_ARCHIVE_URL must contain {rev}, where the commit goes")
+        if self.source_refresh < 0:
+            raise ConfigError(f"NIXERY_SOURCE_REFRESH must be 0 or more seconds, not {self.source_refresh}")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
         sources = [name for name, value in (
@@ -101,6 +116,9 @@ class Config:
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
             popularity_url=get("NIX_POPULARITY_URL"),
             max_layers=number("NIXERY_MAX_LAYERS", int, cls.max_layers),
+            source_refresh=number("NIXERY_SOURCE_REFRESH", float, cls.source_refresh),
+            channel_url=get("NIXERY_CHANNEL_URL") or cls.channel_url,
+            archive_url=get("NIXERY_ARCHIVE_URL") or cls.archive_url,
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
         )
         return cls(**kwargs)

@@ -107,6 +107,7 @@ _DOMAIN = {
         {"limit_seconds": e.limit, "setting": "NIX_TIMEOUT"}, **(_log_detail(e) or {}))),
     build.SourceUnavailable: lambda e: SourceUnavailable(e.message, _log_detail(e)),
     build.InvalidImage: lambda e: ManifestUnknown(e.message),
+    build.RevisionNotFound: lambda e: ManifestUnknown(e.message),
     storage.StorageUnavailable: lambda e: StorageUnavailable(f"storage is unavailable: {e}"),
     storage.IntegrityError: lambda e: StorageUnavailable(f"storage rejected a write: {e}"),
     storage.ObjectNotFound: lambda e: BlobUnknown(f"no object {e}"),

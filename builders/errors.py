@@ -49,3 +49,7 @@ class SourceUnavailable(BuildError):
 
 class InvalidImage(BuildError):
     """The image name asks for something the builder cannot make."""
+
+
+class RevisionNotFound(BuildError):
+    """The tag names nothing in the package source."""

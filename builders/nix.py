@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import process
 from .errors import (BuildFailed, BuildTimeout, PackageUnbuildable,
-                     SourceUnavailable)
+                     RevisionNotFound, SourceUnavailable)
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ IMAGE_NIX = os.path.join(NIX_DIR, "image.nix")
 # says it cannot download it.
 FETCH_OPTIONS = ("--option", "connect-timeout", "10", "--option", "download-attempts", "2")
 
+_MISSING_REV_RE = re.compile(r"Cannot find Git revision '([0-9a-f]{40})'")
 _DOWNLOAD_RE = re.compile(r"unable to download '([^']+)': (.*)")
 _GIT_RE = re.compile(r"(?:fetching Git repository|program 'git' failed|fatal: ).*")
 _BUILDER_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed(?: with exit code (\d+))?")
@@ -182,6 +183,10 @@ def parse_path_info(data) -> list[StorePath]:
 
 def _source_or_eval_error(stderr_tail):
     log = clean_log(stderr_tail)
+    m = _MISSING_REV_RE.search(log)
+    if m:
+        return RevisionNotFound(f"commit {m.group(1)} is not in the package repository",
+                                log_tail=log)
     m = _DOWNLOAD_RE.search(log)
     if m:
         return SourceUnavailable(

@@ -18,6 +18,7 @@ from . import forest, layers, manifest, tarball
 from .errors import InvalidImage, PackagesNotFound, PackageUnbuildable
 from .image import Image
 from .nix import Deadline, Nix
+from .sources import Revision
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,13 @@ def close_matches(name, candidates, n=3):
 
 
 class ImageService:
-    def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100):
+    def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100,
+                 source_refresh=300.0, clock=time.time):
         self.storage = storage
         self.source = source
+        self.source_refresh = source_refresh
+        self._clock = clock
+        self._revisions = _LockedTTLCache(maxsize=256, ttl=max(source_refresh, 0.001))
         self.nix = nix or Nix()
         self.nix_timeout = nix_timeout
         self.max_layers = max_layers
@@ -87,10 +92,10 @@ class ImageService:
         self._lock = threading.Lock()
         self.builds = 0  # images built by this process
 
-    def cache_key(self, image: Image, tag: str) -> str:
+    def cache_key(self, image: Image, revision: Revision) -> str:
         return hashlib.sha256(manifest.canonical({
             "format": RECORD_FORMAT,
-            "source": self.source.identity(tag),
+            "source": revision.identity,
             "system": image.system,
             "packages": list(image.packages),
             "max_layers": self.max_layers,
@@ -99,7 +104,8 @@ class ImageService:
     def image(self, image: Image, tag: str) -> ImageRecord:
         """The image's record from memory, storage, or a build; one build at a
         time per image in this process, concurrent callers share it."""
-        key = self.cache_key(image, tag)
+        revision = self.revision(tag)
+        key = self.cache_key(image, revision)
         record = self.manifests.get(key)
         if record is not None:
             return record
@@ -111,7 +117,7 @@ class ImageService:
         if not owner:
             return future.result()
         try:
-            record = self._load(key) or self._build(image, tag, key)
+            record = self._load(key) or self._build(image, revision, key)
             self.manifests[key] = record
             future.set_result(record)
             return record
@@ -122,6 +128,35 @@ class ImageService:
             with self._lock:
                 del self._inflight[key]
 
+    def revision(self, tag: str) -> Revision:
+        """What `tag` names in the source now.
+
+        A moving source is asked again only once its answer is older than
+        the refresh interval.  The answer is shared through storage with
+        every worker and instance, so they all switch to a new revision
+        together instead of serving different images for one name.
+        """
+        if self.source.immutable(tag):
+            return self.source.resolve(tag)
+        selector = self.source.selector(tag)
+        ident = hashlib.sha256(f"{self.source.describe()}\0{selector}".encode()).hexdigest()
+        now = self._clock()
+        hit = self._revisions.get(ident)
+        if hit is not None and now - hit[1] < self.source_refresh:
+            return hit[0]
+        data = self.storage.read(keys.revision(ident))
+        if data is not None:
+            stored = json.loads(data)
+            if 0 <= now - stored["resolved_at"] < self.source_refresh:
+                revision = Revision(**stored["revision"])
+                self._revisions[ident] = (revision, stored["resolved_at"])
+                return revision
+        revision = self.source.resolve(tag)
+        self.storage.put_bytes(keys.revision(ident), manifest.canonical(
+            {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
+        self._revisions[ident] = (revision, now)
+        return revision
+
     def _load(self, key):
         data = self.storage.read(keys.manifest(key))
         if data is None:
@@ -130,14 +165,15 @@ class ImageService:
         logger.info("image %s found in storage", key[:12])
         return record
 
-    def _build(self, image: Image, tag: str, key: str) -> ImageRecord:
+    def _build(self, image: Image, revision: Revision, key: str) -> ImageRecord:
         if not image.packages:
             raise InvalidImage("the image name lists no packages")
         started = time.monotonic()
         deadline = Deadline(self.nix_timeout)
-        source = self.source.nix_source(tag)
+        source = revision.nix
         paths = image.attribute_paths
-        logger.info("building %s for %s from %s", image.name, image.system, self.source.describe())
+        logger.info("building %s for %s from %s, %s", image.name, image.system,
+                    self.source.describe(), revision.description)
         resolved = self.nix.resolve(source, image.system, paths, deadline)
 
         missing = [r for r in resolved if r.status == "missing"]

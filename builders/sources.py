@@ -1,72 +1,198 @@
-"""Package sources: where the Nix expressions import the package set from."""
+"""Package sources: what the Nix expressions import, pinned per pull.
+
+A source resolves a tag to a `Revision`: what nix/image.nix fetches and
+what the manifest cache key records.  How often a moving source is asked
+again is the image service's business (builders/service.py).
+"""
 from __future__ import annotations
 
 import abc
+import hashlib
+import logging
+import os
 import re
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
 
-CHANNEL_URL = "https://channels.nixos.org/{channel}/nixexprs.tar.xz"
+from . import process
+from .errors import RevisionNotFound, SourceUnavailable
+
+logger = logging.getLogger(__name__)
+
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# Resolving a revision is a small network call; it must never hang a pull.
+RESOLVE_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Revision:
+    identity: str     # recorded in the manifest cache key
+    nix: dict         # the `sourceJson` argument of nix/image.nix
+    description: str  # for people
+
+    def to_dict(self):
+        return asdict(self)
 
 
 class Source(abc.ABC):
-    """One package source, turned into data for nix/image.nix."""
+    """One package source."""
+
+    #: whether the tag a user pulls picks the revision
+    tags_select_revision = False
+
+    def selector(self, tag: str) -> str:
+        """What of `tag` matters to this source (all tags are one for some)."""
+        return tag if self.tags_select_revision else "latest"
+
+    def immutable(self, tag: str) -> bool:
+        """Whether `tag` always names the same revision."""
+        return False
+
+    def resolve(self, tag: str) -> Revision:
+        """The revision `tag` names now."""
+        revision = self._resolve(self.selector(tag))
+        if not self.immutable(tag):
+            logger.info("%s resolved to %s", self.describe(), revision.description)
+        return revision
 
     @abc.abstractmethod
-    def nix_source(self, tag: str) -> dict:
-        """The `sourceJson` argument of nix/image.nix for an image pulled by `tag`."""
-
-    @abc.abstractmethod
-    def identity(self, tag: str) -> str:
-        """What the manifest cache key records of the source for `tag`."""
+    def _resolve(self, tag: str) -> Revision:
+        """Find what `tag` names now."""
 
     @abc.abstractmethod
     def describe(self) -> str:
         """A line for people: what images are built from."""
 
 
+def tree_hash(root: str) -> str:
+    """A hash of a folder's files as Nix would read them (names, modes,
+    contents, symlink targets), skipping version-control metadata."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in (".git", ".hg", ".svn"))
+        rel = os.path.relpath(dirpath, root)
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            h.update(f"{rel}/{name}\0".encode("utf-8", "surrogateescape"))
+            if os.path.islink(path):
+                h.update(b"link\0" + os.readlink(path).encode("utf-8", "surrogateescape"))
+                continue
+            h.update(b"x" if os.access(path, os.X_OK) else b"-")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            h.update(b"\0")
+    return h.hexdigest()
+
+
 class PathSource(Source):
+    """A local folder; tags are ignored, the folder's contents are the revision."""
+
     def __init__(self, path):
         self.path = path
 
-    def nix_source(self, tag):
-        return {"type": "path", "path": self.path}
-
-    def identity(self, tag):
-        return f"path:{self.path}"
+    def _resolve(self, tag):
+        digest = tree_hash(self.path)
+        return Revision(f"path:{self.path}@{digest}", {"type": "path", "path": self.path},
+                        f"{self.path} (contents {digest[:12]})")
 
     def describe(self):
         return f"the local package set at {self.path}"
 
 
 class ChannelSource(Source):
-    def __init__(self, channel):
+    """A nixpkgs channel; tags are ignored.  The channel is resolved to the
+    commit it points at and Nix fetches nixpkgs at that commit, so one
+    revision always gives the same image."""
+
+    def __init__(self, channel, channel_url, archive_url):
         self.channel = channel
-        self.url = CHANNEL_URL.format(channel=channel)
+        self.revision_url = f"{channel_url.rstrip('/')}/{channel}/git-revision"
+        self.archive_url = archive_url
 
-    def nix_source(self, tag):
-        return {"type": "channel", "url": self.url}
-
-    def identity(self, tag):
-        return f"channel:{self.channel}"
+    def _resolve(self, tag):
+        try:
+            with urllib.request.urlopen(self.revision_url, timeout=RESOLVE_TIMEOUT) as resp:
+                commit = resp.read(200).decode("ascii", "replace").strip()
+        except urllib.error.HTTPError as e:
+            raise SourceUnavailable(
+                f"could not resolve the channel {self.channel}: {self.revision_url} answered "
+                f"{e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise SourceUnavailable(
+                f"could not resolve the channel {self.channel}: cannot fetch "
+                f"{self.revision_url}: {reason}") from None
+        if not COMMIT_RE.match(commit):
+            raise SourceUnavailable(
+                f"{self.revision_url} does not hold a commit hash (got {commit[:60]!r})")
+        return Revision(f"channel:{self.channel}@{commit}",
+                        {"type": "tarball", "url": self.archive_url.format(rev=commit)},
+                        f"{self.channel} at {commit[:12]}")
 
     def describe(self):
         return f"the nixpkgs channel {self.channel}"
 
 
 class GitSource(Source):
+    """A git repository; the tag picks the revision: `latest` is the remote's
+    default branch, 40 hex digits a commit, anything else a branch or tag."""
+
+    tags_select_revision = True
+
     def __init__(self, url):
         self.url = url
 
-    def nix_source(self, tag):
-        source = {"type": "git", "url": self.url}
-        if COMMIT_RE.match(tag):
-            source["rev"] = tag
-        elif tag != "latest":
-            source["ref"] = tag
-        return source
+    def immutable(self, tag):
+        return bool(COMMIT_RE.match(tag))
 
-    def identity(self, tag):
-        return f"git:{self.url}@{tag}"
+    def _resolve(self, tag):
+        if self.immutable(tag):
+            return Revision(f"git:{self.url}@{tag}",
+                            {"type": "git", "url": self.url, "rev": tag, "allRefs": True},
+                            f"commit {tag[:12]}")
+        if tag == "latest":
+            refs = self._ls_remote("--symref", "HEAD")
+            commit = refs.get("HEAD")
+            ref = refs.get("symref:HEAD", "HEAD")
+        else:
+            # the tag is data: an argument to git, never part of a command line string
+            refs = self._ls_remote(f"refs/heads/{tag}", f"refs/tags/{tag}")
+            ref, commit = next(
+                ((r, refs[r + "^{}"] if r + "^{}" in refs else refs[r])
+                 for r in (f"refs/heads/{tag}", f"refs/tags/{tag}") if r in refs),
+                (None, None))
+        if not commit:
+            raise RevisionNotFound(
+                f"tag {tag!r} names no branch or tag in {self.url}; pull a branch, a tag, "
+                "a full commit hash, or latest for the default branch")
+        return Revision(f"git:{self.url}@{commit}",
+                        {"type": "git", "url": self.url, "rev": commit, "ref": ref},
+                        f"{ref} at {commit[:12]}")
+
+    def _ls_remote(self, *args) -> dict:
+        cmd = ["git", "ls-remote", *args[:1], self.url, *args[1:]] if args[0] == "--symref" \
+            else ["git", "ls-remote", self.url, *args]
+        try:
+            done = process.run(cmd, timeout=RESOLVE_TIMEOUT)
+        except process.Timeout:
+            raise SourceUnavailable(
+                f"git ls-remote {self.url} took longer than {RESOLVE_TIMEOUT}s") from None
+        except FileNotFoundError:
+            raise SourceUnavailable("git is not installed") from None
+        if done.returncode != 0:
+            last = done.stderr_tail.strip().splitlines()[-1:] or ["no output"]
+            raise SourceUnavailable(f"cannot read the git repository {self.url}: {last[0]}",
+                                    log_tail=done.stderr_tail)
+        refs = {}
+        for line in done.stdout.decode("utf-8", "replace").splitlines():
+            value, _, name = line.partition("\t")
+            if value.startswith("ref: "):
+                refs["symref:" + name] = value[5:]
+            else:
+                refs[name] = value
+        return refs
 
     def describe(self):
         return f"the git repository {self.url}"
@@ -77,4 +203,4 @@ def from_config(config) -> Source:
         return PathSource(config.pkgs_path)
     if config.pkgs_repo:
         return GitSource(config.pkgs_repo)
-    return ChannelSource(config.effective_channel)
+    return ChannelSource(config.effective_channel, config.channel_url, config.archive_url)

@@ -5,8 +5,8 @@
 # is imported, so this file works unchanged against real nixpkgs and
 # against the offline test package set.
 #
-#   sourceJson   {"type":"path","path":"/abs"} | {"type":"channel","url":...}
-#                | {"type":"git","url":...,"ref":...,"rev":...}
+#   sourceJson   {"type":"path","path":"/abs"} | {"type":"tarball","url":...}
+#                | {"type":"git","url":...,"rev":...,"ref"?:...,"allRefs"?:true}
 #   system       e.g. "x86_64-linux"
 #   packagesJson list of attribute paths, each a list of names
 #   explainIndex index into packages, for the `explain` attribute
@@ -16,11 +16,11 @@ let
 
   tree =
     if source.type == "path" then source.path
-    else if source.type == "channel" then builtins.fetchTarball source.url
+    else if source.type == "tarball" then builtins.fetchTarball source.url
     else if source.type == "git" then builtins.fetchGit (
-      { url = source.url; }
+      { url = source.url; rev = source.rev; }
       // (if source ? ref then { ref = source.ref; } else {})
-      // (if source ? rev then { rev = source.rev; } else {}))
+      // (if source ? allRefs then { allRefs = source.allRefs; } else {}))
     else throw "unknown package source type ${source.type}";
 
   pkgs = import tree { inherit system; config = {}; overlays = []; };

@@ -22,6 +22,11 @@ def layer(layer_id: str) -> str:
     return f"layerinfo/{layer_id}"
 
 
+def revision(selector_id: str) -> str:
+    """What a moving package source resolved to, and when."""
+    return f"sources/{selector_id}"
+
+
 def blob_sha256(key: str) -> str | None:
     """The sha256 hex a key must hold, for content-addressed keys."""
     m = BLOB_KEY_RE.match(key)

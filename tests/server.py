@@ -24,6 +24,7 @@ class Server:
     def __init__(self, workdir, **env):
         self.port = free_port()
         self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
         self.log_path = os.path.join(workdir, "server.log")
         self.env = dict(os.environ, PORT=str(self.port), LISTEN_ADDRESS="127.0.0.1",
                         STORAGE_PATH=os.path.join(workdir, "storage"), **env)

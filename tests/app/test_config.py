@@ -34,6 +34,11 @@ def test_values_from_the_environment(tmp_path):
     ({"NIXERY_CHANNEL": "nixos-unstable", "NIXERY_PKGS_REPO": "https://x/y.git"},
      "NIXERY_CHANNEL and NIXERY_PKGS_REPO"),
     ({"NIXERY_MAX_LAYERS": "1"}, "NIXERY_MAX_LAYERS"),
+    ({"NIXERY_CHANNEL": "nixos unstable; rm"}, "NIXERY_CHANNEL"),
+    ({"NIXERY_ARCHIVE_URL": "https://example.org/nixpkgs.tar.gz"}, "NIXERY_ARCHIVE_URL"),
+    ({"NIXERY_SOURCE_REFRESH": "-1"}, "NIXERY_SOURCE_REFRESH"),
+    ({"NIXERY_CHANNEL": "a", "NIXERY_PKGS_REPO": "b", "NIXERY_PKGS_PATH": "/"},
+     "NIXERY_CHANNEL and NIXERY_PKGS_REPO and NIXERY_PKGS_PATH"),
 ])
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError) as info:

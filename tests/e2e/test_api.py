@@ -263,5 +263,5 @@ def test_unreachable_channel_fails_fast_naming_the_url(tmp_path):
     assert r.status_code == 502
     err = error_of(r)
     assert err["code"] == "SOURCE_UNAVAILABLE"
-    assert "https://channels.nixos.org/nixos-unstable/nixexprs.tar.xz" in err["message"]
+    assert "https://channels.nixos.org/nixos-unstable/git-revision" in err["message"]
     assert elapsed < 60

@@ -104,6 +104,11 @@ let
 
     inherit libshared;
 
+    # Names a registry path cannot spell as they are: upper case, and a
+    # leading digit (nixpkgs prefixes those with `_`).
+    SDL2 = script "SDL2" "sdl2-config" ''echo "2.0.0"'' "";
+    _1password = script "1password" "op" ''echo "op 1.0 (test)"'' "";
+
     # A nested package set, reached as `langPackages.foo`.
     langPackages = {
       recurseForDerivations = true;
