@@ -6,6 +6,7 @@ import logging
 from flask import Flask
 
 from builders import sources
+from builders.locks import BuildLocks
 from builders.service import ImageService
 import storage as storage_mod
 
@@ -25,7 +26,9 @@ def create_app(config: Config | None = None, *, nix=None) -> Flask:
     app.extensions["images"] = ImageService(
         store, sources.from_config(config), nix=nix,
         nix_timeout=config.nix_timeout, max_layers=config.max_layers,
-        source_refresh=config.source_refresh)
+        source_refresh=config.source_refresh,
+        locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
+                         queue_timeout=config.build_queue_timeout))
     app.register_blueprint(registry.bp)
     app.register_blueprint(web.bp)
     errors.register(app)

@@ -40,6 +40,12 @@ class Config:
     # at a commit is fetched from.
     channel_url: str = "https://channels.nixos.org"
     archive_url: str = "https://github.com/NixOS/nixpkgs/archive/{rev}.tar.gz"
+    # Builds at once on this machine; past that a request waits at most
+    # build_queue_timeout seconds, then is told to retry (429).
+    max_builds: int = os.cpu_count() or 1
+    build_queue_timeout: float = 30.0
+    # Where processes on this machine coordinate builds (flock files).
+    lock_path: str | None = None
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
     log_level: str = "INFO"
@@ -61,6 +67,11 @@ class Config:
             raise ConfigError("NIXERY_ARCHIVE_URL must contain {rev}, where the commit goes")
         if self.source_refresh < 0:
             raise ConfigError(f"NIXERY_SOURCE_REFRESH must be 0 or more seconds, not {self.source_refresh}")
+        if self.max_builds < 1:
+            raise ConfigError(f"NIXERY_MAX_BUILDS must be at least 1, not {self.max_builds}")
+        if self.build_queue_timeout < 0:
+            raise ConfigError("NIXERY_BUILD_QUEUE_TIMEOUT must be 0 or more seconds, "
+                              f"not {self.build_queue_timeout}")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
         sources = [name for name, value in (
@@ -73,6 +84,8 @@ class Config:
                 raise ConfigError(f"NIXERY_PKGS_PATH {self.pkgs_path!r} is not a directory")
             object.__setattr__(self, "pkgs_path", os.path.abspath(self.pkgs_path))
         object.__setattr__(self, "storage_path", os.path.abspath(self.storage_path))
+        object.__setattr__(self, "lock_path", os.path.abspath(
+            self.lock_path or os.path.join(self.storage_path, ".locks")))
 
     @property
     def effective_channel(self) -> str | None:
@@ -116,6 +129,10 @@ class Config:
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
             popularity_url=get("NIX_POPULARITY_URL"),
             max_layers=number("NIXERY_MAX_LAYERS", int, cls.max_layers),
+            max_builds=number("NIXERY_MAX_BUILDS", int, cls.max_builds),
+            build_queue_timeout=number("NIXERY_BUILD_QUEUE_TIMEOUT", float,
+                                       cls.build_queue_timeout),
+            lock_path=get("NIXERY_LOCK_PATH"),
             source_refresh=number("NIXERY_SOURCE_REFRESH", float, cls.source_refresh),
             channel_url=get("NIXERY_CHANNEL_URL") or cls.channel_url,
             archive_url=get("NIXERY_ARCHIVE_URL") or cls.archive_url,

@@ -85,6 +85,10 @@ class SourceUnavailable(RegistryError):
     code, status = "SOURCE_UNAVAILABLE", 502
 
 
+class TooManyRequests(RegistryError):
+    code, status = "TOOMANYREQUESTS", 429
+
+
 class StorageUnavailable(RegistryError):
     code, status = "STORAGE_UNAVAILABLE", 503
 
@@ -107,6 +111,9 @@ _DOMAIN = {
         {"limit_seconds": e.limit, "setting": "NIX_TIMEOUT"}, **(_log_detail(e) or {}))),
     build.SourceUnavailable: lambda e: SourceUnavailable(e.message, _log_detail(e)),
     build.InvalidImage: lambda e: ManifestUnknown(e.message),
+    build.BuildQueueFull: lambda e: TooManyRequests(
+        e.message, {"retry_after_seconds": e.retry_after},
+        headers={"Retry-After": str(e.retry_after)}),
     build.RevisionNotFound: lambda e: ManifestUnknown(e.message),
     storage.StorageUnavailable: lambda e: StorageUnavailable(f"storage is unavailable: {e}"),
     storage.IntegrityError: lambda e: StorageUnavailable(f"storage rejected a write: {e}"),

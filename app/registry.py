@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from flask import Blueprint, Response, current_app, redirect, request
 from werkzeug.routing import PathConverter
@@ -9,7 +10,7 @@ from werkzeug.routing import PathConverter
 from builders import manifest
 from builders.image import Image
 from storage import keys
-from storage.errors import ObjectNotFound
+from storage.errors import CorruptObject, ObjectNotFound
 
 from . import grammar
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid,
@@ -126,22 +127,21 @@ def negotiate(accept_headers) -> str:
 
 
 def _blob(digest):
-    storage = current_app.extensions["storage"]
-    key = keys.blob(digest)
-    size = storage.size(key)
-    if size is None:
-        raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest})
+    f = _open_blob(digest)
+    size = f.seek(0, os.SEEK_END)
     headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"',
                "Accept-Ranges": "bytes", "Cache-Control": "max-age=31536000, immutable"}
     if request.method == "GET":
-        url = storage.url(key)
+        url = current_app.extensions["storage"].url(keys.blob(digest))
         if url:
+            f.close()
             return redirect(url, code=307, Response=None)
     start, stop, status = 0, size, 200
     rng = request.range
     if rng is not None and len(rng.ranges) == 1:
         span = rng.range_for_length(size)
         if span is None:
+            f.close()
             raise RangeInvalid(f"range {request.headers.get('Range')!r} is outside the blob's "
                                f"{size} bytes", headers={"Content-Range": f"bytes */{size}"})
         start, stop = span
@@ -149,13 +149,27 @@ def _blob(digest):
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     headers["Content-Length"] = str(stop - start)
     if request.method == "HEAD":
+        f.close()
         return Response(status=status, headers=headers, mimetype="application/octet-stream")
-    try:
-        f = storage.open(key)
-    except ObjectNotFound:
-        raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest}) from None
     return Response(_stream(f, start, stop), status=status, headers=headers,
                     mimetype="application/octet-stream", direct_passthrough=True)
+
+
+def _open_blob(digest):
+    """The blob, checked against its digest; a missing or corrupt one is made
+    again from its source when the registry knows how."""
+    storage = current_app.extensions["storage"]
+    key = keys.blob(digest)
+    try:
+        return storage.open(key)
+    except ObjectNotFound as e:
+        corrupt = isinstance(e, CorruptObject)
+        if current_app.extensions["images"].restore_blob(digest):
+            return storage.open(key)
+        if corrupt:
+            raise BlobUnknown(f"blob {digest} was corrupt in storage and could not be made "
+                              "again; it has been removed", {"digest": digest}) from None
+        raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest}) from None
 
 
 def _stream(f, start, stop):

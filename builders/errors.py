@@ -10,6 +10,27 @@ class BuildError(Exception):
         self.message = message
         self.log_tail = log_tail
 
+    def to_dict(self) -> dict:
+        """The error as data, to hand to requests in other processes."""
+        return {"type": type(self).__name__, "attrs": dict(self.__dict__)}
+
+    @staticmethod
+    def from_dict(data) -> "BuildError":
+        cls = next((c for c in _all_subclasses(BuildError) if c.__name__ == data["type"]),
+                   BuildError)
+        error = cls.__new__(cls)
+        Exception.__init__(error, data["attrs"].get("message", ""))
+        error.__dict__.update(data["attrs"])
+        if isinstance(error, PackagesNotFound):
+            error.missing = [(name, list(matches)) for name, matches in error.missing]
+        return error
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
 
 class PackagesNotFound(BuildError):
     """Some requested attribute paths do not exist in the package source."""
@@ -53,3 +74,11 @@ class InvalidImage(BuildError):
 
 class RevisionNotFound(BuildError):
     """The tag names nothing in the package source."""
+
+
+class BuildQueueFull(BuildError):
+    """Too many builds at once; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message, *, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -25,9 +26,12 @@ IMAGE_NIX = os.path.join(NIX_DIR, "image.nix")
 # says it cannot download it.
 FETCH_OPTIONS = ("--option", "connect-timeout", "10", "--option", "download-attempts", "2")
 
+KILL_GRACE = 5
+
 _MISSING_REV_RE = re.compile(r"Cannot find Git revision '([0-9a-f]{40})'")
 _DOWNLOAD_RE = re.compile(r"unable to download '([^']+)': (.*)")
 _GIT_RE = re.compile(r"(?:fetching Git repository|program 'git' failed|fatal: ).*")
+_NIX_TIMEOUT_RE = re.compile(r"building of '[^']+' .*timed out after \d+ seconds")
 _BUILDER_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed(?: with exit code (\d+))?")
 _NOISE = ("(use '--show-trace'", "warning: you did not specify '--add-root'")
 
@@ -85,12 +89,22 @@ class Nix:
     def _run(self, cmd, deadline: Deadline) -> process.Completed:
         self.runs += 1
         logger.debug("running %s", cmd)
+        left = deadline.remaining()
+        # coreutils timeout enforces the deadline even if this worker dies
+        # mid-build: Nix stops its builders on SIGTERM; SIGKILL follows.
+        guarded = ["timeout", f"--kill-after={KILL_GRACE}", f"{left + 1:.1f}", *cmd]
         try:
-            return process.run(cmd, timeout=deadline.remaining())
+            done = process.run(guarded, timeout=left)
         except process.Timeout as e:
             raise BuildTimeout(deadline.limit, log_tail=clean_log(e.stderr_tail)) from None
-        except FileNotFoundError as e:
-            raise BuildFailed(f"cannot run {cmd[0]}: is Nix installed? ({e.strerror})") from None
+        except FileNotFoundError:
+            raise BuildFailed("cannot run timeout: is coreutils installed?") from None
+        if done.returncode == 124:
+            # the guard fired just before our own deadline did
+            raise BuildTimeout(deadline.limit, log_tail=clean_log(done.stderr_tail))
+        if done.returncode == 127 and "failed to run command" in done.stderr_tail:
+            raise BuildFailed(f"cannot run {cmd[0]}: is Nix installed?")
+        return done
 
     def _image_args(self, source: dict, system: str, attribute_paths):
         return [
@@ -137,11 +151,16 @@ class Nix:
         `outputs` maps drv!output -> the requested name, to say which
         package failed.
         """
-        cmd = ["nix-store", "--realise", *FETCH_OPTIONS, *sorted(outputs)]
+        # Nix's own builder timeout too, so builders die at the deadline
+        # whatever happens to the processes above them
+        cmd = ["nix-store", "--realise", "--timeout", str(math.ceil(deadline.remaining())),
+               *FETCH_OPTIONS, *sorted(outputs)]
         done = self._run(cmd, deadline)
         if done.returncode == 0:
             return
         log = clean_log(done.stderr_tail)
+        if _NIX_TIMEOUT_RE.search(log):
+            raise BuildTimeout(deadline.limit, log_tail=log)
         m = _BUILDER_RE.search(log)
         if m:
             drv = m.group(1)

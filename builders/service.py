@@ -5,6 +5,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -15,14 +16,19 @@ from cachetools import TTLCache
 
 from storage import keys
 from . import forest, layers, manifest, tarball
-from .errors import InvalidImage, PackagesNotFound, PackageUnbuildable
+from .errors import (BuildError, BuildQueueFull, InvalidImage, PackagesNotFound,
+                     PackageUnbuildable)
 from .image import Image
+from .locks import BuildLocks
 from .nix import Deadline, Nix
 from .sources import Revision
 
 logger = logging.getLogger(__name__)
 
 CACHE_TTL = 24 * 3600
+# Time beyond NIX_TIMEOUT a build may take to make and store its layers,
+# and so how long a request waits for another process's build.
+UPLOAD_MARGIN = 300
 # Bump when what a cache key builds changes, so old records are not reused.
 RECORD_FORMAT = 1
 
@@ -77,8 +83,11 @@ def close_matches(name, candidates, n=3):
 
 class ImageService:
     def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100,
-                 source_refresh=300.0, clock=time.time):
+                 source_refresh=300.0, clock=time.time, locks=None):
         self.storage = storage
+        # without shared locks, builds are coordinated within this process only
+        self.locks = locks or BuildLocks(tempfile.mkdtemp(prefix="registry-locks-"),
+                                         max_builds=os.cpu_count() or 1, queue_timeout=30)
         self.source = source
         self.source_refresh = source_refresh
         self._clock = clock
@@ -117,7 +126,7 @@ class ImageService:
         if not owner:
             return future.result()
         try:
-            record = self._load(key) or self._build(image, revision, key)
+            record = self._load(key) or self._build_once(image, revision, key)
             self.manifests[key] = record
             future.set_result(record)
             return record
@@ -156,6 +165,27 @@ class ImageService:
             {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
         self._revisions[ident] = (revision, now)
         return revision
+
+    def _build_once(self, image, revision, key) -> ImageRecord:
+        """Build unless another process is already at it: then wait for its
+        result, or its error."""
+        waiting_since = time.time()
+        with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN):
+            record = self._load(key)
+            if record is not None:
+                return record
+            failure = self.locks.failure_since(key, waiting_since)
+            if failure is not None:
+                logger.info("image %s failed in another process: %s", key[:12], failure.message)
+                raise failure
+            try:
+                with self.locks.slot():
+                    return self._build(image, revision, key)
+            except BuildQueueFull:
+                raise  # not a failure of the image: the next request may get a slot
+            except BuildError as e:
+                self.locks.record_failure(key, e)
+                raise
 
     def _load(self, key):
         data = self.storage.read(keys.manifest(key))
@@ -232,18 +262,41 @@ class ImageService:
         key = keys.blob(digest)
         if not self.storage.exists(key):
             self.storage.put_bytes(key, data, content_type)
+            self._record_source(digest, {"data": data.decode()})
         return {"digest": digest, "size": len(data)}
 
     def _store_layer(self, paths) -> dict:
-        return self._layer(layers.layer_id(paths), len(paths),
-                           lambda out: tarball.write_store_layer(paths, out))
+        return self._layer(layers.layer_id(paths), {"paths": sorted(paths)})
 
     def _store_tree_layer(self, tree) -> dict:
         ident = hashlib.sha256(manifest.canonical(
             {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
-        return self._layer(ident, 0, lambda out: tarball.write_tree_layer(tree, out))
+        return self._layer(ident, {"tree": tree})
 
-    def _layer(self, ident, npaths, write) -> dict:
+    @staticmethod
+    def _writer(source):
+        """How to write the layer a blob source record describes."""
+        if "paths" in source:
+            return lambda out: tarball.write_store_layer(source["paths"], out)
+        tree = {name: tuple(entry) for name, entry in source["tree"].items()}
+        return lambda out: tarball.write_tree_layer(tree, out)
+
+    def _record_source(self, digest, source):
+        # what restore_blob() needs to make the blob again
+        self.storage.put_bytes(keys.blob_source(digest), manifest.canonical(source),
+                               "application/json")
+
+    def _upload_layer(self, source, expected_digest=None):
+        with tempfile.TemporaryFile() as f:
+            blob = self._writer(source)(f)
+            if expected_digest and blob.digest != expected_digest:
+                return None
+            f.seek(0)
+            self.storage.put(keys.blob(blob.digest), f, size=blob.size, md5=blob.md5,
+                             content_type="application/octet-stream")
+        return blob
+
+    def _layer(self, ident, source) -> dict:
         """A layer's {digest, size, diff_id}: from the seen-layers cache, the
         record in storage, or made and uploaded now."""
         known = self.layers.get(ident)
@@ -255,13 +308,32 @@ class ImageService:
             if self.storage.exists(keys.blob(known["digest"])):
                 self.layers[ident] = known
                 return known
-        with tempfile.TemporaryFile() as f:
-            blob = write(f)
-            f.seek(0)
-            self.storage.put(keys.blob(blob.digest), f, size=blob.size, md5=blob.md5,
-                             content_type="application/octet-stream")
+        blob = self._upload_layer(source)
+        self._record_source(blob.digest, source)
         known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,
-                 "paths": npaths}
+                 "paths": len(source.get("paths", ()))}
         self.storage.put_bytes(keys.layer(ident), manifest.canonical(known), "application/json")
         self.layers[ident] = known
         return known
+
+    def restore_blob(self, digest) -> bool:
+        """Make a missing or corrupt blob again from what made it; False when
+        that is not possible (unknown digest, store paths gone)."""
+        data = self.storage.read(keys.blob_source(digest))
+        if data is None:
+            return False
+        source = json.loads(data)
+        if "data" in source:
+            body = source["data"].encode()
+            if manifest.digest_of(body) != digest:
+                return False
+            self.storage.put_bytes(keys.blob(digest), body)
+        else:
+            if not all(os.path.exists(p) for p in source.get("paths", ())):
+                logger.error("cannot restore %s: its store paths are gone", digest)
+                return False
+            if self._upload_layer(source, expected_digest=digest) is None:
+                logger.error("cannot restore %s: the store paths no longer give that digest", digest)
+                return False
+        logger.warning("restored blob %s from its source", digest)
+        return True

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from . import keys
 from .base import Storage
-from .errors import IntegrityError, ObjectNotFound, StorageError, StorageUnavailable
+from .errors import (CorruptObject, IntegrityError, ObjectNotFound, StorageError,
+                     StorageUnavailable)
 from .filesystem import FilesystemStorage
 
 
@@ -23,4 +24,4 @@ def from_config(config) -> Storage:
 
 
 __all__ = ["Storage", "FilesystemStorage", "DRIVERS", "from_config", "keys",
-           "StorageError", "StorageUnavailable", "ObjectNotFound", "IntegrityError"]
+           "StorageError", "StorageUnavailable", "ObjectNotFound", "CorruptObject", "IntegrityError"]

@@ -30,7 +30,13 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def open(self, key: str) -> typing.BinaryIO:
-        """A readable, seekable binary stream of the object; ObjectNotFound if absent."""
+        """A readable, seekable binary stream of the object; ObjectNotFound if absent.
+
+        A content-addressed object is checked against its digest first
+        (drivers may remember objects already checked); one that fails the
+        check is set aside and CorruptObject (an ObjectNotFound) raised, so
+        a corrupt blob is never served.
+        """
 
     @abc.abstractmethod
     def put(self, key: str, fileobj: typing.BinaryIO, *, size: int, md5: str,

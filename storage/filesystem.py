@@ -5,9 +5,12 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
+
+from cachetools import LRUCache
 
 from .base import Storage
-from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
+from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,11 @@ class FilesystemStorage(Storage):
     def __init__(self, root):
         self.root = os.path.abspath(root)
         self.tmp = os.path.join(self.root, ".tmp")
+        self.corrupt = os.path.join(self.root, ".corrupt")
+        # path -> (inode, size, mtime) of files whose digest was checked:
+        # a file changed since (truncated, rewritten) is checked again
+        self._verified = LRUCache(maxsize=1 << 16)
+        self._verified_lock = threading.Lock()
         try:
             os.makedirs(self.tmp, exist_ok=True)
         except OSError as e:
@@ -48,10 +56,43 @@ class FilesystemStorage(Storage):
             return None
 
     def open(self, key):
+        path = self._path(key)
         try:
-            return open(self._path(key), "rb")
+            f = open(path, "rb")
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
+        want = self.expected_sha256(key)
+        if want:
+            try:
+                self._verify(f, path, key, want)
+            except BaseException:
+                f.close()
+                raise
+        return f
+
+    def _verify(self, f, path, key, want):
+        st = os.fstat(f.fileno())
+        signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._verified_lock:
+            if self._verified.get(path) == signature:
+                return
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+        f.seek(0)
+        if h.hexdigest() != want:
+            self._set_aside(path, key)
+            raise CorruptObject(f"{key} does not match its digest and was set aside")
+        with self._verified_lock:
+            self._verified[path] = signature
+
+    def _set_aside(self, path, key):
+        logger.error("%s in %s is corrupt: its content does not match its digest", key, self.root)
+        try:
+            os.makedirs(self.corrupt, exist_ok=True)
+            os.replace(path, os.path.join(self.corrupt, os.path.basename(path)))
+        except FileNotFoundError:
+            pass  # another request set it aside first
 
     def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
         path = self._path(key)

@@ -22,6 +22,11 @@ def layer(layer_id: str) -> str:
     return f"layerinfo/{layer_id}"
 
 
+def blob_source(digest: str) -> str:
+    """How to make a blob again: its store paths, its tree, or its bytes."""
+    return f"blobsources/{digest}"
+
+
 def revision(selector_id: str) -> str:
     """What a moving package source resolved to, and when."""
     return f"sources/{selector_id}"

@@ -36,7 +36,7 @@ def test_storage_failure_is_503(app, client, monkeypatch):
 
     def down(*a, **kw):
         raise StorageUnavailable("disk on fire")
-    monkeypatch.setattr(app.extensions["storage"], "size", down)
+    monkeypatch.setattr(app.extensions["storage"], "open", down)
     r = client.get("/v2/hello/blobs/sha256:" + "0" * 64)
     assert r.status_code == 503
     assert r.get_json()["errors"][0]["code"] == "STORAGE_UNAVAILABLE"
