@@ -308,6 +308,7 @@ class ImageService:
             if self.storage.exists(keys.blob(known["digest"])):
                 self.layers[ident] = known
                 return known
+        logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))
         blob = self._upload_layer(source)
         self._record_source(blob.digest, source)
         known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,

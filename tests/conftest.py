@@ -48,6 +48,19 @@ def pkgs_path():
     return str(PKGS)
 
 
+def package_set(dest, replacements=()):
+    """A copy of the test package set at `dest`, with text replaced, e.g. to
+    change what a package prints or to make Nix build it anew."""
+    os.makedirs(dest, exist_ok=True)
+    text = (PKGS / "default.nix").read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    with open(os.path.join(dest, "default.nix"), "w") as f:
+        f.write(text)
+    return str(dest)
+
+
 def need(*programs):
     """Fail loudly when a tool the suite relies on is missing (make test installs them)."""
     for program in programs:

@@ -27,7 +27,8 @@ class Server:
         os.makedirs(workdir, exist_ok=True)
         self.log_path = os.path.join(workdir, "server.log")
         self.env = dict(os.environ, PORT=str(self.port), LISTEN_ADDRESS="127.0.0.1",
-                        STORAGE_PATH=os.path.join(workdir, "storage"), **env)
+                        STORAGE_PATH=os.path.join(workdir, "storage"))
+        self.env.update(env)
         self.proc = None
 
     @property

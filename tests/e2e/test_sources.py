@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import PKGS
+from tests.conftest import PKGS, package_set
 from tests.e2e.test_api import error_of
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.server import Server
@@ -24,11 +24,7 @@ HELLO = 'echo "Hello, world!"'
 
 def write_pkgs(dest, greeting):
     """The test package set, with hello saying `greeting`."""
-    os.makedirs(dest, exist_ok=True)
-    text = (PKGS / "default.nix").read_text()
-    assert HELLO in text
-    with open(os.path.join(dest, "default.nix"), "w") as f:
-        f.write(text.replace(HELLO, f'echo "{greeting}"'))
+    package_set(dest, [(HELLO, f'echo "{greeting}"')])
 
 
 def git(repo, *args):

@@ -173,6 +173,33 @@ let
       '';
     };
 
+    # Takes a moment to build, so concurrent pulls overlap with it.
+    sleepy = mk {
+      pname = "sleepy";
+      script = ''
+        sleep 2
+        mkdir -p $out/bin
+        ln -s ${bb} $out/bin/sleep
+      '';
+    };
+    sleepy-too = mk {
+      pname = "sleepy-too";
+      script = ''
+        sleep 2
+        mkdir -p $out/share
+        echo zzz > $out/share/sleepy-too
+      '';
+    };
+
+    # A large file that does not compress, for layers that take a while.
+    bigfile = mk {
+      pname = "bigfile";
+      script = ''
+        mkdir -p $out/share
+        head -c 120000000 /dev/urandom > $out/share/big
+      '';
+    };
+
     # Outlasts any short NIX_TIMEOUT; its `sleep` child must be killed with it.
     slow = mk {
       pname = "slow";
