@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 
 from cachetools import LRUCache
 
@@ -15,6 +16,7 @@ from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavai
 logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+STALE_TEMPORARY_SECONDS = 6 * 3600
 
 
 class FilesystemStorage(Storage):
@@ -39,6 +41,19 @@ class FilesystemStorage(Storage):
             os.makedirs(self.tmp, exist_ok=True)
         except OSError as e:
             raise StorageUnavailable(f"cannot create {self.root}: {e.strerror}") from e
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self):
+        # a writer killed mid-write leaves its temporary file; no live write
+        # takes this long
+        cutoff = time.time() - STALE_TEMPORARY_SECONDS
+        for name in os.listdir(self.tmp):
+            path = os.path.join(self.tmp, name)
+            try:
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def _path(self, key):
         path = os.path.normpath(os.path.join(self.root, key))
