@@ -86,27 +86,3 @@ def test_keys_cannot_escape(driver):
     with pytest.raises(ValueError):
         driver.exists("../outside")
 
-
-def test_filesystem_removes_stale_temporaries(tmp_path):
-    FilesystemStorage(str(tmp_path / "s"))
-    stale = tmp_path / "s" / ".tmp" / "left-by-a-killed-worker"
-    fresh = tmp_path / "s" / ".tmp" / "being-written"
-    stale.write_bytes(b"partial")
-    fresh.write_bytes(b"partial")
-    os.utime(stale, (1, 1))
-    FilesystemStorage(str(tmp_path / "s"))
-    assert not stale.exists() and fresh.exists()
-
-
-def test_filesystem_never_serves_a_corrupt_blob(tmp_path):
-    from storage import CorruptObject
-    driver = FilesystemStorage(str(tmp_path / "s"))
-    data = os.urandom(1000)
-    driver.put(blob(data), io.BytesIO(data), size=len(data), md5=md5(data))
-    with driver.open(blob(data)) as f:
-        assert f.read() == data
-    with open(tmp_path / "s" / blob(data), "r+b") as f:
-        f.truncate(10)
-    with pytest.raises(CorruptObject):
-        driver.open(blob(data))
-    assert not driver.exists(blob(data))
