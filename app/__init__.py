@@ -1,26 +1,32 @@
-"""The registry's Flask application."""
+"""The registry's Flask application.
+
+Only the configuration is imported up front: gunicorn.conf.py reads it
+before workers start, and must be able to set up the metrics folder
+before anything imports prometheus_client.
+"""
 from __future__ import annotations
 
-import logging
-
-from flask import Flask
-
-from builders import sources
-from builders.locks import BuildLocks
-from builders.service import ImageService
-import storage as storage_mod
-
-from . import errors, registry, web
 from .config import Config
 
 
-def create_app(config: Config | None = None, *, nix=None) -> Flask:
+def create_app(config: Config | None = None, *, nix=None):
     """Build the app; gunicorn runs `app:create_app()`, which reads the environment."""
+    from flask import Flask, g, request
+
+    import storage as storage_mod
+    from builders import sources
+    from builders.history import BuildHistory
+    from builders.locks import BuildLocks
+    from builders.service import ImageService
+
+    from . import errors, logs, metrics, ops, registry, web
+    from .proxy import TrustedProxyFix
+
     config = config or Config.from_env()
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format)
     app = Flask(__name__)
     app.config["REGISTRY"] = config
+    app.wsgi_app = TrustedProxyFix(app.wsgi_app, config.forwarded_allow_ips)
     store = storage_mod.from_config(config)
     app.extensions["storage"] = store
     app.extensions["images"] = ImageService(
@@ -28,8 +34,29 @@ def create_app(config: Config | None = None, *, nix=None) -> Flask:
         nix_timeout=config.nix_timeout, max_layers=config.max_layers,
         source_refresh=config.source_refresh,
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
-                         queue_timeout=config.build_queue_timeout))
+                         queue_timeout=config.build_queue_timeout),
+        history=BuildHistory(config.history_path))
+
+    @app.before_request
+    def tag_request():
+        g.request_id = logs.new_request_id(request.headers.get("X-Request-ID"))
+        g.request_id_token = logs.request_id.set(g.request_id)
+
+    @app.after_request
+    def count_request(resp):
+        resp.headers["X-Request-ID"] = g.get("request_id", "-")
+        route = g.get("route") or (request.url_rule.endpoint if request.url_rule else "unmatched")
+        metrics.REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
+        return resp
+
+    @app.teardown_request
+    def untag_request(exc):
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            logs.request_id.reset(token)
+
     app.register_blueprint(registry.bp)
     app.register_blueprint(web.bp)
+    app.register_blueprint(ops.bp)
     errors.register(app)
     return app

@@ -44,8 +44,14 @@ class Config:
     # build_queue_timeout seconds, then is told to retry (429).
     max_builds: int = os.cpu_count() or 1
     build_queue_timeout: float = 30.0
-    # Where processes on this machine coordinate builds (flock files).
-    lock_path: str | None = None
+    # This machine's own state: build locks, build history, metrics files.
+    state_path: str | None = None
+    # prometheus_client's multiprocess folder (its own variable name); set
+    # when several worker processes serve, as under gunicorn
+    metrics_path: str | None = None
+    log_format: str = "text"
+    # Peers whose X-Forwarded-* headers are believed (gunicorn's setting).
+    forwarded_allow_ips: str = "127.0.0.1"
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
     log_level: str = "INFO"
@@ -84,8 +90,24 @@ class Config:
                 raise ConfigError(f"NIXERY_PKGS_PATH {self.pkgs_path!r} is not a directory")
             object.__setattr__(self, "pkgs_path", os.path.abspath(self.pkgs_path))
         object.__setattr__(self, "storage_path", os.path.abspath(self.storage_path))
-        object.__setattr__(self, "lock_path", os.path.abspath(
-            self.lock_path or os.path.join(self.storage_path, ".locks")))
+        state = os.path.abspath(self.state_path or os.path.join(self.storage_path, ".state"))
+        object.__setattr__(self, "state_path", state)
+        if self.metrics_path:
+            object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.state_path, "locks")
+
+    @property
+    def default_metrics_path(self) -> str:
+        return os.path.join(self.state_path, "metrics")
+
+    @property
+    def history_path(self) -> str:
+        return os.path.join(self.state_path, "history")
 
     @property
     def effective_channel(self) -> str | None:
@@ -132,7 +154,10 @@ class Config:
             max_builds=number("NIXERY_MAX_BUILDS", int, cls.max_builds),
             build_queue_timeout=number("NIXERY_BUILD_QUEUE_TIMEOUT", float,
                                        cls.build_queue_timeout),
-            lock_path=get("NIXERY_LOCK_PATH"),
+            state_path=get("NIXERY_STATE_PATH"),
+            metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
+            log_format=(get("LOG_FORMAT") or cls.log_format).lower(),
+            forwarded_allow_ips=get("FORWARDED_ALLOW_IPS") or cls.forwarded_allow_ips,
             source_refresh=number("NIXERY_SOURCE_REFRESH", float, cls.source_refresh),
             channel_url=get("NIXERY_CHANNEL_URL") or cls.channel_url,
             archive_url=get("NIXERY_ARCHIVE_URL") or cls.archive_url,

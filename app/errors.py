@@ -98,13 +98,19 @@ class InternalError(RegistryError):
 
 
 def _log_detail(e):
-    return {"log": e.log_tail} if e.log_tail else None
+    detail = {}
+    if e.log_tail:
+        detail["log"] = e.log_tail
+    if getattr(e, "build_page", None):
+        detail["build_page"] = e.build_page
+    return detail or None
 
 
 # Domain errors -> registry errors, in one table.
 _DOMAIN = {
     build.PackagesNotFound: lambda e: ManifestUnknown(
-        e.message, {"missing": [{"name": n, "did_you_mean": m} for n, m in e.missing]}),
+        e.message, dict({"missing": [{"name": n, "did_you_mean": m} for n, m in e.missing]},
+                        **(_log_detail(e) or {}))),
     build.PackageUnbuildable: lambda e: BuildFailed(e.message, _log_detail(e)),
     build.BuildFailed: lambda e: BuildFailed(e.message, _log_detail(e)),
     build.BuildTimeout: lambda e: BuildTimeout(e.message, dict(

@@ -4,15 +4,16 @@ from __future__ import annotations
 import logging
 import os
 
-from flask import Blueprint, Response, current_app, redirect, request
+from flask import Blueprint, Response, current_app, g, redirect, request, url_for
 from werkzeug.routing import PathConverter
 
 from builders import manifest
+from builders.errors import BuildError
 from builders.image import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
 
-from . import grammar
+from . import grammar, metrics
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid,
                      NameUnknown, RangeInvalid, TagInvalid, Unsupported)
 
@@ -58,6 +59,7 @@ def dispatch(rest):
         raise NameUnknown(f"no such endpoint: /v2/{rest}; this registry serves "
                           "/v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>")
     name, kind, reference = m.group("name", "kind", "reference")
+    g.route = f"registry.{kind}"
     _check_name(name)
     if kind == "manifests":
         return _manifest(name, reference)
@@ -97,11 +99,18 @@ def _manifest(name, reference):
         if not grammar.TAG_RE.fullmatch(reference):
             raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, digits, "
                              "'_', '.' and '-', not starting with '.' or '-'", {"tag": reference})
-        record = current_app.extensions["images"].image(Image.from_name(name), reference)
+        try:
+            record = current_app.extensions["images"].image(Image.from_name(name), reference)
+        except BuildError as e:
+            # where the user can read why: Docker shows little of an error
+            e.build_page = url_for("web.build", ref=f"{name}:{reference}", _external=True)
+            raise
         media_type = negotiate(request.headers.getlist("Accept"))
         body = record.manifest(media_type)
         digest = manifest.digest_of(body)
     resp = Response(body, mimetype=media_type)
+    if request.method == "GET":
+        metrics.BYTES_SERVED.labels("manifest").inc(len(body))
     resp.headers["Docker-Content-Digest"] = digest
     resp.headers["ETag"] = f'"{digest}"'
     return resp
@@ -181,4 +190,5 @@ def _stream(f, start, stop):
             if not chunk:
                 break
             left -= len(chunk)
+            metrics.BYTES_SERVED.labels("blob").inc(len(chunk))
             yield chunk

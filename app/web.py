@@ -1,36 +1,121 @@
-"""The page people see at `/`: what this registry is and how to pull from it."""
+"""The pages people read: what this registry is, builds and why they failed,
+and package lookup.  Plain server-rendered HTML; every value is escaped by
+the templates (logs and the Host header are untrusted)."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template_string, request
+import time
 
-from builders.image import SHELL_PACKAGES
+from cachetools import TTLCache
+from flask import Blueprint, current_app, render_template, request
+
+from builders.errors import BuildError
+from builders.image import SHELL_PACKAGES, Image
+from builders.service import close_matches
+
+from . import grammar
+from .registry import AnyPathConverter  # noqa: F401  (registers the converter)
 
 bp = Blueprint("web", __name__)
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Nix image registry</title>
-<style>body{font-family:sans-serif;max-width:46em;margin:2em auto;padding:0 1em;line-height:1.5}
-code,pre{background:#f3f3f3;padding:.1em .3em}</style></head>
-<body>
-<h1>Container images built from Nix packages</h1>
-<p>Name the packages you want in the image path; the image is built by Nix
-the first time and served from cache after.</p>
-<pre>docker pull {{ host }}/shell/git/htop</pre>
-<p>Each path component is a package attribute; dots reach nested sets
-(<code>{{ host }}/python3packages.flask</code>). Order does not matter.</p>
-<h2>Meta-packages</h2>
-<ul>
-<li><code>shell</code> (first component): adds {{ shell|join(", ") }}</li>
-<li><code>arm64</code> (first component): builds for aarch64-linux</li>
-</ul>
-<h2>Package source</h2>
-<p>Images are built from {{ package_source }}.</p>
-</body></html>
-"""
+RECENT = 20
+# Package lookups run Nix; people retype the same names.
+_lookups = TTLCache(maxsize=512, ttl=300)
+
+
+@bp.app_template_filter("when")
+def _when(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+@bp.app_template_filter("size")
+def _size(n):
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _images():
+    return current_app.extensions["images"]
+
+
+def _with_name(builds):
+    for b in builds:
+        b.image_name = b.image.split(":", 1)[1]
+    return builds
 
 
 @bp.route("/")
 def index():
-    return render_template_string(
-        PAGE, host=request.host, shell=SHELL_PACKAGES,
-        package_source=current_app.extensions["images"].source.describe())
+    images = _images()
+    history = images.history
+    return render_template(
+        "index.html", host=request.host, shell=SHELL_PACKAGES,
+        source=images.source.describe(), revision=images.known_revision(),
+        tags_select=images.source.tags_select_revision,
+        recent=_with_name(history.recent(RECENT)) if history else [],
+        failures=_with_name(history.recent(RECENT // 2, failed=True)) if history else [])
+
+
+STATUS_TEXT = {"building": "building", "built": "built", "cached": "cached",
+               "failed": "failed", "timeout": "timed out", "not built": "not built yet"}
+
+
+@bp.route("/builds/<anypath:ref>")
+def build(ref):
+    name, _, tag = ref.rpartition(":")
+    if not name:
+        name, tag = tag, "latest"
+    if not (grammar.NAME_RE.fullmatch(name) and grammar.TAG_RE.fullmatch(tag)):
+        return render_template("build.html", name=name, tag=tag, packages=[], arch="",
+                               status="failed", status_text="not a valid image name",
+                               build=None, record=None, log="", sharing={},
+                               host=request.host), 400
+    images = _images()
+    image = Image.from_name(name)
+    history = images.history
+    build = history.latest(image.label, tag) if history else None
+    record = None
+    if build is None or build.status == "built":
+        try:
+            record = images.cached(image, tag)
+        except BuildError:
+            record = None  # the source cannot be resolved now; show what history knows
+    if build is not None and build.status != "built":
+        status = build.status
+    elif record is not None:
+        status = "built" if build else "cached"
+    else:
+        status = "not built"
+    log = history.log_tail(build) if build is not None and status != "built" else ""
+    sharing = history.sharing([l["digest"] for l in record.layers]) if record and history else {}
+    code = 404 if status == "not built" else 200
+    return render_template(
+        "build.html", name=name, tag=tag, packages=image.packages, arch=image.arch,
+        status=status, status_text=STATUS_TEXT[status], build=build, record=record,
+        log=log, sharing=sharing, host=request.host), code
+
+
+@bp.route("/packages")
+def packages():
+    name = request.args.get("name", "").strip()
+    result = error = None
+    matches = []
+    if name:
+        if not all(grammar.NAME_RE.fullmatch(part) for part in name.split(".")) or len(name) > 200:
+            error = f"{name!r} is not a package name a registry path can hold"
+        else:
+            result = _lookups.get(name)
+            if result is None:
+                try:
+                    result = _images().lookup(name)
+                except BuildError as e:
+                    error = e.message
+                else:
+                    _lookups[name] = result
+            if result is not None and result.status == "missing":
+                matches = close_matches(name.split(".")[-1], result.siblings)
+    return render_template("packages.html", name=name, result=result, error=error,
+                           matches=matches, source=_images().source.describe(),
+                           host=request.host), (400 if error and not result else 200)

@@ -48,3 +48,8 @@ class Image:
     @property
     def name(self) -> str:
         return "/".join(self.packages)
+
+    @property
+    def label(self) -> str:
+        """One string per distinct image (whatever order the name had)."""
+        return f"{self.arch}:{self.name}"

@@ -59,13 +59,17 @@ class Resolved:
     out: str | None = None
     output_name: str = "out"
     siblings: tuple[str, ...] = ()
+    name: str = ""
+    version: str = ""
+    description: str = ""
 
 
 class Deadline:
-    """The time left of one image's Nix budget."""
+    """The time left of one image's Nix budget, and where its Nix log goes."""
 
-    def __init__(self, limit: float, clock=time.monotonic):
+    def __init__(self, limit: float, clock=time.monotonic, log_path=None):
         self.limit = limit
+        self.log_path = log_path
         self._clock = clock
         self._end = clock() + limit
 
@@ -74,6 +78,17 @@ class Deadline:
         if left <= 0:
             raise BuildTimeout(self.limit)
         return left
+
+
+_output_logger = logging.getLogger(__name__ + ".output")
+
+
+def _log_output(text, level):
+    """Nix's words, a log event per line, so they carry the request's id."""
+    if _output_logger.isEnabledFor(level):
+        for line in text.splitlines():
+            if line.strip():
+                _output_logger.log(level, "%s", line)
 
 
 def clean_log(text: str) -> str:
@@ -93,12 +108,17 @@ class Nix:
         # coreutils timeout enforces the deadline even if this worker dies
         # mid-build: Nix stops its builders on SIGTERM; SIGKILL follows.
         guarded = ["timeout", f"--kill-after={KILL_GRACE}", f"{left + 1:.1f}", *cmd]
+        if deadline.log_path:
+            with open(deadline.log_path, "a") as log:
+                log.write(f"$ {' '.join(cmd[:4])} ...\n")
         try:
-            done = process.run(guarded, timeout=left)
+            done = process.run(guarded, timeout=left, log_path=deadline.log_path)
         except process.Timeout as e:
+            _log_output(e.stderr_tail, logging.INFO)
             raise BuildTimeout(deadline.limit, log_tail=clean_log(e.stderr_tail)) from None
         except FileNotFoundError:
             raise BuildFailed("cannot run timeout: is coreutils installed?") from None
+        _log_output(done.stderr_tail, logging.DEBUG if done.returncode == 0 else logging.INFO)
         if done.returncode == 124:
             # the guard fired just before our own deadline did
             raise BuildTimeout(deadline.limit, log_tail=clean_log(done.stderr_tail))
@@ -132,6 +152,9 @@ class Nix:
                 out=entry.get("out"),
                 output_name=entry.get("outputName", "out"),
                 siblings=tuple(entry.get("siblings", ())),
+                name=entry.get("name", ""),
+                version=entry.get("version", ""),
+                description=entry.get("description", ""),
             ))
         return results
 

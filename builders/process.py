@@ -38,15 +38,19 @@ class Timeout(Exception):
         self.stderr_tail = stderr_tail
 
 
-def run(cmd, *, timeout, env=None, cwd=None, tail_bytes=DEFAULT_TAIL_BYTES) -> Completed:
+def run(cmd, *, timeout, env=None, cwd=None, tail_bytes=DEFAULT_TAIL_BYTES,
+        log_path=None) -> Completed:
     """Run `cmd` (a list, never a shell string) for at most `timeout` seconds.
 
-    stdout is returned whole; stderr goes to an unlinked temporary file so
-    a chatty command can neither deadlock on a full pipe nor fill memory,
-    and only its last `tail_bytes` are kept.  Raises `Timeout` after
-    killing every process the command started.
+    stdout is returned whole; stderr goes to a file (appended to `log_path`
+    when given, where others may read it as it grows; else an unlinked
+    temporary file), so a chatty command can neither deadlock on a full
+    pipe nor fill memory, and only its last `tail_bytes` are kept.  Raises
+    `Timeout` after killing every process the command started.
     """
-    with tempfile.TemporaryFile() as err:
+    err_file = open(log_path, "a+b") if log_path else tempfile.TemporaryFile()
+    with err_file as err:
+        start = err.seek(0, os.SEEK_END)
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
             env=env, cwd=cwd, start_new_session=True)
@@ -55,20 +59,21 @@ def run(cmd, *, timeout, env=None, cwd=None, tail_bytes=DEFAULT_TAIL_BYTES) -> C
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
             proc.communicate()
-            raise Timeout(cmd, timeout, _tail(err, tail_bytes)) from None
+            raise Timeout(cmd, timeout, _tail(err, start, tail_bytes)) from None
         except BaseException:
             kill_tree(proc.pid)
             proc.communicate()
             raise
-        return Completed(proc.returncode, stdout, _tail(err, tail_bytes))
+        return Completed(proc.returncode, stdout, _tail(err, start, tail_bytes))
 
 
-def _tail(f, n) -> str:
-    size = f.seek(0, os.SEEK_END)
-    f.seek(max(0, size - n))
+def _tail(f, start, n) -> str:
+    """The last `n` bytes this command wrote, from offset `start` on."""
+    end = f.seek(0, os.SEEK_END)
+    f.seek(max(start, end - n))
     data = f.read()
     text = data.decode("utf-8", "replace")
-    if size > n:
+    if end - start > n:
         # drop the partial first line
         text = "…" + text.split("\n", 1)[-1]
     return text

@@ -1,6 +1,7 @@
 """From an image name to a stored manifest: caches, the build, the uploads."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 
 from storage import keys
-from . import forest, layers, manifest, tarball
-from .errors import (BuildError, BuildQueueFull, InvalidImage, PackagesNotFound,
+from . import forest, layers, manifest, metrics, tarball
+from .errors import (BuildError, BuildQueueFull, BuildTimeout, InvalidImage, PackagesNotFound,
                      PackageUnbuildable)
-from .image import Image
+from .image import HOST_SYSTEM, Image
 from .locks import BuildLocks
 from .nix import Deadline, Nix
 from .sources import Revision
@@ -83,8 +84,9 @@ def close_matches(name, candidates, n=3):
 
 class ImageService:
     def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100,
-                 source_refresh=300.0, clock=time.time, locks=None):
+                 source_refresh=300.0, clock=time.time, locks=None, history=None):
         self.storage = storage
+        self.history = history
         # without shared locks, builds are coordinated within this process only
         self.locks = locks or BuildLocks(tempfile.mkdtemp(prefix="registry-locks-"),
                                          max_builds=os.cpu_count() or 1, queue_timeout=30)
@@ -117,6 +119,7 @@ class ImageService:
         key = self.cache_key(image, revision)
         record = self.manifests.get(key)
         if record is not None:
+            metrics.MANIFEST_CACHE.labels("memory").inc()
             return record
         with self._lock:
             future = self._inflight.get(key)
@@ -126,7 +129,7 @@ class ImageService:
         if not owner:
             return future.result()
         try:
-            record = self._load(key) or self._build_once(image, revision, key)
+            record = self._load(key) or self._build_once(image, tag, revision, key)
             self.manifests[key] = record
             future.set_result(record)
             return record
@@ -136,6 +139,30 @@ class ImageService:
         finally:
             with self._lock:
                 del self._inflight[key]
+
+    def cached(self, image: Image, tag: str) -> ImageRecord | None:
+        """The image if it was built already; never builds."""
+        key = self.cache_key(image, self.revision(tag))
+        return self.manifests.get(key) or self._load(key)
+
+    def known_revision(self, tag="latest") -> Revision | None:
+        """The revision `tag` last resolved to, without asking the source."""
+        ident = self._selector_id(tag)
+        hit = self._revisions.get(ident)
+        if hit is not None:
+            return hit[0]
+        data = self.storage.read(keys.revision(ident))
+        return Revision(**json.loads(data)["revision"]) if data else None
+
+    def lookup(self, name: str, tag="latest"):
+        """What the package source says of one attribute path (for people)."""
+        revision = self.revision(tag)
+        return self.nix.resolve(revision.nix, HOST_SYSTEM[0], [name.split(".")],
+                                Deadline(self.nix_timeout))[0]
+
+    def _selector_id(self, tag):
+        selector = self.source.selector(tag)
+        return hashlib.sha256(f"{self.source.describe()}\0{selector}".encode()).hexdigest()
 
     def revision(self, tag: str) -> Revision:
         """What `tag` names in the source now.
@@ -147,8 +174,7 @@ class ImageService:
         """
         if self.source.immutable(tag):
             return self.source.resolve(tag)
-        selector = self.source.selector(tag)
-        ident = hashlib.sha256(f"{self.source.describe()}\0{selector}".encode()).hexdigest()
+        ident = self._selector_id(tag)
         now = self._clock()
         hit = self._revisions.get(ident)
         if hit is not None and now - hit[1] < self.source_refresh:
@@ -166,7 +192,7 @@ class ImageService:
         self._revisions[ident] = (revision, now)
         return revision
 
-    def _build_once(self, image, revision, key) -> ImageRecord:
+    def _build_once(self, image, tag, revision, key) -> ImageRecord:
         """Build unless another process is already at it: then wait for its
         result, or its error."""
         waiting_since = time.time()
@@ -179,27 +205,60 @@ class ImageService:
                 logger.info("image %s failed in another process: %s", key[:12], failure.message)
                 raise failure
             try:
-                with self.locks.slot():
-                    return self._build(image, revision, key)
+                with contextlib.ExitStack() as slot:
+                    with metrics.BUILDS_QUEUED.track_inprogress():
+                        slot.enter_context(self.locks.slot())
+                    return self._tracked_build(image, tag, revision, key)
             except BuildQueueFull:
                 raise  # not a failure of the image: the next request may get a slot
             except BuildError as e:
                 self.locks.record_failure(key, e)
                 raise
 
+    def _tracked_build(self, image, tag, revision, key) -> ImageRecord:
+        """_build, with its history entry, its log file and its metrics."""
+        build = self.history.start(image.label, tag, key) if self.history else None
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            with metrics.BUILDS_IN_FLIGHT.track_inprogress():
+                record = self._build(image, revision, key, log_path=build and build.log_path)
+            outcome = "built"
+            if build:
+                self.history.built(build, closure_size=record.closure_size, key=key,
+                                   layers=[{k: l[k] for k in ("digest", "size", "paths")}
+                                           for l in record.layers])
+            return record
+        except BuildError as e:
+            outcome = {BuildTimeout: "timeout", PackagesNotFound: "not_found"}.get(type(e), "failed")
+            if build:
+                self.history.failed(build, status="timeout" if outcome == "timeout" else "failed",
+                                    code=type(e).__name__, message=e.message)
+            raise
+        except Exception as e:
+            if build:
+                self.history.failed(build, status="failed", code=type(e).__name__,
+                                    message=f"the registry failed while building: {e}")
+            raise
+        finally:
+            metrics.BUILDS.labels(outcome).inc()
+            metrics.BUILD_SECONDS.labels(outcome).observe(time.monotonic() - started)
+
     def _load(self, key):
         data = self.storage.read(keys.manifest(key))
         if data is None:
             return None
+        metrics.MANIFEST_CACHE.labels("storage").inc()
         record = ImageRecord.from_json(data)
         logger.info("image %s found in storage", key[:12])
         return record
 
-    def _build(self, image: Image, revision: Revision, key: str) -> ImageRecord:
+    def _build(self, image: Image, revision: Revision, key: str, log_path=None) -> ImageRecord:
         if not image.packages:
             raise InvalidImage("the image name lists no packages")
+        metrics.MANIFEST_CACHE.labels("miss").inc()
         started = time.monotonic()
-        deadline = Deadline(self.nix_timeout)
+        deadline = Deadline(self.nix_timeout, log_path=log_path)
         source = revision.nix
         paths = image.attribute_paths
         logger.info("building %s for %s from %s, %s", image.name, image.system,
@@ -262,6 +321,7 @@ class ImageService:
         key = keys.blob(digest)
         if not self.storage.exists(key):
             self.storage.put_bytes(key, data, content_type)
+            metrics.BYTES_STORED.inc(len(data))
             self._record_source(digest, {"data": data.decode()})
         return {"digest": digest, "size": len(data)}
 
@@ -294,6 +354,7 @@ class ImageService:
             f.seek(0)
             self.storage.put(keys.blob(blob.digest), f, size=blob.size, md5=blob.md5,
                              content_type="application/octet-stream")
+        metrics.BYTES_STORED.inc(blob.size)
         return blob
 
     def _layer(self, ident, source) -> dict:

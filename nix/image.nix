@@ -87,6 +87,11 @@ let
         out = outPath.value;
         name = w.value.name or "";
         outputName = w.value.outputName or "out";
+        # for people looking a package up; never allowed to fail the report
+        version = let v = builtins.tryEval (w.value.version or ""); in
+          if v.success && builtins.isString v.value then v.value else "";
+        description = let d = builtins.tryEval (w.value.meta.description or ""); in
+          if d.success && builtins.isString d.value then d.value else "";
       };
 in {
   report = map describe requested;

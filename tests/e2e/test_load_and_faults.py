@@ -239,7 +239,7 @@ def small_disk(tmp_path):
 
 def test_full_disk_is_503_and_cached_images_keep_serving(fresh_server, small_disk, tmp_path):
     srv = fresh_server(STORAGE_PATH=str(small_disk / "storage"),
-                       NIXERY_LOCK_PATH=str(tmp_path / "locks"))
+                       NIXERY_STATE_PATH=str(tmp_path / "state"))
     assert requests.get(f"{srv.url}/v2/hello/manifests/latest").status_code == 200
     r = requests.get(f"{srv.url}/v2/bigfile/manifests/latest", timeout=120)
     assert r.status_code == 503

@@ -147,6 +147,14 @@ let
         exit 1
       '';
     };
+    # Its log holds markup that a page must show, not run.
+    hostile-log = mk {
+      pname = "hostile-log";
+      script = ''
+        echo '<script>document.title="pwned"</script><b>bold</b> & more' >&2
+        exit 1
+      '';
+    };
     chatty-broken = mk {
       pname = "chatty-broken";
       script = ''

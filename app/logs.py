@@ -1,0 +1,103 @@
+"""Logging: one line per event, text or JSON, each with its request's id."""
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+from gunicorn.glogging import Logger as GunicornLogger
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# What we accept as a caller's X-Request-ID; anything else gets a new id.
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def new_request_id(header: str | None) -> str:
+    if header and REQUEST_ID_RE.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record):
+        event = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                    + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s [%(request_id)s] %(name)s: %(message)s"
+
+
+def configure(level="INFO", fmt="text"):
+    """Route every logger of the app to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_registry", False):
+            root.removeHandler(old)
+    handler._registry = True
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class AccessLogger(GunicornLogger):
+    """gunicorn's access log as one event per request, with the client's
+    address from X-Forwarded-For (gunicorn only honours that header from
+    FORWARDED_ALLOW_IPS peers, see gunicorn.conf.py) and the request id."""
+
+    json_format = False
+
+    def access(self, resp, req, environ, request_time):
+        if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
+            return
+        headers = dict((k.lower(), v) for k, v in resp.headers)
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+        peer = environ.get("REMOTE_ADDR", "-")
+        trusted = "*" in self.cfg.forwarded_allow_ips or peer in self.cfg.forwarded_allow_ips
+        client = forwarded.split(",")[0].strip() if forwarded and trusted else peer
+        event = {
+            "client": client,
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("RAW_URI") or environ.get("PATH_INFO"),
+            "status": resp.status_code,
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 1),
+            "user_agent": environ.get("HTTP_USER_AGENT", ""),
+            "request_id": headers.get("x-request-id", "-"),
+        }
+        if self.json_format:
+            line = json.dumps(dict(event, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   logger="access"), ensure_ascii=False)
+        else:
+            line = ('{client} "{method} {path}" {status} {bytes} {duration_ms}ms '
+                    '[{request_id}] "{user_agent}"').format(**event)
+        try:
+            self.access_log.info(line)
+        except Exception:
+            self.exception("cannot write the access log")
+
+
+class JsonAccessLogger(AccessLogger):
+    json_format = True

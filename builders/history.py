@@ -1,0 +1,150 @@
+"""What was built, when, and how it went: the web page's view of builds.
+
+A small SQLite database shared by the processes of one machine (WAL mode),
+plus one Nix log file per build that the build page reads while it grows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    image TEXT NOT NULL,        -- canonical: system and sorted packages
+    tag TEXT NOT NULL,
+    key TEXT NOT NULL,          -- the manifest cache key
+    status TEXT NOT NULL,       -- building | built | failed | timeout
+    started REAL NOT NULL,
+    finished REAL,
+    code TEXT,
+    message TEXT,
+    closure_size INTEGER,
+    layers TEXT                 -- JSON [{digest, size, paths}]
+);
+CREATE INDEX IF NOT EXISTS builds_image ON builds (image, tag, id);
+CREATE INDEX IF NOT EXISTS builds_status ON builds (status, id);
+CREATE TABLE IF NOT EXISTS layer_use (
+    digest TEXT NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (digest, key)
+);
+"""
+
+# What a build page shows of a log, and what it keeps of a finished one.
+LOG_TAIL_BYTES = 64 * 1024
+
+
+@dataclass
+class Build:
+    id: int
+    image: str
+    tag: str
+    key: str
+    status: str
+    started: float
+    finished: float | None
+    code: str | None
+    message: str | None
+    closure_size: int | None
+    layers: list | None
+    log_path: str
+
+    @property
+    def done(self):
+        return self.status != "building"
+
+
+class BuildHistory:
+    def __init__(self, root):
+        self.root = root
+        self.logs = os.path.join(root, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.path = os.path.join(root, "builds.sqlite")
+        self._local = threading.local()
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        # one connection per thread: sqlite3 connections are not shared
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    def log_path(self, build_id) -> str:
+        return os.path.join(self.logs, f"{build_id}.log")
+
+    def _row(self, row) -> Build | None:
+        if row is None:
+            return None
+        d = dict(row)
+        d["layers"] = json.loads(d["layers"]) if d["layers"] else None
+        return Build(**d, log_path=self.log_path(d["id"]))
+
+    def start(self, image, tag, key) -> Build:
+        db = self._db()
+        cur = db.execute("INSERT INTO builds (image, tag, key, status, started) "
+                         "VALUES (?, ?, ?, 'building', ?)", (image, tag, key, time.time()))
+        # a build a killed worker left 'building' is not building any more
+        db.execute("UPDATE builds SET status='failed', message='the build was interrupted', "
+                   "finished=? WHERE image=? AND tag=? AND status='building' AND id<?",
+                   (time.time(), image, tag, cur.lastrowid))
+        return self.get(cur.lastrowid)
+
+    def built(self, build: Build, *, closure_size, layers, key):
+        db = self._db()
+        db.execute("UPDATE builds SET status='built', finished=?, closure_size=?, layers=? "
+                   "WHERE id=?", (time.time(), closure_size, json.dumps(layers), build.id))
+        db.executemany("INSERT OR IGNORE INTO layer_use (digest, key) VALUES (?, ?)",
+                       [(l["digest"], key) for l in layers])
+
+    def failed(self, build: Build, *, status, code, message):
+        self._db().execute("UPDATE builds SET status=?, finished=?, code=?, message=? WHERE id=?",
+                           (status, time.time(), code, message, build.id))
+
+    def get(self, build_id) -> Build | None:
+        return self._row(self._db().execute("SELECT * FROM builds WHERE id=?", (build_id,)).fetchone())
+
+    def latest(self, image, tag) -> Build | None:
+        return self._row(self._db().execute(
+            "SELECT * FROM builds WHERE image=? AND tag=? ORDER BY id DESC LIMIT 1",
+            (image, tag)).fetchone())
+
+    def recent(self, limit=20, *, failed=False) -> list[Build]:
+        where = "WHERE status IN ('failed', 'timeout')" if failed else ""
+        rows = self._db().execute(f"SELECT * FROM builds {where} ORDER BY id DESC LIMIT ?",
+                                  (limit,)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def sharing(self, digests) -> dict[str, int]:
+        """How many images use each layer."""
+        if not digests:
+            return {}
+        marks = ",".join("?" * len(digests))
+        rows = self._db().execute(
+            f"SELECT digest, COUNT(*) FROM layer_use WHERE digest IN ({marks}) GROUP BY digest",
+            list(digests)).fetchall()
+        return {d: n for d, n in rows}
+
+    def log_tail(self, build: Build, limit=LOG_TAIL_BYTES) -> str:
+        try:
+            with open(build.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - limit))
+                text = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+        if size > limit:
+            text = "…" + text.split("\n", 1)[-1]
+        return text

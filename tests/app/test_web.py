@@ -1,0 +1,85 @@
+"""The pages people read, through the Flask client."""
+import re
+
+import pytest
+
+
+@pytest.fixture
+def built(client):
+    for name in ("git", "htop", "broken", "hostile-log"):
+        client.get(f"/v2/{name}/manifests/latest")
+    return client
+
+
+def test_landing_page(built):
+    r = built.get("/", headers={"Host": "registry.example:5000"})
+    page = r.get_data(as_text=True)
+    assert r.status_code == 200 and r.content_type.startswith("text/html")
+    assert "docker pull registry.example:5000/shell/git/htop" in page
+    assert "bashInteractive" in page and "arm64" in page
+    assert "the local package set at" in page and "Tags are ignored" in page
+    assert "/builds/git:latest" in page
+    assert re.search(r"broken.*failed to build", page, re.S)
+
+
+def test_hostile_host_header_never_reaches_the_page_as_markup(client):
+    for headers in ({"Host": "<script>x</script>"},
+                    {"X-Forwarded-Host": "<script>x</script>"}):
+        r = client.get("/", headers=headers)
+        assert r.status_code == 200
+        assert "<script>x</script>" not in r.get_data(as_text=True)
+
+
+def test_build_page_of_a_built_image_shows_layers_and_sharing(built):
+    r = built.get("/builds/htop:latest")
+    page = r.get_data(as_text=True)
+    assert r.status_code == 200
+    assert 'id="status">built<' in page
+    assert "closure" in page and 'id="layers"' in page
+    # busybox and libshared are in git's image too
+    assert page.count("with 1 other image") >= 2
+
+
+def test_build_page_of_a_failure_has_the_log(built):
+    page = built.get("/builds/broken:latest").get_data(as_text=True)
+    assert 'id="status">failed<' in page
+    assert "package broken failed to build" in page
+    assert "fails to build on purpose" in page
+
+
+def test_log_is_escaped(built):
+    page = built.get("/builds/hostile-log:latest").get_data(as_text=True)
+    assert "<script>document.title" not in page and "<b>bold</b>" not in page
+    assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt; &amp; more" in page
+
+
+def test_build_page_of_an_image_never_built(client):
+    r = client.get("/builds/hello/git:v2")
+    assert r.status_code == 404
+    assert "not built yet" in r.get_data(as_text=True)
+    assert client.get("/builds/Bad..Name:latest").status_code == 400
+
+
+def test_registry_error_points_at_the_build_page(client):
+    err = client.get("/v2/broken/manifests/latest").get_json()["errors"][0]
+    assert err["detail"]["build_page"] == "http://localhost/builds/broken:latest"
+
+
+def test_package_lookup(client):
+    page = client.get("/packages?name=langpackages.foo").get_data(as_text=True)
+    assert "langPackages.foo exists: lang-foo-1.0 (version 1.0)" in page
+    page = client.get("/packages?name=gti").get_data(as_text=True)
+    assert "No package gti" in page and 'href="/packages?name=git"' in page
+    r = client.get("/packages?name=%3Cb%3E")
+    assert r.status_code == 400 and "<b>" not in r.get_data(as_text=True)
+
+
+def test_build_in_progress_shows_its_log(app, client, monkeypatch):
+    images = app.extensions["images"]
+    from builders.image import Image
+    build = images.history.start(Image.from_name("hello").label, "latest", "k")
+    with open(build.log_path, "w") as f:
+        f.write("building '/nix/store/abc-hello.drv'...\n")
+    page = client.get("/builds/hello:latest").get_data(as_text=True)
+    assert 'http-equiv="refresh"' in page and 'id="status">building<' in page
+    assert "building &#39;/nix/store/abc-hello.drv&#39;..." in page
