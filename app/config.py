@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from dataclasses import dataclass
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
@@ -30,6 +31,12 @@ class Config:
     storage_path: str = "./var/storage"
     gcs_bucket: str | None = None
     google_credentials: str | None = None
+    # Another GCS endpoint (an emulator such as fake-gcs-server) instead of
+    # Google's; signed blob URLs then point at it too.
+    gcs_endpoint: str | None = None
+    # How long one storage operation keeps retrying transient GCS failures
+    # before the request fails with 503.
+    gcs_retry_seconds: float = 30.0
     popularity_url: str | None = None
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
@@ -44,8 +51,8 @@ class Config:
             raise ConfigError(
                 f"NIXERY_STORAGE_BACKEND must be one of {', '.join(STORAGE_BACKENDS)}, "
                 f"not {self.storage_backend!r}")
-        if self.storage_backend == "gcs" and not self.gcs_bucket:
-            raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
+        if self.storage_backend == "gcs":
+            self._check_gcs()
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
         sources = [name for name, value in (
@@ -58,6 +65,26 @@ class Config:
                 raise ConfigError(f"NIXERY_PKGS_PATH {self.pkgs_path!r} is not a directory")
             object.__setattr__(self, "pkgs_path", os.path.abspath(self.pkgs_path))
         object.__setattr__(self, "storage_path", os.path.abspath(self.storage_path))
+
+    def _check_gcs(self):
+        if not self.gcs_bucket:
+            raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
+        if not self.gcs_retry_seconds > 0:
+            raise ConfigError(f"GCS_RETRY_SECONDS must be a positive number of seconds, "
+                              f"not {self.gcs_retry_seconds}")
+        if self.google_credentials and not os.path.isfile(self.google_credentials):
+            raise ConfigError(f"GOOGLE_APPLICATION_CREDENTIALS {self.google_credentials!r} "
+                              "is not a file")
+        if self.gcs_endpoint:
+            endpoint = self.gcs_endpoint
+            # The Google libraries accept a bare host:port here; so do we.
+            if "://" not in endpoint:
+                endpoint = "http://" + endpoint
+            parsed = urllib.parse.urlsplit(endpoint)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ConfigError(f"STORAGE_EMULATOR_HOST must be an http(s) URL such as "
+                                  f"http://127.0.0.1:4443, not {self.gcs_endpoint!r}")
+            object.__setattr__(self, "gcs_endpoint", endpoint.rstrip("/"))
 
     @property
     def effective_channel(self) -> str | None:
@@ -99,6 +126,8 @@ class Config:
             storage_path=get("STORAGE_PATH") or cls.storage_path,
             gcs_bucket=get("GCS_BUCKET") or get("BUCKET"),
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
+            gcs_endpoint=get("STORAGE_EMULATOR_HOST"),
+            gcs_retry_seconds=number("GCS_RETRY_SECONDS", float, cls.gcs_retry_seconds),
             popularity_url=get("NIX_POPULARITY_URL"),
             max_layers=number("NIXERY_MAX_LAYERS", int, cls.max_layers),
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
