@@ -73,11 +73,26 @@ def transient(exc: BaseException) -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    """One line about a failure, for logs and error messages."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """What went wrong, in a few words fit for a client's error message
+    (no URLs or internals: the log has those)."""
+    status = _status(exc)
+    if status is not None:
+        return f"HTTP {status} ({type(exc).__name__})"
+    if isinstance(exc, (requests.Timeout, TimeoutError)):
+        return "timed out"
+    text = str(exc).lower()
+    for word in ("refused", "reset", "aborted"):
+        if word in text:
+            return f"connection {word}"
+    if isinstance(exc, (requests.ConnectionError, ConnectionError, http.client.HTTPException)):
+        return "connection failed"
+    return type(exc).__name__
+
+
+def _detail(exc: BaseException) -> str:
+    """One line about a failure, for the log."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 class _Attempts:
@@ -104,13 +119,15 @@ class _Attempts:
     def backoff(self, exc):
         left = self.deadline - time.monotonic()
         if left <= 0:
+            logger.error("%s: %s failed %d times, giving up: %s",
+                         self.store.name, self.what, self.count, _detail(exc))
             raise self.store.unavailable(
                 f"{self.what} failed {self.count} times in {self.store.retry_seconds:g}s, "
                 f"last with {_short(exc)}") from exc
         # Jitter, so instances that failed together do not retry together.
         pause = min(left, self.delay * random.uniform(0.5, 1.0))
         logger.warning("%s: %s failed (%s); retrying in %.2fs",
-                       self.store.name, self.what, _short(exc), pause)
+                       self.store.name, self.what, _detail(exc), pause)
         time.sleep(pause)
         self.delay = min(self.delay * 2, MAX_BACKOFF)
 
@@ -167,6 +184,7 @@ class GCSStorage(Storage):
 
     def _failed(self, what, exc) -> StorageUnavailable:
         """A failure that retrying does not fix, for people."""
+        logger.error("%s: %s failed: %s", self.name, what, _detail(exc))
         status = _status(exc)
         if status in (401, 403):
             reason = "access denied; the registry's credentials need read and write access"
@@ -279,6 +297,7 @@ class GCSStorage(Storage):
             except api.BadRequest as e:
                 # What Cloud Storage answers when the bytes it got do not
                 # match the MD5 sent with them.
+                logger.error("%s: upload of %s refused: %s", self.name, key, _detail(e))
                 raise IntegrityError(f"{key}: {self.name} refused the upload: {_short(e)}") from e
             except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
                 raise self._failed(f"storing {key}", e) from e
@@ -300,7 +319,7 @@ class GCSStorage(Storage):
             try:
                 blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT, retry=None)
             except api.GoogleAPICallError as e:
-                logger.error("%s: could not delete the mismatched object: %s", key, _short(e))
+                logger.error("%s: could not delete the mismatched object: %s", key, _detail(e))
             raise IntegrityError(f"{key}: {self.name} stored MD5 {blob.md5_hash}, size "
                                  f"{blob.size} instead of {md5_b64}, {size}")
 
@@ -319,7 +338,7 @@ class GCSStorage(Storage):
         except Exception as e:  # a URL is an optimisation: stream instead of failing the pull
             level = logging.DEBUG if self._signing_failed else logging.WARNING
             self._signing_failed = True
-            logger.log(level, "cannot sign a URL for %s, streaming it instead: %s", key, _short(e))
+            logger.log(level, "cannot sign a URL for %s, streaming it instead: %s", key, _detail(e))
             return None
         with self._urls_lock:
             self._urls[key] = url
@@ -460,7 +479,7 @@ def _load_key_file(path):
         return creds
     except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as e:
         raise StorageUnavailable(f"cannot use GOOGLE_APPLICATION_CREDENTIALS {path}: "
-                                 f"{_short(e)}") from e
+                                 f"{_detail(e)}") from e
 
 
 def _default_credentials():
@@ -469,5 +488,5 @@ def _default_credentials():
     except google.auth.exceptions.GoogleAuthError as e:
         raise StorageUnavailable(
             "Google Cloud Storage needs credentials: set GOOGLE_APPLICATION_CREDENTIALS to a "
-            f"service-account key, or run with an attached service account ({_short(e)})") from e
+            f"service-account key, or run with an attached service account ({_detail(e)})") from e
     return creds
