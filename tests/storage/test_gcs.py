@@ -241,7 +241,7 @@ def test_access_denied_fails_at_once(driver, wire):
     started = time.monotonic()
     with pytest.raises(StorageUnavailable, match="access denied"):
         driver.exists("manifests/x")
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 2  # no backoff: retrying cannot help
     assert wire.count(wire.METADATA) == 1
 
 
