@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
@@ -32,6 +33,12 @@ class Config:
     storage_path: str = "./var/storage"
     gcs_bucket: str | None = None
     google_credentials: str | None = None
+    # Another GCS endpoint (an emulator such as fake-gcs-server) instead of
+    # Google's; signed blob URLs then point at it too.
+    gcs_endpoint: str | None = None
+    # How long one storage operation keeps retrying transient GCS failures
+    # before the request fails with 503.
+    gcs_retry_seconds: float = 30.0
     popularity_url: str | None = None
     # How long a moving source (channel, branch, local folder) keeps the
     # revision it resolved to before it is asked again.
@@ -65,8 +72,8 @@ class Config:
             raise ConfigError(
                 f"NIXERY_STORAGE_BACKEND must be one of {', '.join(STORAGE_BACKENDS)}, "
                 f"not {self.storage_backend!r}")
-        if self.storage_backend == "gcs" and not self.gcs_bucket:
-            raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
+        if self.storage_backend == "gcs":
+            self._check_gcs()
         if self.channel and not CHANNEL_RE.fullmatch(self.channel):
             raise ConfigError(f"NIXERY_CHANNEL {self.channel!r} is not a channel name")
         if "{rev}" not in self.archive_url:
@@ -109,6 +116,26 @@ class Config:
     def history_path(self) -> str:
         return os.path.join(self.state_path, "history")
 
+    def _check_gcs(self):
+        if not self.gcs_bucket:
+            raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
+        if not self.gcs_retry_seconds > 0:
+            raise ConfigError(f"GCS_RETRY_SECONDS must be a positive number of seconds, "
+                              f"not {self.gcs_retry_seconds}")
+        if self.google_credentials and not os.path.isfile(self.google_credentials):
+            raise ConfigError(f"GOOGLE_APPLICATION_CREDENTIALS {self.google_credentials!r} "
+                              "is not a file")
+        if self.gcs_endpoint:
+            endpoint = self.gcs_endpoint
+            # The Google libraries accept a bare host:port here; so do we.
+            if "://" not in endpoint:
+                endpoint = "http://" + endpoint
+            parsed = urllib.parse.urlsplit(endpoint)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ConfigError(f"STORAGE_EMULATOR_HOST must be an http(s) URL such as "
+                                  f"http://127.0.0.1:4443, not {self.gcs_endpoint!r}")
+            object.__setattr__(self, "gcs_endpoint", endpoint.rstrip("/"))
+
     @property
     def effective_channel(self) -> str | None:
         """The channel in use: NIXERY_CHANNEL, or the default when no source is set."""
@@ -149,6 +176,8 @@ class Config:
             storage_path=get("STORAGE_PATH") or cls.storage_path,
             gcs_bucket=get("GCS_BUCKET") or get("BUCKET"),
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
+            gcs_endpoint=get("STORAGE_EMULATOR_HOST"),
+            gcs_retry_seconds=number("GCS_RETRY_SECONDS", float, cls.gcs_retry_seconds),
             popularity_url=get("NIX_POPULARITY_URL"),
             max_layers=number("NIXERY_MAX_LAYERS", int, cls.max_layers),
             max_builds=number("NIXERY_MAX_BUILDS", int, cls.max_builds),

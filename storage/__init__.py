@@ -10,7 +10,8 @@ from .filesystem import FilesystemStorage
 
 def _gcs(config):
     from .gcs import GCSStorage  # imported only when used: it pulls in google-cloud
-    return GCSStorage(config.gcs_bucket, credentials_file=config.google_credentials)
+    return GCSStorage(config.gcs_bucket, credentials_file=config.google_credentials,
+                      endpoint=config.gcs_endpoint, retry_seconds=config.gcs_retry_seconds)
 
 
 DRIVERS = {

@@ -66,3 +66,25 @@ def need(*programs):
     for program in programs:
         if shutil.which(program) is None:
             pytest.fail(f"{program} is not installed; run the tests with `make test`")
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """fake-gcs-server for the whole session, stopped at its end."""
+    from tests.gcs import Emulator
+    emulator = Emulator(str(tmp_path_factory.mktemp("fake-gcs-server"))).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_key(tmp_path_factory):
+    """A throwaway service-account key that signs URLs for the emulator."""
+    from tests.gcs import service_account_key
+    return service_account_key(tmp_path_factory.mktemp("gcs-key") / "key.json")
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator):
+    """A new, empty bucket in the emulator for one test."""
+    return gcs_emulator.create_bucket()

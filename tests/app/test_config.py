@@ -23,6 +23,18 @@ def test_values_from_the_environment(tmp_path):
     assert Config.from_env({"GCS_BUCKET": "a", "BUCKET": "b"}).gcs_bucket == "a"
 
 
+def test_gcs_values_from_the_environment(tmp_path):
+    key = tmp_path / "key.json"
+    key.write_text("{}")
+    c = Config.from_env({"NIXERY_STORAGE_BACKEND": "gcs", "GCS_BUCKET": "images",
+                         "GOOGLE_APPLICATION_CREDENTIALS": str(key),
+                         "STORAGE_EMULATOR_HOST": "127.0.0.1:4443", "GCS_RETRY_SECONDS": "5"})
+    assert (c.gcs_bucket, c.google_credentials, c.gcs_retry_seconds) == ("images", str(key), 5)
+    # a bare host:port, as the Google libraries accept it
+    assert c.gcs_endpoint == "http://127.0.0.1:4443"
+    assert Config.from_env({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b"}).gcs_endpoint is None
+
+
 @pytest.mark.parametrize("env,names", [
     ({"PORT": "eighty"}, "PORT"),
     ({"PORT": "70000"}, "PORT"),
@@ -39,6 +51,14 @@ def test_values_from_the_environment(tmp_path):
     ({"NIXERY_SOURCE_REFRESH": "-1"}, "NIXERY_SOURCE_REFRESH"),
     ({"NIXERY_CHANNEL": "a", "NIXERY_PKGS_REPO": "b", "NIXERY_PKGS_PATH": "/"},
      "NIXERY_CHANNEL and NIXERY_PKGS_REPO and NIXERY_PKGS_PATH"),
+    ({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b", "GCS_RETRY_SECONDS": "0"},
+     "GCS_RETRY_SECONDS"),
+    ({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b", "GCS_RETRY_SECONDS": "a while"},
+     "GCS_RETRY_SECONDS"),
+    ({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b", "STORAGE_EMULATOR_HOST": "ftp://x"},
+     "STORAGE_EMULATOR_HOST"),
+    ({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b",
+      "GOOGLE_APPLICATION_CREDENTIALS": "/no/such/key.json"}, "GOOGLE_APPLICATION_CREDENTIALS"),
 ])
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError) as info:
