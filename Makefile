@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive.
-TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap
+TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver
 
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS

@@ -100,4 +100,14 @@ class AccessLogger(GunicornLogger):
 
 
 class JsonAccessLogger(AccessLogger):
+    """As AccessLogger, and gunicorn's own messages as JSON events too, so
+    every line the server writes is JSON."""
+
     json_format = True
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+        for handler in self.access_log.handlers:
+            handler.setFormatter(logging.Formatter("%(message)s"))
