@@ -76,3 +76,24 @@ def test_gunicorn_refuses_to_start_with_a_bad_value(tmp_path):
                           text=True, timeout=60, env=dict(os.environ, NIX_TIMEOUT="never"))
     assert done.returncode != 0
     assert "NIX_TIMEOUT" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_gunicorn_waits_for_builds(tmp_path):
+    """Worker timeout and graceful shutdown cover a whole build and its upload."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    code = ("import runpy, json; c = runpy.run_path('gunicorn.conf.py'); "
+            "print(json.dumps({k: c[k] for k in ('timeout', 'graceful_timeout', "
+            "'forwarded_allow_ips', 'logger_class', 'bind')}))")
+    env = dict(os.environ, NIX_TIMEOUT="100", FORWARDED_ALLOW_IPS="10.0.0.1,10.0.0.2",
+               LOG_FORMAT="json", STORAGE_PATH=str(tmp_path), PORT="9999")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True).stdout
+    conf = _json.loads(out)
+    assert conf["timeout"] >= 100 + 60 and conf["graceful_timeout"] >= 100
+    assert conf["forwarded_allow_ips"] == "10.0.0.1,10.0.0.2"
+    assert conf["logger_class"] == "app.logs.JsonAccessLogger"
+    assert conf["bind"] == ["0.0.0.0:9999"]
