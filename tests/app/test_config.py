@@ -88,7 +88,8 @@ def test_gunicorn_waits_for_builds(tmp_path):
     code = ("import runpy, json; c = runpy.run_path('gunicorn.conf.py'); "
             "print(json.dumps({k: c[k] for k in ('timeout', 'graceful_timeout', "
             "'forwarded_allow_ips', 'logger_class', 'bind')}))")
-    env = dict(os.environ, NIX_TIMEOUT="100", FORWARDED_ALLOW_IPS="10.0.0.1,10.0.0.2",
+    env = {k: v for k, v in os.environ.items() if k != "LISTEN_ADDRESS"}
+    env.update(NIX_TIMEOUT="100", FORWARDED_ALLOW_IPS="10.0.0.1,10.0.0.2",
                LOG_FORMAT="json", STORAGE_PATH=str(tmp_path), PORT="9999")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, check=True).stdout
