@@ -153,7 +153,7 @@ class GitSource(Source):
                             {"type": "git", "url": self.url, "rev": tag, "allRefs": True},
                             f"commit {tag[:12]}")
         if tag == "latest":
-            refs = self._ls_remote("--symref", "HEAD")
+            refs = self._ls_remote("HEAD", symref=True)
             commit = refs.get("HEAD")
             ref = refs.get("symref:HEAD", "HEAD")
         else:
@@ -171,9 +171,8 @@ class GitSource(Source):
                         {"type": "git", "url": self.url, "rev": commit, "ref": ref},
                         f"{ref} at {commit[:12]}")
 
-    def _ls_remote(self, *args) -> dict:
-        cmd = ["git", "ls-remote", *args[:1], self.url, *args[1:]] if args[0] == "--symref" \
-            else ["git", "ls-remote", self.url, *args]
+    def _ls_remote(self, *patterns, symref=False) -> dict:
+        cmd = ["git", "ls-remote", *(["--symref"] if symref else []), self.url, *patterns]
         try:
             done = process.run(cmd, timeout=RESOLVE_TIMEOUT)
         except process.Timeout:
