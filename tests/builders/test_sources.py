@@ -55,3 +55,11 @@ def test_moving_source_is_resolved_once_per_interval_and_shared(tmp_path):
     assert changed != first and source.calls == 2
     # the first worker's answer expired too: it takes the shared new one
     assert one.revision("latest") == changed and source.calls == 2
+
+
+def test_unreachable_git_repository_names_it(tmp_path):
+    from builders.sources import GitSource
+    url = f"file://{tmp_path}/no-such-repo"
+    with pytest.raises(SourceUnavailable) as info:
+        GitSource(url).resolve("latest")
+    assert url in info.value.message
