@@ -99,7 +99,10 @@ def wrk(url, *, connections, seconds, threads=2, headers=(), script=None, timeou
     result = {}
     for pair in m.group(1).split():
         key, value = pair.split("=", 1)
-        result[key] = float(value) if "." in value else int(value)
+        try:
+            result[key] = int(value)
+        except ValueError:
+            result[key] = value  # lists a script printed, e.g. status:count pairs
     result["stdout"] = done.stdout
     seconds_run = result["duration_us"] / 1e6
     result["rps"] = result["requests"] / seconds_run
