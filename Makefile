@@ -11,11 +11,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive.
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver
+# What the benchmarks measure against and load with (bench/, by hand only).
+BENCH_DEBS := wrk nginx docker-registry skopeo
 
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS
 
-.PHONY: run test test-unit test-e2e deps test-deps clean
+.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean
 
 run: deps $(VENV)/.installed
 	$(BIN)/gunicorn -c gunicorn.conf.py
@@ -29,11 +31,21 @@ test-unit: deps $(VENV)/.installed
 test-e2e: deps test-deps $(VENV)/.installed
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
+# Not part of `make test`: minutes long, and its figures depend on the
+# machine.  Runs both benchmarks, then fails if either missed a target.
+bench: deps bench-deps $(VENV)/.installed
+	$(BIN)/python -m bench.serve $(SERVE_ARGS); s=$$?; \
+	$(BIN)/python -m bench.load $(LOAD_ARGS); l=$$?; \
+	exit $$((s || l))
+
 deps:
 	@./scripts/apt-install $(RUN_DEBS)
 
 test-deps:
 	@./scripts/apt-install $(TEST_DEBS)
+
+bench-deps:
+	@./scripts/apt-install $(BENCH_DEBS)
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
