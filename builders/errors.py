@@ -10,9 +10,13 @@ class BuildError(Exception):
         self.message = message
         self.log_tail = log_tail
 
+    # what describes the failure itself, not one request that met it
+    _PER_REQUEST = ("build_page", "remembered")
+
     def to_dict(self) -> dict:
         """The error as data, to hand to requests in other processes."""
-        return {"type": type(self).__name__, "attrs": dict(self.__dict__)}
+        return {"type": type(self).__name__,
+                "attrs": {k: v for k, v in self.__dict__.items() if k not in self._PER_REQUEST}}
 
     @staticmethod
     def from_dict(data) -> "BuildError":
@@ -48,6 +52,10 @@ class PackagesNotFound(BuildError):
 
 class PackageUnbuildable(BuildError):
     """A package exists but Nix refuses it (unfree, broken, not a derivation, ...)."""
+
+
+class PackagesRefused(PackageUnbuildable):
+    """Nix evaluated the packages and refused them: the same at the same revision."""
 
 
 class BuildFailed(BuildError):

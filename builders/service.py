@@ -18,7 +18,7 @@ from cachetools import TTLCache
 from storage import keys
 from . import forest, layers, manifest, metrics, tarball
 from .errors import (BuildError, BuildQueueFull, BuildTimeout, InvalidImage, PackagesNotFound,
-                     PackageUnbuildable)
+                     PackagesRefused)
 from .image import HOST_SYSTEM, Image
 from .locks import BuildLocks
 from .nix import Deadline, Nix
@@ -30,6 +30,11 @@ CACHE_TTL = 24 * 3600
 # Time beyond NIX_TIMEOUT a build may take to make and store its layers,
 # and so how long a request waits for another process's build.
 UPLOAD_MARGIN = 300
+# Failures that evaluation decides are the same every time at one revision
+# (and the cache key holds the revision), so they are remembered instead of
+# running Nix again for every pull of a misspelt name.
+REMEMBERED_FAILURES = (PackagesNotFound, PackagesRefused)
+FAILURE_TTL = 3600
 # Bump when what a cache key builds changes, so old records are not reused.
 RECORD_FORMAT = 1
 
@@ -99,6 +104,7 @@ class ImageService:
         self.max_layers = max_layers
         self.manifests = _LockedTTLCache(maxsize=4096, ttl=CACHE_TTL)
         self.layers = _LockedTTLCache(maxsize=1 << 16, ttl=CACHE_TTL)
+        self.failures = _LockedTTLCache(maxsize=4096, ttl=FAILURE_TTL)
         self._inflight: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.builds = 0  # images built by this process
@@ -121,6 +127,12 @@ class ImageService:
         if record is not None:
             metrics.MANIFEST_CACHE.labels("memory").inc()
             return record
+        failure = self.failures.get(key)
+        if failure is not None:
+            metrics.MANIFEST_CACHE.labels("failure").inc()
+            # a new exception each time: re-raising one object from many
+            # requests would grow its traceback without end
+            raise BuildError.from_dict(failure)
         with self._lock:
             future = self._inflight.get(key)
             owner = future is None
@@ -129,10 +141,17 @@ class ImageService:
         if not owner:
             return future.result()
         try:
-            record = self._load(key) or self._build_once(image, tag, revision, key)
+            record = self._load(key)
+            if record is None:
+                self._raise_remembered_failure(key)
+                record = self._build_once(image, tag, revision, key)
             self.manifests[key] = record
             future.set_result(record)
             return record
+        except REMEMBERED_FAILURES as e:
+            self._remember_failure(key, e, stored=getattr(e, "remembered", False))
+            future.set_exception(e)
+            raise
         except BaseException as e:
             future.set_exception(e)
             raise
@@ -215,6 +234,25 @@ class ImageService:
                 self.locks.record_failure(key, e)
                 raise
 
+    def _raise_remembered_failure(self, key):
+        """Raise what another worker or instance found this image fails with."""
+        data = self.storage.read(keys.failure(key))
+        if data is None:
+            return
+        stored = json.loads(data)
+        if 0 <= time.time() - stored["at"] < FAILURE_TTL:
+            error = BuildError.from_dict(stored["error"])
+            error.remembered = True
+            metrics.MANIFEST_CACHE.labels("failure").inc()
+            raise error from None
+
+    def _remember_failure(self, key, error, *, stored):
+        record = error.to_dict()
+        if not stored:
+            self.storage.put_bytes(keys.failure(key), manifest.canonical(
+                {"at": time.time(), "error": record}), "application/json")
+        self.failures[key] = record
+
     def _tracked_build(self, image, tag, revision, key) -> ImageRecord:
         """_build, with its history entry, its log file and its metrics."""
         build = self.history.start(image.label, tag, key) if self.history else None
@@ -282,7 +320,7 @@ class ImageService:
                                if line.startswith("error: ")), why.splitlines()[-1] if why else "")
                 refused.append(f"{r.requested} cannot be built: {reason}")
         if refused:
-            raise PackageUnbuildable("; ".join(refused), log_tail="\n".join(logs))
+            raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
 
         self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved}, deadline)
         closure = self.nix.closure([r.out for r in resolved], deadline)

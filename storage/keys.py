@@ -22,6 +22,11 @@ def layer(layer_id: str) -> str:
     return f"layerinfo/{layer_id}"
 
 
+def failure(cache_key: str) -> str:
+    """Why an image cannot be made at its revision (unknown or refused packages)."""
+    return f"failures/{cache_key}"
+
+
 def blob_source(digest: str) -> str:
     """How to make a blob again: its store paths, its tree, or its bytes."""
     return f"blobsources/{digest}"

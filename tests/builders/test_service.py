@@ -107,3 +107,23 @@ def test_missing_packages_and_empty_names(tmp_path):
     assert dict(info.value.missing)["gti"] == ["git"]
     with pytest.raises(InvalidImage):
         svc.image(Image.from_name("arm64"), "latest")
+
+
+def test_unknown_packages_are_remembered_not_evaluated_again(tmp_path):
+    svc = service(tmp_path)
+    for _ in range(3):
+        with pytest.raises(PackagesNotFound):
+            svc.image(Image.from_name("hello/nosuchpkg"), "latest")
+    assert svc.nix.runs == 1
+    # another worker on the same storage does not evaluate it either
+    other = service(tmp_path)
+    with pytest.raises(PackagesNotFound) as info:
+        other.image(Image.from_name("nosuchpkg/hello"), "latest")
+    assert "nosuchpkg" in info.value.message and other.nix.runs == 0
+    # refusals too; build failures are not remembered (a retry may succeed)
+    with pytest.raises(Exception):
+        svc.image(Image.from_name("unfree-tool"), "latest")
+    runs = svc.nix.runs
+    with pytest.raises(Exception):
+        svc.image(Image.from_name("unfree-tool"), "latest")
+    assert svc.nix.runs == runs
