@@ -24,7 +24,8 @@ def create_app(config: Config | None = None, *, nix=None) -> Flask:
     app.extensions["storage"] = store
     app.extensions["images"] = ImageService(
         store, sources.from_config(config), nix=nix,
-        nix_timeout=config.nix_timeout, max_layers=config.max_layers)
+        nix_timeout=config.nix_timeout, max_layers=config.max_layers,
+        popularity_url=config.popularity_url, compression=config.compression)
     app.register_blueprint(registry.bp)
     app.register_blueprint(web.bp)
     errors.register(app)

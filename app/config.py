@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from dataclasses import dataclass
+
+from builders import compress
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
 DEFAULT_CHANNEL = "nixos-unstable"
@@ -33,6 +36,9 @@ class Config:
     popularity_url: str | None = None
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
+    # How layers are gzipped; the level defaults per compressor.
+    compressor: str = compress.DEFAULT
+    compression_level: int | None = None
     log_level: str = "INFO"
 
     def __post_init__(self):
@@ -48,6 +54,17 @@ class Config:
             raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
+        if self.compressor not in compress.KINDS:
+            raise ConfigError(f"NIXERY_COMPRESSOR must be one of {', '.join(compress.KINDS)}, "
+                              f"not {self.compressor!r}")
+        try:
+            compress.Compression(self.compressor, self.compression_level)
+        except ValueError as e:
+            raise ConfigError(f"NIXERY_COMPRESSION_LEVEL: {e}") from None
+        if self.popularity_url and urllib.parse.urlsplit(self.popularity_url).scheme not in (
+                "http", "https", "file"):
+            raise ConfigError(f"NIX_POPULARITY_URL must be an http(s):// or file:// URL, "
+                              f"not {self.popularity_url!r}")
         sources = [name for name, value in (
             ("NIXERY_CHANNEL", self.channel), ("NIXERY_PKGS_REPO", self.pkgs_repo),
             ("NIXERY_PKGS_PATH", self.pkgs_path)) if value]
@@ -67,6 +84,10 @@ class Config:
         if not (self.pkgs_repo or self.pkgs_path):
             return DEFAULT_CHANNEL
         return None
+
+    @property
+    def compression(self) -> compress.Compression:
+        return compress.Compression(self.compressor, self.compression_level)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -101,6 +122,8 @@ class Config:
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
             popularity_url=get("NIX_POPULARITY_URL"),
             max_layers=number("NIXERY_MAX_LAYERS", int, cls.max_layers),
+            compressor=get("NIXERY_COMPRESSOR") or cls.compressor,
+            compression_level=number("NIXERY_COMPRESSION_LEVEL", int, None),
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
         )
         return cls(**kwargs)

@@ -15,9 +15,11 @@ from cachetools import TTLCache
 
 from storage import keys
 from . import forest, layers, manifest, tarball
+from .compress import Compression
 from .errors import InvalidImage, PackagesNotFound, PackageUnbuildable
 from .image import Image
 from .nix import Deadline, Nix
+from .popularity import Popularity
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ def close_matches(name, candidates, n=3):
 
 
 class ImageService:
-    def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100):
+    def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100,
+                 popularity_url=None, compression=None):
         self.storage = storage
         self.source = source
         self.nix = nix or Nix()
@@ -83,6 +86,8 @@ class ImageService:
         self.max_layers = max_layers
         self.manifests = _LockedTTLCache(maxsize=4096, ttl=CACHE_TTL)
         self.layers = _LockedTTLCache(maxsize=1 << 16, ttl=CACHE_TTL)
+        self.popularity = Popularity(storage, popularity_url)
+        self.compression = compression or Compression()
         self._inflight: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.builds = 0  # images built by this process
@@ -163,10 +168,11 @@ class ImageService:
         closure = self.nix.closure([r.out for r in resolved], deadline)
         nix_seconds = time.monotonic() - started
 
-        groups = layers.group(closure, self.max_layers - 1)
-        stored = [self._store_layer(g) for g in groups]
-        tree = forest.symlink_tree([r.out for r in resolved])
-        stored.append(self._store_tree_layer(tree))
+        roots = [r.out for r in resolved]
+        names = [p.name for p in closure]
+        groups = layers.group(closure, self.max_layers - 1, self.popularity.counts(names), roots)
+        stored = self.store_layers(groups, forest.symlink_tree(roots))
+        self.popularity.record(names)
 
         by_attr = {r.attr_path: r for r in resolved}
         env = []
@@ -198,14 +204,19 @@ class ImageService:
             self.storage.put_bytes(key, data, content_type)
         return {"digest": digest, "size": len(data)}
 
+    def store_layers(self, groups, tree) -> list[dict]:
+        """The layers of `groups` (tuples of store paths) and then of the
+        symlink `tree`, in order."""
+        return [self._store_layer(g) for g in groups] + [self._store_tree_layer(tree)]
+
     def _store_layer(self, paths) -> dict:
         return self._layer(layers.layer_id(paths), len(paths),
-                           lambda out: tarball.write_store_layer(paths, out))
+                           lambda out: tarball.write_store_layer(paths, out, self.compression))
 
     def _store_tree_layer(self, tree) -> dict:
         ident = hashlib.sha256(manifest.canonical(
             {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
-        return self._layer(ident, 0, lambda out: tarball.write_tree_layer(tree, out))
+        return self._layer(ident, 0, lambda out: tarball.write_tree_layer(tree, out, self.compression))
 
     def _layer(self, ident, npaths, write) -> dict:
         """A layer's {digest, size, diff_id}: from the seen-layers cache, the
