@@ -5,10 +5,11 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cachetools import TTLCache
@@ -78,7 +79,7 @@ def close_matches(name, candidates, n=3):
 
 class ImageService:
     def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100,
-                 popularity_url=None, compression=None):
+                 popularity_url=None, compression=None, layer_workers=None):
         self.storage = storage
         self.source = source
         self.nix = nix or Nix()
@@ -88,6 +89,11 @@ class ImageService:
         self.layers = _LockedTTLCache(maxsize=1 << 16, ttl=CACHE_TTL)
         self.popularity = Popularity(storage, popularity_url)
         self.compression = compression or Compression()
+        # One pool for every build of this process: compressing is CPU
+        # work, so more threads than cores only add memory.
+        self._layer_pool = ThreadPoolExecutor(max_workers=layer_workers or os.cpu_count() or 1,
+                                              thread_name_prefix="layer")
+        self._layers_inflight: dict[str, Future] = {}
         self._inflight: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.builds = 0  # images built by this process
@@ -206,8 +212,14 @@ class ImageService:
 
     def store_layers(self, groups, tree) -> list[dict]:
         """The layers of `groups` (tuples of store paths) and then of the
-        symlink `tree`, in order."""
-        return [self._store_layer(g) for g in groups] + [self._store_tree_layer(tree)]
+        symlink `tree`, made in parallel on the layer pool, in order."""
+        futures = [self._layer_pool.submit(self._store_layer, g) for g in groups]
+        futures.append(self._layer_pool.submit(self._store_tree_layer, tree))
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # after a failure, start no more of this image's layers
+                f.cancel()
 
     def _store_layer(self, paths) -> dict:
         return self._layer(layers.layer_id(paths), len(paths),
@@ -220,10 +232,30 @@ class ImageService:
 
     def _layer(self, ident, npaths, write) -> dict:
         """A layer's {digest, size, diff_id}: from the seen-layers cache, the
-        record in storage, or made and uploaded now."""
+        record in storage, or made and uploaded now; images built at once
+        that share a layer make it once."""
         known = self.layers.get(ident)
         if known is not None:
             return known
+        with self._lock:
+            future = self._layers_inflight.get(ident)
+            owner = future is None
+            if owner:
+                future = self._layers_inflight[ident] = Future()
+        if not owner:
+            return future.result()
+        try:
+            known = self._find_or_make_layer(ident, npaths, write)
+            future.set_result(known)
+            return known
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                del self._layers_inflight[ident]
+
+    def _find_or_make_layer(self, ident, npaths, write) -> dict:
         data = self.storage.read(keys.layer(ident))
         if data is not None:
             known = json.loads(data)

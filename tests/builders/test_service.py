@@ -178,3 +178,27 @@ def test_missing_packages_and_empty_names(tmp_path):
     assert dict(info.value.missing)["gti"] == ["git"]
     with pytest.raises(InvalidImage):
         svc.image(Image.from_name("arm64"), "latest")
+
+
+def test_layers_made_in_parallel_are_the_layers_made_one_by_one(tmp_path):
+    one = service(tmp_path / "one", layer_workers=1).image(Image.from_name("shell/git"), "latest")
+    four = service(tmp_path / "four", layer_workers=4).image(Image.from_name("shell/git"), "latest")
+    assert one.manifest(OCI_MANIFEST) == four.manifest(OCI_MANIFEST)
+
+
+def test_images_built_at_once_make_a_shared_layer_once(tmp_path):
+    import threading
+    svc = service(tmp_path)
+    names = ["shell/git", "shell/htop", "shell/curl", "shell/hello"]
+    records = {}
+    threads = [threading.Thread(target=lambda n=n: records.update(
+        {n: svc.image(Image.from_name(n), "latest")})) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(records) == sorted(names)
+    blob_puts = [k for k in svc.storage.puts if k.startswith("layers/")]
+    assert len(blob_puts) == len(set(blob_puts))
+    shared = set.intersection(*(set(digests(r)) for r in records.values()))
+    assert len(shared) >= 7
