@@ -1,9 +1,10 @@
 """Deterministic layer tarballs, streamed once through every hash they need.
 
 tar bytes -> sha256 (the diff_id) -> gzip -> sha256 (the digest) and MD5 ->
-output file.  Memory holds one block of the tar stream, whatever the size of
-the layer: file contents are read straight into that block, and each full
-block is hashed, compressed and written before the next one is filled.
+output file.  Memory holds a few blocks of the tar stream, whatever the size
+of the layer: file contents are read straight into a block, and each full
+block is hashed, then compressed, hashed and written on a second thread
+while the next one fills.
 
 The tar stream is what `tarfile` writes in PAX format for the same entries
 (headers come from `tarfile.TarInfo`); it is assembled here so that nothing
@@ -14,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import stat
 import tarfile
+import threading
 from dataclasses import dataclass
 
 from .compress import Compression
@@ -42,20 +45,39 @@ class LayerBlob:
 
 
 class _Sink:
-    """Fills one block of tar bytes; each full block is hashed, gzipped,
-    hashed again and written to `out`."""
+    """Fills blocks of tar bytes and hands each full one to a thread of its
+    own that gzips it, hashes the result and writes it to `out`.
+
+    Reading files and hashing the tar stream (the diff_id) overlap with
+    deflating the block before, so even a one-layer image uses two cores;
+    both sides release the GIL for their heavy work.  BUFFERS blocks are
+    all the memory it holds, whatever the layer's size.
+    """
+
+    BUFFERS = 3
 
     def __init__(self, out, compression: Compression):
         self.out = out
         self.gzip = compression.gzip(BLOCK)
-        self.buf = bytearray(BLOCK)
-        self.view = memoryview(self.buf)
-        self.fill = 0
-        self.offset = 0  # tar bytes so far
         self.diff = hashlib.sha256()
         self.digest = hashlib.sha256()
         self.md5 = hashlib.md5()
         self.size = 0
+        self.offset = 0  # tar bytes so far
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(self.BUFFERS):
+            self._free.put(bytearray(BLOCK))
+        self._full: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._take_buffer()
+        self._thread = threading.Thread(target=self._deflate_blocks, name="layer-gzip",
+                                        daemon=True)
+        self._thread.start()
+
+    def _take_buffer(self):
+        self.buf = self._free.get()
+        self.view = memoryview(self.buf)
+        self.fill = 0
 
     def write(self, data):
         data = memoryview(data)
@@ -83,10 +105,26 @@ class _Sink:
             self._block()
 
     def _block(self):
-        block = self.view[:self.fill]
-        self.diff.update(block)
-        self._emit(self.gzip.compress(block))
-        self.fill = 0
+        if self._error is not None:
+            raise self._error
+        self.diff.update(self.view[:self.fill])
+        self._full.put((self.buf, self.fill))
+        self._take_buffer()
+
+    def _deflate_blocks(self):
+        while True:
+            item = self._full.get()
+            if item is None:
+                return
+            buf, n = item
+            try:
+                if self._error is None:
+                    self._emit(self.gzip.compress(memoryview(buf)[:n]))
+            except BaseException as e:  # handed to the writing thread
+                self._error = e
+            finally:
+                # after an error too, so the writing thread never waits
+                self._free.put(buf)
 
     def _emit(self, chunk):
         if chunk:
@@ -95,9 +133,19 @@ class _Sink:
             self.size += len(chunk)
             self.out.write(chunk)
 
+    def _stop(self):
+        self._full.put(None)
+        self._thread.join()
+
+    def abort(self):
+        self._stop()
+
     def finish(self) -> LayerBlob:
         if self.fill:
             self._block()
+        self._stop()
+        if self._error is not None:
+            raise self._error
         self._emit(self.gzip.finish())
         return LayerBlob("sha256:" + self.digest.hexdigest(),
                          "sha256:" + self.diff.hexdigest(), self.size, self.md5.hexdigest())
@@ -119,6 +167,9 @@ class _Writer:
         pad = -info.size % _TAR_BLOCK
         if pad:
             self.sink.write(_ZEROS[:pad])
+
+    def abort(self):
+        self.sink.abort()
 
     def finish(self) -> LayerBlob:
         # two zero blocks end the archive; tar pads it to whole records
@@ -192,17 +243,21 @@ def _chain(first, rest):
 def write_store_layer(paths, out, compression: Compression = Compression()) -> LayerBlob:
     """Write the gzipped tarball of `paths` (store paths) to `out`."""
     writer = _Writer(out, compression)
-    dirs = set()
-    links = {}
-    for path in sorted(paths):
-        parent = os.path.dirname(path).lstrip("/")
-        parts = parent.split("/")
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in dirs:
-                dirs.add(d)
-                writer.add(_dir(d))
-        _add_path(writer, path, links)
+    try:
+        dirs = set()
+        links = {}
+        for path in sorted(paths):
+            parent = os.path.dirname(path).lstrip("/")
+            parts = parent.split("/")
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in dirs:
+                    dirs.add(d)
+                    writer.add(_dir(d))
+            _add_path(writer, path, links)
+    except BaseException:
+        writer.abort()
+        raise
     return writer.finish()
 
 
@@ -210,12 +265,16 @@ def write_tree_layer(tree, out, compression: Compression = Compression()) -> Lay
     """Write a layer from a description: {relative path: entry}, where an
     entry is ("dir", mode) or ("symlink", target).  Parents must be listed."""
     writer = _Writer(out, compression)
-    for name in sorted(tree):
-        kind, arg = tree[name]
-        if kind == "dir":
-            writer.add(_dir(name, arg))
-        elif kind == "symlink":
-            writer.add(_info(name, tarfile.SYMTYPE, 0o777, linkname=arg))
-        else:
-            raise ValueError(f"unknown entry kind {kind!r}")
+    try:
+        for name in sorted(tree):
+            kind, arg = tree[name]
+            if kind == "dir":
+                writer.add(_dir(name, arg))
+            elif kind == "symlink":
+                writer.add(_info(name, tarfile.SYMTYPE, 0o777, linkname=arg))
+            else:
+                raise ValueError(f"unknown entry kind {kind!r}")
+    except BaseException:
+        writer.abort()
+        raise
     return writer.finish()

@@ -140,3 +140,12 @@ def test_memory_does_not_hold_the_layer(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 16 << 20
+
+
+def test_a_failed_layer_leaves_no_thread_behind(tmp_path):
+    import threading
+    root = tmp_path / "store" / "abc-pkg"
+    make_tree(root)
+    with pytest.raises(FileNotFoundError):
+        write([str(root), str(tmp_path / "store" / "gone")])
+    assert not [t for t in threading.enumerate() if t.name == "layer-gzip"]
