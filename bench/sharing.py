@@ -60,11 +60,11 @@ PACKAGE_SET = ["bench." + n for n in (
 _ours = layers.group
 
 
-def one_per_image(closure, budget, popularity=None, roots=None):
+def one_per_image(closure, budget, popularity=None, roots=None, threshold=None):
     return [tuple(sorted(p.path for p in closure))]
 
 
-def one_per_path_truncated(closure, budget, popularity=None, roots=None):
+def one_per_path_truncated(closure, budget, popularity=None, roots=None, threshold=None):
     ordered = sorted(p.path for p in closure)
     if len(ordered) <= budget:
         return [(p,) for p in ordered]

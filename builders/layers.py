@@ -33,10 +33,10 @@ LAYER_FORMAT = "1"
 # A path counts as popular when at least this many packages (or images)
 # need it...
 MIN_POPULAR = 2
-# ... and at least this share of the most needed path's count: with counts
-# over all of nixpkgs nearly every path is needed twice, and separating all
-# of them would cut packages from the private dependencies they share
-# layers with.
+# ... and, for counts over a whole package set (NIX_POPULARITY_URL), at
+# least this share of the most needed path's count: over all of nixpkgs
+# nearly every path is needed twice, and separating all of them would cut
+# packages from the private dependencies they share layers with.
 POPULAR_SHARE = 0.01
 
 
@@ -49,17 +49,21 @@ def layer_id(paths) -> str:
 
 
 def popular_threshold(popularity: Mapping[str, int]) -> float:
+    """The count from which a path is popular, for counts over a package set."""
     top = max(popularity.values(), default=0)
     return max(MIN_POPULAR, top * POPULAR_SHARE)
 
 
 def group(closure: list[StorePath], budget: int, popularity: Mapping[str, int] | None = None,
-          roots: Iterable[str] | None = None) -> list[tuple[str, ...]]:
+          roots: Iterable[str] | None = None, threshold: float | None = None
+          ) -> list[tuple[str, ...]]:
     """Split `closure` into at most `budget` layers, each a sorted tuple of paths.
 
     `popularity` maps a store path's name without its hash (`StorePath.name`)
     to how many packages or images need it; `roots` are the requested
-    packages' paths (by default, the paths nothing else refers to).
+    packages' paths (by default, the paths nothing else refers to); paths
+    with a count of at least `threshold` are popular (by default
+    `popular_threshold(popularity)`).
     """
     if budget < 1:
         raise ValueError("layer budget must be at least 1")
@@ -72,7 +76,8 @@ def group(closure: list[StorePath], budget: int, popularity: Mapping[str, int] |
         referred = {r for p in closure for r in p.references if r != p.path}
         roots = [p for p in order if p not in referred]
     heads = {r for r in roots if r in by_path}
-    threshold = popular_threshold(popularity)
+    if threshold is None:
+        threshold = popular_threshold(popularity)
     heads.update(p for p in order if popularity.get(by_path[p].name, 0) >= threshold)
 
     owner = _owners(order, by_path, heads)

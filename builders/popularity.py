@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Iterable, Mapping
 
 from storage import keys
+from . import layers
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,23 @@ class Popularity:
         names of the image being built, counted as one more image when the
         counts are derived (a path it shares with one earlier image is
         then needed by two)."""
+        return self.for_layering(names)[0]
+
+    def for_layering(self, names: Iterable[str] = ()) -> tuple[Mapping[str, int], float]:
+        """The counts, and the count from which a path is popular.
+
+        Over a package set (the URL's data) that is a share of the top
+        count.  Counted over images it is a fixed two: a path two images
+        need has a layer of its own from then on, however many images
+        come later, so later images keep sharing it with earlier ones.
+        """
         if self.url:
             fetched = self._from_url()
             if fetched is not None:
-                return fetched
+                return fetched, layers.popular_threshold(fetched)
         counts = self.derived()
         counts.update(set(names))
-        return counts
+        return counts, layers.MIN_POPULAR
 
     def derived(self) -> Counter:
         data = self.storage.read(keys.popularity())

@@ -176,7 +176,8 @@ class ImageService:
 
         roots = [r.out for r in resolved]
         names = [p.name for p in closure]
-        groups = layers.group(closure, self.max_layers - 1, self.popularity.counts(names), roots)
+        counts, popular = self.popularity.for_layering(names)
+        groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
         stored = self.store_layers(groups, forest.symlink_tree(roots))
         self.popularity.record(names)
 

@@ -87,3 +87,18 @@ def test_malformed_popularity_data_is_refused(body):
 def test_malformed_data_at_the_url_falls_back(store, http_popularity):
     http_popularity["body"] = b"<html>not here</html>"
     assert Popularity(store, http_popularity["url"]).counts(["a"]) == {"a": 1}
+
+
+def test_counted_over_images_two_is_popular_however_many_images_came(store):
+    pop = Popularity(store)
+    for _ in range(500):
+        pop.record(["busybox"])  # one path every image needs
+    counts, threshold = pop.for_layering(["libfoo"])
+    assert threshold == 2 and counts["busybox"] == 500 and counts["libfoo"] == 1
+
+
+def test_over_a_package_set_popular_is_a_share_of_the_top(store, tmp_path):
+    path = tmp_path / "popularity.json"
+    path.write_text('{"glibc-2.37": 50000, "zlib-1.3": 8000, "libfoo-1": 3}')
+    _, threshold = Popularity(store, path.as_uri()).for_layering()
+    assert threshold == 500
