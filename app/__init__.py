@@ -35,7 +35,8 @@ def create_app(config: Config | None = None, *, nix=None):
         source_refresh=config.source_refresh,
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
-        history=BuildHistory(config.history_path))
+        history=BuildHistory(config.history_path),
+        popularity_url=config.popularity_url, compression=config.compression)
 
     @app.before_request
     def tag_request():

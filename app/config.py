@@ -11,6 +11,8 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from builders import compress
+
 STORAGE_BACKENDS = ("filesystem", "gcs")
 DEFAULT_CHANNEL = "nixos-unstable"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -61,6 +63,9 @@ class Config:
     forwarded_allow_ips: str = "127.0.0.1"
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
+    # How layers are gzipped; the level defaults per compressor.
+    compressor: str = compress.DEFAULT
+    compression_level: int | None = None
     log_level: str = "INFO"
 
     def __post_init__(self):
@@ -87,6 +92,17 @@ class Config:
                               f"not {self.build_queue_timeout}")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
+        if self.compressor not in compress.KINDS:
+            raise ConfigError(f"NIXERY_COMPRESSOR must be one of {', '.join(compress.KINDS)}, "
+                              f"not {self.compressor!r}")
+        try:
+            compress.Compression(self.compressor, self.compression_level)
+        except ValueError as e:
+            raise ConfigError(f"NIXERY_COMPRESSION_LEVEL: {e}") from None
+        if self.popularity_url and urllib.parse.urlsplit(self.popularity_url).scheme not in (
+                "http", "https", "file"):
+            raise ConfigError(f"NIX_POPULARITY_URL must be an http(s):// or file:// URL, "
+                              f"not {self.popularity_url!r}")
         sources = [name for name, value in (
             ("NIXERY_CHANNEL", self.channel), ("NIXERY_PKGS_REPO", self.pkgs_repo),
             ("NIXERY_PKGS_PATH", self.pkgs_path)) if value]
@@ -145,6 +161,10 @@ class Config:
             return DEFAULT_CHANNEL
         return None
 
+    @property
+    def compression(self) -> compress.Compression:
+        return compress.Compression(self.compressor, self.compression_level)
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
@@ -190,6 +210,8 @@ class Config:
             source_refresh=number("NIXERY_SOURCE_REFRESH", float, cls.source_refresh),
             channel_url=get("NIXERY_CHANNEL_URL") or cls.channel_url,
             archive_url=get("NIXERY_ARCHIVE_URL") or cls.archive_url,
+            compressor=get("NIXERY_COMPRESSOR") or cls.compressor,
+            compression_level=number("NIXERY_COMPRESSION_LEVEL", int, None),
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
         )
         return cls(**kwargs)

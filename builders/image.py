@@ -35,7 +35,10 @@ class Image:
         while components and (components[0] == "shell" or components[0] in SYSTEMS):
             meta = components.pop(0)
             if meta == "shell":
-                packages.extend(SHELL_PACKAGES)
+                # in the registry's lower case, as a user would type them, so
+                # `shell` and `shell/bashinteractive` are one image and every
+                # image's canonical name is a valid registry name
+                packages.extend(p.lower() for p in SHELL_PACKAGES)
             else:
                 system, arch = SYSTEMS[meta]
         packages.extend(components)

@@ -10,18 +10,20 @@ import os
 import tempfile
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 
 from storage import keys
 from . import forest, layers, manifest, metrics, tarball
+from .compress import Compression
 from .errors import (BuildError, BuildQueueFull, BuildTimeout, InvalidImage, PackagesNotFound,
                      PackagesRefused)
 from .image import HOST_SYSTEM, Image
 from .locks import BuildLocks
 from .nix import Deadline, Nix
+from .popularity import Popularity
 from .sources import Revision
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ def close_matches(name, candidates, n=3):
 
 class ImageService:
     def __init__(self, storage, source, *, nix=None, nix_timeout=60.0, max_layers=100,
-                 source_refresh=300.0, clock=time.time, locks=None, history=None):
+                 source_refresh=300.0, clock=time.time, locks=None, history=None,
+                 popularity_url=None, compression=None, layer_workers=None):
         self.storage = storage
         self.history = history
         # without shared locks, builds are coordinated within this process only
@@ -105,6 +108,13 @@ class ImageService:
         self.manifests = _LockedTTLCache(maxsize=4096, ttl=CACHE_TTL)
         self.layers = _LockedTTLCache(maxsize=1 << 16, ttl=CACHE_TTL)
         self.failures = _LockedTTLCache(maxsize=4096, ttl=FAILURE_TTL)
+        self.popularity = Popularity(storage, popularity_url)
+        self.compression = compression or Compression()
+        # One pool for every build of this process: compressing is CPU
+        # work, so more threads than cores only add memory.
+        self._layer_pool = ThreadPoolExecutor(max_workers=layer_workers or os.cpu_count() or 1,
+                                              thread_name_prefix="layer")
+        self._layers_inflight: dict[str, Future] = {}
         self._inflight: dict[str, Future] = {}
         self._lock = threading.Lock()
         self.builds = 0  # images built by this process
@@ -326,10 +336,12 @@ class ImageService:
         closure = self.nix.closure([r.out for r in resolved], deadline)
         nix_seconds = time.monotonic() - started
 
-        groups = layers.group(closure, self.max_layers - 1)
-        stored = [self._store_layer(g) for g in groups]
-        tree = forest.symlink_tree([r.out for r in resolved])
-        stored.append(self._store_tree_layer(tree))
+        roots = [r.out for r in resolved]
+        names = [p.name for p in closure]
+        counts, popular = self.popularity.for_layering(names)
+        groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
+        stored = self.store_layers(groups, forest.symlink_tree(roots))
+        self.popularity.record(names)
 
         by_attr = {r.attr_path: r for r in resolved}
         env = []
@@ -363,6 +375,17 @@ class ImageService:
             self._record_source(digest, {"data": data.decode()})
         return {"digest": digest, "size": len(data)}
 
+    def store_layers(self, groups, tree) -> list[dict]:
+        """The layers of `groups` (tuples of store paths) and then of the
+        symlink `tree`, made in parallel on the layer pool, in order."""
+        futures = [self._layer_pool.submit(self._store_layer, g) for g in groups]
+        futures.append(self._layer_pool.submit(self._store_tree_layer, tree))
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # after a failure, start no more of this image's layers
+                f.cancel()
+
     def _store_layer(self, paths) -> dict:
         return self._layer(layers.layer_id(paths), {"paths": sorted(paths)})
 
@@ -371,13 +394,15 @@ class ImageService:
             {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
         return self._layer(ident, {"tree": tree})
 
-    @staticmethod
-    def _writer(source):
-        """How to write the layer a blob source record describes."""
+    def _writer(self, source):
+        """How to write the layer a blob source record describes, with the
+        compressor it was first made with (the digest depends on it)."""
+        compression = (Compression(*source["compression"]) if "compression" in source
+                       else self.compression)
         if "paths" in source:
-            return lambda out: tarball.write_store_layer(source["paths"], out)
+            return lambda out: tarball.write_store_layer(source["paths"], out, compression)
         tree = {name: tuple(entry) for name, entry in source["tree"].items()}
-        return lambda out: tarball.write_tree_layer(tree, out)
+        return lambda out: tarball.write_tree_layer(tree, out, compression)
 
     def _record_source(self, digest, source):
         # what restore_blob() needs to make the blob again
@@ -397,10 +422,30 @@ class ImageService:
 
     def _layer(self, ident, source) -> dict:
         """A layer's {digest, size, diff_id}: from the seen-layers cache, the
-        record in storage, or made and uploaded now."""
+        record in storage, or made and uploaded now; images built at once
+        that share a layer make it once."""
         known = self.layers.get(ident)
         if known is not None:
             return known
+        with self._lock:
+            future = self._layers_inflight.get(ident)
+            owner = future is None
+            if owner:
+                future = self._layers_inflight[ident] = Future()
+        if not owner:
+            return future.result()
+        try:
+            known = self._find_or_make_layer(ident, source)
+            future.set_result(known)
+            return known
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                del self._layers_inflight[ident]
+
+    def _find_or_make_layer(self, ident, source) -> dict:
         data = self.storage.read(keys.layer(ident))
         if data is not None:
             known = json.loads(data)
@@ -408,6 +453,7 @@ class ImageService:
                 self.layers[ident] = known
                 return known
         logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))
+        source = dict(source, compression=[self.compression.kind, self.compression.level])
         blob = self._upload_layer(source)
         self._record_source(blob.digest, source)
         known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,

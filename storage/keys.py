@@ -41,3 +41,8 @@ def blob_sha256(key: str) -> str | None:
     """The sha256 hex a key must hold, for content-addressed keys."""
     m = BLOB_KEY_RE.match(key)
     return m.group(1) if m else None
+
+
+def popularity() -> str:
+    """How many built images needed each store path name (layering's popularity)."""
+    return "state/popularity.json"

@@ -59,11 +59,25 @@ def test_gcs_values_from_the_environment(tmp_path):
      "STORAGE_EMULATOR_HOST"),
     ({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b",
       "GOOGLE_APPLICATION_CREDENTIALS": "/no/such/key.json"}, "GOOGLE_APPLICATION_CREDENTIALS"),
+    ({"NIXERY_COMPRESSOR": "brotli"}, "NIXERY_COMPRESSOR"),
+    ({"NIXERY_COMPRESSION_LEVEL": "fast"}, "NIXERY_COMPRESSION_LEVEL"),
+    ({"NIXERY_COMPRESSION_LEVEL": "6"}, "NIXERY_COMPRESSION_LEVEL"),  # isal has 0-3
+    ({"NIXERY_COMPRESSOR": "zlib", "NIXERY_COMPRESSION_LEVEL": "10"}, "NIXERY_COMPRESSION_LEVEL"),
+    ({"NIX_POPULARITY_URL": "ftp://example/pop.json"}, "NIX_POPULARITY_URL"),
 ])
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError) as info:
         Config.from_env(env)
     assert names in str(info.value)
+
+
+def test_layer_compression_settings():
+    from builders.compress import DEFAULT, KINDS, Compression
+    assert Config.from_env({}).compression == Compression(DEFAULT, KINDS[DEFAULT].default)
+    c = Config.from_env({"NIXERY_COMPRESSOR": "zlib", "NIXERY_COMPRESSION_LEVEL": "9",
+                         "NIX_POPULARITY_URL": "file:///srv/popularity.json"})
+    assert c.compression == Compression("zlib", 9)
+    assert c.popularity_url == "file:///srv/popularity.json"
 
 
 def test_gunicorn_refuses_to_start_with_a_bad_value(tmp_path):

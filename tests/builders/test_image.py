@@ -8,14 +8,15 @@ def test_order_and_duplicates_do_not_matter():
 
 def test_shell_adds_its_packages():
     image = Image.from_name("shell/git")
-    assert set(image.packages) == set(SHELL_PACKAGES) | {"git"}
+    assert set(image.packages) == {p.lower() for p in SHELL_PACKAGES} | {"git"}
+    assert Image.from_name("shell/bashinteractive/git") == image
     assert image.system == HOST_SYSTEM[0]
 
 
 def test_arm64_builds_for_aarch64():
     image = Image.from_name("arm64/shell/hello")
     assert (image.system, image.arch) == ("aarch64-linux", "arm64")
-    assert "hello" in image.packages and "bashInteractive" in image.packages
+    assert "hello" in image.packages and "bashinteractive" in image.packages
     assert Image.from_name("shell/arm64/hello").arch == "arm64"
 
 

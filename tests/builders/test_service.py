@@ -1,8 +1,11 @@
 """Building images into storage: caches, layer reuse, determinism, the budget."""
+import io
 import json
+import subprocess
 
 import pytest
 
+from builders import tarball
 from builders.errors import InvalidImage, PackagesNotFound
 from builders.image import Image
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
@@ -31,17 +34,78 @@ def manifest_of(record, media_type=DOCKER_MANIFEST):
     return json.loads(record.manifest(media_type))
 
 
+def digests(record):
+    return [l["digest"] for l in manifest_of(record)["layers"]]
+
+
+def built_path(attr):
+    """The store path of a package of the test set (built by then)."""
+    done = subprocess.run(["nix-build", str(PKGS), "-A", attr, "--no-out-link"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def closure_of(attr):
+    done = subprocess.run(["nix-store", "-qR", built_path(attr)],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def layer_digest(svc, *paths):
+    """The digest of the layer holding exactly `paths`."""
+    return tarball.write_store_layer(paths, io.BytesIO(), svc.compression).digest
+
+
 def test_images_sharing_paths_share_layers_and_upload_them_once(tmp_path):
     svc = service(tmp_path)
-    git = svc.image(Image.from_name("git"), "latest")
+    git = svc.image(Image.from_name("shell/git"), "latest")
     uploads_before = list(svc.storage.puts)
-    htop = svc.image(Image.from_name("htop"), "latest")
-    git_layers = {l["digest"] for l in manifest_of(git)["layers"]}
-    htop_layers = {l["digest"] for l in manifest_of(htop)["layers"]}
-    shared = git_layers & htop_layers
-    assert len(shared) >= 2  # busybox and libshared
+    htop = svc.image(Image.from_name("shell/htop"), "latest")
+    shared = set(digests(git)) & set(digests(htop))
+    # the six shell packages and the busybox they all need
+    assert len(shared) == 7
+    assert layer_digest(svc, built_path("bashInteractive")) in shared
     new_uploads = set(svc.storage.puts) - set(uploads_before)
     assert not {keys.blob(d) for d in shared} & new_uploads
+
+
+def test_paths_images_share_get_their_own_layer_once_seen_twice(tmp_path):
+    svc = service(tmp_path)
+    libshared = layer_digest(svc, built_path("libshared"))
+    git = svc.image(Image.from_name("git"), "latest")
+    # the first image to need libshared keeps it in git's layer ...
+    assert libshared not in digests(git)
+    assert len(git.layers) == 2
+    # ... the second gives it a layer of its own, which the third reuses
+    htop = svc.image(Image.from_name("htop"), "latest")
+    curl = svc.image(Image.from_name("curl"), "latest")
+    assert libshared in digests(htop) and libshared in digests(curl)
+
+
+def test_derived_popularity_is_kept_in_storage_across_restarts(tmp_path):
+    service(tmp_path).image(Image.from_name("git"), "latest")
+    counts = json.loads(FilesystemStorage(tmp_path).read(keys.popularity()))["counts"]
+    assert counts["libshared-1.0"] == 1 and counts["git-1.0"] == 1 and counts["busybox"] == 1
+    again = service(tmp_path)
+    htop = again.image(Image.from_name("htop"), "latest")
+    # the restarted service knows git needed libshared too
+    assert layer_digest(again, built_path("libshared")) in digests(htop)
+    counts = json.loads(again.storage.read(keys.popularity()))["counts"]
+    assert counts["libshared-1.0"] == 2 and counts["htop-1.0"] == 1
+
+
+def test_popularity_from_the_url_changes_the_layers(tmp_path):
+    url = tmp_path / "popularity.json"
+    url.write_text(json.dumps({"libshared-1.0": 40, "busybox": 50, "glibc-2.37": 1000}))
+    plain = service(tmp_path / "plain").image(Image.from_name("git"), "latest")
+    svc = service(tmp_path / "popular", popularity_url=url.as_uri())
+    popular = svc.image(Image.from_name("git"), "latest")
+    assert len(plain.layers) == 2
+    assert len(popular.layers) == 4
+    # the most popular first: busybox (50), libshared (40), then git
+    busybox = next(p for p in closure_of("git") if p.endswith("-busybox"))
+    assert digests(popular)[:2] == [layer_digest(svc, busybox),
+                                    layer_digest(svc, built_path("libshared"))]
 
 
 def test_restart_serves_stored_image_without_nix(tmp_path):
@@ -53,9 +117,9 @@ def test_restart_serves_stored_image_without_nix(tmp_path):
 
 
 def test_restart_reuses_stored_layers_for_a_new_image(tmp_path):
-    git = service(tmp_path).image(Image.from_name("git"), "latest")
+    git = service(tmp_path).image(Image.from_name("shell/git"), "latest")
     again = service(tmp_path)
-    htop = again.image(Image.from_name("htop"), "latest")
+    htop = again.image(Image.from_name("shell/htop"), "latest")
     shared = {l["digest"] for l in git.layers} & {l["digest"] for l in htop.layers}
     assert shared
     assert not {keys.blob(d) for d in shared} & set(again.storage.puts)
@@ -83,12 +147,19 @@ def test_every_referenced_blob_is_stored_and_typed(tmp_path):
 
 
 def test_wide_closure_stays_within_the_layer_budget(tmp_path):
-    svc = service(tmp_path, max_layers=100)
+    # every one of wide's 130 dependencies popular: 131 groups want layers
+    url = tmp_path / "popularity.json"
+    url.write_text(json.dumps({f"wide-dep-{i}-1.0": 10 + i for i in range(130)}))
+    svc = service(tmp_path / "a", max_layers=100, popularity_url=url.as_uri())
     record = svc.image(Image.from_name("wide"), "latest")
     assert len(record.layers) == 100
-    small = service(tmp_path / "small", max_layers=5).image(Image.from_name("wide"), "latest")
+    # the most popular deps keep their own layers, the least share the last
+    assert [l["paths"] for l in record.layers[:98]] == [1] * 98
+    assert sum(l["paths"] for l in record.layers[:-1]) == 131  # 130 deps and wide itself
+    small = service(tmp_path / "b", max_layers=5, popularity_url=url.as_uri()).image(
+        Image.from_name("wide"), "latest")
     assert len(small.layers) == 5
-    assert sum(l["paths"] for l in small.layers[:-1]) == 131  # 130 deps and wide itself
+    assert sum(l["paths"] for l in small.layers[:-1]) == 131
 
 
 def test_arm64_config_says_arm64(tmp_path, monkeypatch):
@@ -127,3 +198,25 @@ def test_unknown_packages_are_remembered_not_evaluated_again(tmp_path):
     with pytest.raises(Exception):
         svc.image(Image.from_name("unfree-tool"), "latest")
     assert svc.nix.runs == runs
+def test_layers_made_in_parallel_are_the_layers_made_one_by_one(tmp_path):
+    one = service(tmp_path / "one", layer_workers=1).image(Image.from_name("shell/git"), "latest")
+    four = service(tmp_path / "four", layer_workers=4).image(Image.from_name("shell/git"), "latest")
+    assert one.manifest(OCI_MANIFEST) == four.manifest(OCI_MANIFEST)
+
+
+def test_images_built_at_once_make_a_shared_layer_once(tmp_path):
+    import threading
+    svc = service(tmp_path)
+    names = ["shell/git", "shell/htop", "shell/curl", "shell/hello"]
+    records = {}
+    threads = [threading.Thread(target=lambda n=n: records.update(
+        {n: svc.image(Image.from_name(n), "latest")})) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(records) == sorted(names)
+    blob_puts = [k for k in svc.storage.puts if k.startswith("layers/")]
+    assert len(blob_puts) == len(set(blob_puts))
+    shared = set.intersection(*(set(digests(r)) for r in records.values()))
+    assert len(shared) >= 7

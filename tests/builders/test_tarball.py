@@ -4,7 +4,10 @@ import io
 import os
 import tarfile
 
+import pytest
+
 from builders import tarball
+from builders.compress import KINDS, Compression
 
 
 def make_tree(root):
@@ -18,16 +21,24 @@ def make_tree(root):
     os.chmod(root / "data", 0o444)
 
 
-def write(paths, level=6):
+def write(paths, compression=Compression()):
     out = io.BytesIO()
-    blob = tarball.write_store_layer(paths, out, level)
+    blob = tarball.write_store_layer(paths, out, compression)
     return blob, out.getvalue()
 
 
-def test_layer_hashes_match_its_bytes(tmp_path):
+EVERY_COMPRESSOR = [Compression(kind, level) for kind in KINDS
+                    for level in (KINDS[kind].levels[0], KINDS[kind].default)]
+
+
+@pytest.mark.parametrize("compression", EVERY_COMPRESSOR, ids=str)
+def test_layer_hashes_match_its_bytes(tmp_path, compression):
     root = tmp_path / "store" / "abc-pkg"
     make_tree(root)
-    blob, data = write([str(root)])
+    # more than one compression block, so blocks are chained
+    with open(root / "big", "wb") as f:
+        f.write(os.urandom(tarball.BLOCK) + bytes(tarball.BLOCK) + b"tail" * 1000)
+    blob, data = write([str(root)], compression)
     assert blob.size == len(data)
     assert blob.digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert blob.md5 == hashlib.md5(data).hexdigest()
@@ -57,20 +68,57 @@ def test_entries_are_sorted_and_normalised(tmp_path):
         assert tar.extractfile(prefix + "/bin/tool").read() == b"#!/bin/sh\necho tool\n"
 
 
-def test_same_paths_give_identical_bytes(tmp_path):
+@pytest.mark.parametrize("compression", EVERY_COMPRESSOR, ids=str)
+def test_same_paths_give_identical_bytes(tmp_path, compression):
     root = tmp_path / "store" / "abc-pkg"
     make_tree(root)
-    _, first = write([str(root)])
+    _, first = write([str(root)], compression)
     os.utime(root / "bin" / "tool", (12345, 12345))  # mtimes do not leak in
-    _, second = write([str(root)])
+    _, second = write([str(root)], compression)
     assert first == second
+    # a gzip header with no flags (so no file name) and mtime 0
+    assert first[:8] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
+
+
+def test_the_tar_stream_does_not_depend_on_the_compressor(tmp_path):
+    root = tmp_path / "store" / "abc-pkg"
+    make_tree(root)
+    blobs = [write([str(root)], c)[0] for c in EVERY_COMPRESSOR]
+    assert len({b.diff_id for b in blobs}) == 1
+    assert len({b.digest for b in blobs}) == len(blobs)
+
+
+def test_a_tar_stream_like_tarfile_writes(tmp_path):
+    # the same bytes `tarfile` makes for the same entries, so diff_ids made
+    # by earlier versions still describe the same layers
+    import tarfile
+    root = tmp_path / "store" / "abc-pkg"
+    make_tree(root)
+    blob, _ = write([str(root)])
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        def norm(ti):
+            ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = tarball.MTIME, 0, 0, "", ""
+            if ti.issym():
+                ti.mode = 0o777
+            return ti
+        parts = str(root).lstrip("/").split("/")
+        for i in range(1, len(parts)):
+            ti = tarfile.TarInfo("/".join(parts[:i]))
+            ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(norm(ti))
+        tar.add(str(root), arcname=str(root).lstrip("/"), filter=norm, recursive=False)
+        for name in ["bin", "bin/tool", "data", "data-link", "empty", "tool-link"]:
+            tar.add(str(root / name), arcname=str(root / name).lstrip("/"), filter=norm,
+                    recursive=False)
+    assert blob.diff_id == "sha256:" + hashlib.sha256(expected.getvalue()).hexdigest()
 
 
 def test_tree_layer(tmp_path):
     tree = {"bin": ("dir", 0o755), "bin/hello": ("symlink", "/nix/store/x-hello/bin/hello"),
             "tmp": ("dir", 0o1777)}
     out = io.BytesIO()
-    blob = tarball.write_tree_layer(tree, out)
+    blob = tarball.write_tree_layer(tree, out, Compression())
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
         m = {x.name: x for x in tar.getmembers()}
     assert m["tmp"].mode == 0o1777 and m["tmp"].isdir()
@@ -88,7 +136,16 @@ def test_memory_does_not_hold_the_layer(tmp_path):
             f.write(os.urandom(1 << 20))
     tracemalloc.start()
     with open(os.devnull, "wb") as out:
-        tarball.write_store_layer([str(root)], out, level=1)
+        tarball.write_store_layer([str(root)], out, Compression())
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 16 << 20
+
+
+def test_a_failed_layer_leaves_no_thread_behind(tmp_path):
+    import threading
+    root = tmp_path / "store" / "abc-pkg"
+    make_tree(root)
+    with pytest.raises(FileNotFoundError):
+        write([str(root), str(tmp_path / "store" / "gone")])
+    assert not [t for t in threading.enumerate() if t.name == "layer-gzip"]

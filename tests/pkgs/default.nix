@@ -63,7 +63,52 @@ let
     script = ''mkdir -p $out/share; echo ${toString i} > $out/share/dep-${toString i}'';
   }) 130;
 
+  # Packages for bench/ only: sizes like real ones, made of random bytes
+  # (compiled code compresses little) and text (which compresses well),
+  # with many small files where `files` says so.  Each refers to its deps.
+  benchPkg = { pname, mb, files ? 0, deps ? [] }: mk {
+    inherit pname;
+    script = ''
+      mkdir -p $out/lib $out/share/${pname} $out/nix-support
+      head -c $((${toString mb} * 524288)) /dev/urandom > $out/lib/lib${pname}.so
+      seq 1 $((${toString mb} * 74000)) > $out/share/${pname}/data.txt
+      if [ ${toString files} -gt 0 ]; then
+        seq 1 $((${toString files} * 700)) | awk -v d=$out/share/${pname} \
+          '{ f = sprintf("%s/f%06d", d, int((NR - 1) / 700)); print > f; if (NR % 700 == 0) close(f) }'
+      fi
+      echo ${builtins.concatStringsSep " " (map toString deps)} > $out/nix-support/deps
+    '';
+  };
+
+  bench = rec {
+    glibc = benchPkg { pname = "glibc"; mb = 12; files = 400; };
+    zlib = benchPkg { pname = "zlib"; mb = 1; deps = [ glibc ]; };
+    openssl = benchPkg { pname = "openssl"; mb = 6; files = 100; deps = [ glibc zlib ]; };
+    ncurses = benchPkg { pname = "ncurses"; mb = 3; files = 1500; deps = [ glibc ]; };
+    readline = benchPkg { pname = "readline"; mb = 1; deps = [ ncurses ]; };
+    bash = benchPkg { pname = "bash"; mb = 2; files = 50; deps = [ readline ]; };
+    coreutils = benchPkg { pname = "coreutils"; mb = 4; files = 100; deps = [ glibc openssl ]; };
+    perl-modules = benchPkg { pname = "perl-modules"; mb = 20; files = 3000; deps = [ glibc ]; };
+    perl = benchPkg { pname = "perl"; mb = 8; deps = [ perl-modules zlib ]; };
+    libssh2 = benchPkg { pname = "libssh2"; mb = 1; deps = [ openssl ]; };
+    curl = benchPkg { pname = "curl"; mb = 3; deps = [ openssl zlib libssh2 ]; };
+    git = benchPkg { pname = "git"; mb = 15; files = 600; deps = [ perl curl bash ]; };
+    htop = benchPkg { pname = "htop"; mb = 1; deps = [ ncurses ]; };
+    python-stdlib = benchPkg { pname = "python-stdlib"; mb = 25; files = 4000; deps = [ glibc ]; };
+    python = benchPkg { pname = "python"; mb = 10; deps = [ python-stdlib openssl zlib readline ]; };
+    vim = benchPkg { pname = "vim"; mb = 12; files = 2000; deps = [ ncurses python ]; };
+
+    # About 1 GB: four parts of mostly large files, four of small files.
+    huge = benchPkg { pname = "huge"; mb = 1; deps = map (i: benchPkg {
+      pname = "huge-data-${toString i}"; mb = 200;
+    }) [ 0 1 2 3 ] ++ map (i: benchPkg {
+      pname = "huge-files-${toString i}"; mb = 1; files = 12000;
+    }) [ 0 1 2 3 ]; };
+  };
+
   self = {
+    inherit bench;
+
     hello = script "hello" "hello" ''echo "Hello, world!"'' "";
 
     bashInteractive = script "bash-interactive" "bash" ''exec ${bb} sh "$@"''
