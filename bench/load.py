@@ -39,10 +39,9 @@ BUILDABLE = ["hello", "git", "htop", "curl", "nano", "moreutils", "coreutils", "
              "langpackages.bar", "filetypes", "libshared"]
 CACHED = ["shell/hello", "git/htop", "curl"]
 UNKNOWN = ["nosuchpkg", "gti", "htop/curll", "hello/nosuchpkg"]
-# The access log line the server writes for every request the app answers:
-# status, microseconds taken (until the response was sent), request line.
-ACCESS_FORMAT = 'access %(s)s %(D)s "%(r)s"'
-ACCESS_RE = re.compile(r'^access (\d{3}) (\d+) "(\S+) (.*) HTTP/[\d.]+"$', re.M)
+# The access log line the server writes for every request the app answers
+# (app/logs.py): client "METHOD path" status bytes duration_ms "ms" ...
+ACCESS_RE = re.compile(r'^\S+ "(\S+) (.*?)" (\d{3}) \S+ ([\d.]+)ms ', re.M)
 BUILDING, BUILT = "builders.service: building ", "builders.service: built "
 BUILDING_RE = re.compile(r"builders\.service: building (\S+) for ")
 
@@ -186,8 +185,7 @@ def main(argv=None):
     need("wrk", "nix-instantiate")
 
     workdir = tempfile.mkdtemp(prefix="bench-load-")
-    server = registry(os.path.join(workdir, "registry"),
-                      GUNICORN_CMD_ARGS=f"--access-logformat '{ACCESS_FORMAT}'")
+    server = registry(os.path.join(workdir, "registry"))
     try:
         server.start()
         n_new = int(args.seconds / args.new_period) + 2
@@ -225,10 +223,10 @@ def main(argv=None):
 
     by_kind = defaultdict(lambda: {"statuses": Counter(), "us": []})
     new_asked, unknown_asked = set(), set()
-    for status, us, method, target in ACCESS_RE.findall(log):
+    for method, target, status, millis in ACCESS_RE.findall(log):
         kind = category.get((method, target), "bad")
         by_kind[kind]["statuses"][int(status)] += 1
-        by_kind[kind]["us"].append(int(us))
+        by_kind[kind]["us"].append(round(float(millis) * 1000))
         if kind == "new":
             new_asked.add(target)
         elif kind == "unknown":
