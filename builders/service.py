@@ -143,31 +143,40 @@ class ImageService:
             # a new exception each time: re-raising one object from many
             # requests would grow its traceback without end
             raise BuildError.from_dict(failure)
+
+        def make():
+            try:
+                record = self._load(key)
+                if record is None:
+                    self._raise_remembered_failure(key)
+                    record = self._build_once(image, tag, revision, key)
+            except REMEMBERED_FAILURES as e:
+                self._remember_failure(key, e, stored=getattr(e, "remembered", False))
+                raise
+            self.manifests[key] = record
+            return record
+        return self._once(self._inflight, key, make)
+
+    def _once(self, inflight: dict, key, make):
+        """make() once per key at a time in this process; callers that come
+        meanwhile wait and share its result or its error."""
         with self._lock:
-            future = self._inflight.get(key)
+            future = inflight.get(key)
             owner = future is None
             if owner:
-                future = self._inflight[key] = Future()
+                future = inflight[key] = Future()
         if not owner:
             return future.result()
         try:
-            record = self._load(key)
-            if record is None:
-                self._raise_remembered_failure(key)
-                record = self._build_once(image, tag, revision, key)
-            self.manifests[key] = record
-            future.set_result(record)
-            return record
-        except REMEMBERED_FAILURES as e:
-            self._remember_failure(key, e, stored=getattr(e, "remembered", False))
-            future.set_exception(e)
-            raise
+            result = make()
+            future.set_result(result)
+            return result
         except BaseException as e:
             future.set_exception(e)
             raise
         finally:
             with self._lock:
-                del self._inflight[key]
+                del inflight[key]
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds."""
@@ -427,23 +436,8 @@ class ImageService:
         known = self.layers.get(ident)
         if known is not None:
             return known
-        with self._lock:
-            future = self._layers_inflight.get(ident)
-            owner = future is None
-            if owner:
-                future = self._layers_inflight[ident] = Future()
-        if not owner:
-            return future.result()
-        try:
-            known = self._find_or_make_layer(ident, source)
-            future.set_result(known)
-            return known
-        except BaseException as e:
-            future.set_exception(e)
-            raise
-        finally:
-            with self._lock:
-                del self._layers_inflight[ident]
+        return self._once(self._layers_inflight, ident,
+                          lambda: self._find_or_make_layer(ident, source))
 
     def _find_or_make_layer(self, ident, source) -> dict:
         data = self.storage.read(keys.layer(ident))
