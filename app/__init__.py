@@ -9,13 +9,26 @@ from __future__ import annotations
 from .config import Config
 
 
+def _history(path):
+    """The build history, or None: pulls must work without the pages' history."""
+    import logging
+    import sqlite3
+
+    from builders.history import BuildHistory
+    try:
+        return BuildHistory(path)
+    except (sqlite3.Error, OSError) as e:
+        logging.getLogger(__name__).error(
+            "build history at %s is unavailable, pages will show no builds: %s", path, e)
+        return None
+
+
 def create_app(config: Config | None = None, *, nix=None):
     """Build the app; gunicorn runs `app:create_app()`, which reads the environment."""
     from flask import Flask, g, request
 
     import storage as storage_mod
     from builders import sources
-    from builders.history import BuildHistory
     from builders.locks import BuildLocks
     from builders.service import ImageService
 
@@ -35,7 +48,7 @@ def create_app(config: Config | None = None, *, nix=None):
         source_refresh=config.source_refresh,
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
-        history=BuildHistory(config.history_path),
+        history=_history(config.history_path),
         popularity_url=config.popularity_url, compression=config.compression)
 
     @app.before_request

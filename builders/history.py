@@ -5,6 +5,7 @@ plus one Nix log file per build that the build page reads while it grows.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -69,15 +70,36 @@ class BuildHistory:
         os.makedirs(self.logs, exist_ok=True)
         self.path = os.path.join(root, "builds.sqlite")
         self._local = threading.local()
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        # Workers start together; switching to WAL and creating the schema
+        # take the database's write lock and may fail at once instead of
+        # waiting, so one process at a time does it.  WAL mode then stays
+        # with the file.
+        with open(os.path.join(root, "init.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._init(self._db())
+
+    @staticmethod
+    def _init(db, patience=30.0):
+        # A worker restarted beside busy ones may still meet their locks:
+        # SQLite answers a journal-mode change with "locked" at once, so
+        # wait here instead.
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _db(self) -> sqlite3.Connection:
         # one connection per thread: sqlite3 connections are not shared
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
             db.row_factory = sqlite3.Row
             self._local.db = db
         return db

@@ -83,3 +83,19 @@ def test_build_in_progress_shows_its_log(app, client, monkeypatch):
     page = client.get("/builds/hello:latest").get_data(as_text=True)
     assert 'http-equiv="refresh"' in page and 'id="status">building<' in page
     assert "building &#39;/nix/store/abc-hello.drv&#39;..." in page
+
+
+def test_pulls_work_when_the_history_cannot_open(tmp_path):
+    import os
+    from app import create_app
+    from app.config import Config
+    from tests.conftest import PKGS
+    state = tmp_path / "state"
+    os.makedirs(state / "history")
+    (state / "history" / "builds.sqlite").write_bytes(b"not a database at all" * 100)
+    app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
+                            state_path=str(state)))
+    c = app.test_client()
+    assert c.get("/v2/hello/manifests/latest").status_code == 200
+    assert c.get("/").status_code == 200
+    assert c.get("/builds/hello:latest").status_code == 200

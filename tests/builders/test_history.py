@@ -1,0 +1,55 @@
+"""The build history several worker processes share."""
+import multiprocessing
+
+from builders.history import BuildHistory
+
+
+def _open_and_record(root, n, queue, barrier):
+    try:
+        barrier.wait()
+        history = BuildHistory(root)
+        b = history.start(f"amd64:img{n}", "latest", f"k{n}")
+        history.built(b, closure_size=n, key=f"k{n}", layers=[{"digest": "sha256:x", "size": 1,
+                                                                "paths": 1}])
+        queue.put("ok")
+    except Exception as e:  # reported to the test, which fails with it
+        queue.put(repr(e))
+
+
+def test_workers_starting_together_all_open_the_history(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    barrier = ctx.Barrier(8)
+    procs = [ctx.Process(target=_open_and_record, args=(str(tmp_path), n, queue, barrier))
+             for n in range(8)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join()
+    assert results == ["ok"] * 8
+    history = BuildHistory(str(tmp_path))
+    assert len(history.recent(20)) == 8
+    assert history.sharing(["sha256:x"]) == {"sha256:x": 8}
+
+
+def test_interrupted_build_is_not_shown_as_building(tmp_path):
+    history = BuildHistory(str(tmp_path))
+    first = history.start("amd64:hello", "latest", "k")
+    history.start("amd64:hello", "latest", "k")
+    assert history.get(first.id).status == "failed"
+    assert "interrupted" in history.get(first.id).message
+
+
+def test_opening_beside_a_busy_writer(tmp_path):
+    """A worker restarted while another holds the write lock still starts."""
+    import sqlite3
+    BuildHistory(str(tmp_path))
+    busy = sqlite3.connect(str(tmp_path / "builds.sqlite"), isolation_level=None)
+    busy.execute("BEGIN EXCLUSIVE")
+    try:
+        history = BuildHistory(str(tmp_path))
+        assert history.recent() == []
+    finally:
+        busy.execute("COMMIT")
+    assert history.start("amd64:hello", "latest", "k").status == "building"
