@@ -69,6 +69,8 @@ def create_app(config: Config | None = None, *, nix=None):
         if token is not None:
             logs.request_id.reset(token)
 
+    # names hold '/' and may hold anything a client sends: both blueprints route on it
+    app.url_map.converters["anypath"] = registry.AnyPathConverter
     app.register_blueprint(registry.bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(ops.bp)

@@ -33,11 +33,6 @@ class AnyPathConverter(PathConverter):
     part_isolating = False  # spans '/'
 
 
-@bp.record_once
-def _register_converter(state):
-    state.app.url_map.converters["anypath"] = AnyPathConverter
-
-
 @bp.after_request
 def api_version(resp):
     resp.headers.update(API_VERSION)

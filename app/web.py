@@ -13,7 +13,6 @@ from builders.image import SHELL_PACKAGES, Image
 from builders.service import close_matches
 
 from . import grammar
-from .registry import AnyPathConverter  # noqa: F401  (registers the converter)
 
 bp = Blueprint("web", __name__)
 

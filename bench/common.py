@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import time
 import requests
 
 from tests.conftest import PKGS
-from tests.server import Server, free_port
+from tests.server import Server, free_port, stop_process
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEBS = "wrk nginx docker-registry skopeo"
@@ -64,13 +63,7 @@ class Process:
             sys.exit(f"{self.proc.args[0]} did not start:\n{f.read()[-3000:]}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, 15)
         self.log.close()
 
 

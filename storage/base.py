@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 import io
 import typing
 
@@ -61,7 +62,6 @@ class Storage(abc.ABC):
             return None
 
     def put_bytes(self, key: str, data: bytes, content_type="application/octet-stream"):
-        import hashlib
         self.put(key, io.BytesIO(data), size=len(data),
                  md5=hashlib.md5(data).hexdigest(), content_type=content_type)
 

@@ -11,7 +11,7 @@ import uuid
 
 import requests
 
-from tests.server import free_port
+from tests.server import free_port, stop_process
 
 
 def emulator_binary() -> str:
@@ -60,14 +60,8 @@ class Emulator:
         raise RuntimeError(f"fake-gcs-server did not answer within {timeout}s")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         if self.proc:
+            stop_process(self.proc, 10)
             self.log.close()
 
     def create_bucket(self, prefix="registry") -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,18 @@ import time
 import requests
 
 from tests.conftest import ROOT
+
+
+def stop_process(proc, grace):
+    """SIGTERM, then after `grace` seconds SIGKILL to the process's whole
+    session (every process here is started with start_new_session)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def free_port() -> int:
@@ -68,12 +81,6 @@ class Server:
         return self.read_log().count("builders.service: built ")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
         if self.proc:
+            stop_process(self.proc, 20)
             self.log.close()

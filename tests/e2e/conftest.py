@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 
 import pytest
 
 from tests.conftest import PKGS, need
-from tests.server import Server
+from tests.server import Server, stop_process
 
 
 def run(cmd, *, check=True, timeout=300, **kwargs):
@@ -63,13 +62,7 @@ class Daemon:
             pytest.fail(f"{self.proc.args[0]} did not start:\n{f.read()[-4000:]}")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

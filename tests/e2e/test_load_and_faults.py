@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from builders.manifest import DOCKER_MANIFEST
-from tests.conftest import PKGS, package_set
+from tests.conftest import package_set
 from tests.e2e.test_api import _leftover_builders, error_of
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.server import Server
