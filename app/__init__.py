@@ -33,14 +33,15 @@ def create_app(config: Config | None = None, *, nix=None):
     from builders.service import ImageService
 
     from . import errors, logs, metrics, ops, registry, web
+    from .fastblobs import BlobFastPath
     from .proxy import TrustedProxyFix
 
     config = config or Config.from_env()
     logs.configure(config.log_level, config.log_format)
     app = Flask(__name__)
     app.config["REGISTRY"] = config
-    app.wsgi_app = TrustedProxyFix(app.wsgi_app, config.forwarded_allow_ips)
     store = storage_mod.from_config(config)
+    app.wsgi_app = TrustedProxyFix(BlobFastPath(app.wsgi_app, store), config.forwarded_allow_ips)
     app.extensions["storage"] = store
     app.extensions["images"] = ImageService(
         store, sources.from_config(config), nix=nix,

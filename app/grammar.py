@@ -7,6 +7,11 @@ NAME_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 NAME_RE = re.compile(rf"{NAME_COMPONENT}(?:/{NAME_COMPONENT})*")
 NAME_MAX = 255
 
+
+def valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX and NAME_RE.fullmatch(name) is not None
+
+
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 # The digests this registry makes and serves.

@@ -4,10 +4,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 
 from gunicorn.glogging import Logger as GunicornLogger
 
@@ -20,7 +20,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 def new_request_id(header: str | None) -> str:
     if header and REQUEST_ID_RE.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
 
 
 class RequestIdFilter(logging.Filter):

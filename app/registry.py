@@ -24,6 +24,9 @@ bp = Blueprint("registry", __name__)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 CHUNK = 1 << 20
+# Set in the WSGI environ by app/fastblobs.py when it found the blob corrupt
+# (and storage set it aside) before handing the request here.
+CORRUPT_FOUND = "registry.corrupt_blob"
 
 
 class AnyPathConverter(PathConverter):
@@ -69,7 +72,7 @@ def _pull_only():
 def _check_name(name):
     if len(name) > grammar.NAME_MAX:
         raise NameInvalid(f"repository name is longer than {grammar.NAME_MAX} characters")
-    if not grammar.NAME_RE.fullmatch(name):
+    if not grammar.valid_name(name):
         raise NameInvalid(
             f"invalid repository name {name!r}: use lower-case package names separated by '/', "
             "e.g. shell/git/htop", {"name": name})
@@ -130,11 +133,18 @@ def negotiate(accept_headers) -> str:
     return best
 
 
+def blob_headers(digest, size) -> dict[str, str]:
+    """The headers of a whole blob's response; this route and the fast path
+    (app/fastblobs.py) both send them."""
+    return {"Content-Type": "application/octet-stream", "Content-Length": str(size),
+            "Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Accept-Ranges": "bytes",
+            "Cache-Control": "max-age=31536000, immutable", **API_VERSION}
+
+
 def _blob(digest):
     f = _open_blob(digest)
     size = f.seek(0, os.SEEK_END)
-    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"',
-               "Accept-Ranges": "bytes", "Cache-Control": "max-age=31536000, immutable"}
+    headers = blob_headers(digest, size)
     if request.method == "GET":
         url = current_app.extensions["storage"].url(keys.blob(digest))
         if url:
@@ -154,9 +164,9 @@ def _blob(digest):
     headers["Content-Length"] = str(stop - start)
     if request.method == "HEAD":
         f.close()
-        return Response(status=status, headers=headers, mimetype="application/octet-stream")
-    return Response(_stream(f, start, stop), status=status, headers=headers,
-                    mimetype="application/octet-stream", direct_passthrough=True)
+        return Response(status=status, headers=headers)
+    return Response(stream_blob(f, start, stop), status=status, headers=headers,
+                    direct_passthrough=True)
 
 
 def _open_blob(digest):
@@ -167,7 +177,7 @@ def _open_blob(digest):
     try:
         return storage.open(key)
     except ObjectNotFound as e:
-        corrupt = isinstance(e, CorruptObject)
+        corrupt = isinstance(e, CorruptObject) or request.environ.get(CORRUPT_FOUND) == digest
         if current_app.extensions["images"].restore_blob(digest):
             return storage.open(key)
         if corrupt:
@@ -176,7 +186,7 @@ def _open_blob(digest):
         raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest}) from None
 
 
-def _stream(f, start, stop):
+def stream_blob(f, start, stop):
     with f:
         f.seek(start)
         left = stop - start
