@@ -33,7 +33,7 @@ def create_app(config: Config | None = None, *, nix=None):
     from builders.service import ImageService
 
     from . import errors, logs, metrics, ops, registry, web
-    from .fastblobs import BlobFastPath
+    from .fastpath import FastPath
     from .proxy import TrustedProxyFix
 
     config = config or Config.from_env()
@@ -41,9 +41,8 @@ def create_app(config: Config | None = None, *, nix=None):
     app = Flask(__name__)
     app.config["REGISTRY"] = config
     store = storage_mod.from_config(config)
-    app.wsgi_app = TrustedProxyFix(BlobFastPath(app.wsgi_app, store), config.forwarded_allow_ips)
     app.extensions["storage"] = store
-    app.extensions["images"] = ImageService(
+    images = app.extensions["images"] = ImageService(
         store, sources.from_config(config), nix=nix,
         nix_timeout=config.nix_timeout, max_layers=config.max_layers,
         source_refresh=config.source_refresh,
@@ -51,6 +50,8 @@ def create_app(config: Config | None = None, *, nix=None):
                          queue_timeout=config.build_queue_timeout),
         history=_history(config.history_path),
         popularity_url=config.popularity_url, compression=config.compression)
+    app.wsgi_app = TrustedProxyFix(FastPath(app.wsgi_app, store, images),
+                                   config.forwarded_allow_ips)
 
     @app.before_request
     def tag_request():

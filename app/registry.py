@@ -24,7 +24,7 @@ bp = Blueprint("registry", __name__)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 CHUNK = 1 << 20
-# Set in the WSGI environ by app/fastblobs.py when it found the blob corrupt
+# Set in the WSGI environ by app/fastpath.py when it found the blob corrupt
 # (and storage set it aside) before handing the request here.
 CORRUPT_FOUND = "registry.corrupt_blob"
 
@@ -106,12 +106,16 @@ def _manifest(name, reference):
         media_type = negotiate(request.headers.getlist("Accept"))
         body = record.manifest(media_type)
         digest = manifest.digest_of(body)
-    resp = Response(body, mimetype=media_type)
     if request.method == "GET":
         metrics.BYTES_SERVED.labels("manifest").inc(len(body))
-    resp.headers["Docker-Content-Digest"] = digest
-    resp.headers["ETag"] = f'"{digest}"'
-    return resp
+    return Response(body, headers=manifest_headers(media_type, body, digest))
+
+
+def manifest_headers(media_type, body, digest) -> dict[str, str]:
+    """The headers of a manifest's response; this route and the fast path
+    (app/fastpath.py) both send them."""
+    return {"Content-Type": media_type, "Content-Length": str(len(body)),
+            "Docker-Content-Digest": digest, "ETag": f'"{digest}"', **API_VERSION}
 
 
 def negotiate(accept_headers) -> str:
@@ -135,7 +139,7 @@ def negotiate(accept_headers) -> str:
 
 def blob_headers(digest, size) -> dict[str, str]:
     """The headers of a whole blob's response; this route and the fast path
-    (app/fastblobs.py) both send them."""
+    (app/fastpath.py) both send them."""
     return {"Content-Type": "application/octet-stream", "Content-Length": str(size),
             "Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Accept-Ranges": "bytes",
             "Cache-Control": "max-age=31536000, immutable", **API_VERSION}

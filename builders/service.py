@@ -131,6 +131,9 @@ class ImageService:
     def image(self, image: Image, tag: str) -> ImageRecord:
         """The image's record from memory, storage, or a build; one build at a
         time per image in this process, concurrent callers share it."""
+        record = self.in_memory(image, tag)
+        if record is not None:
+            return record
         revision = self.revision(tag)
         key = self.cache_key(image, revision)
         record = self.manifests.get(key)
@@ -178,6 +181,17 @@ class ImageService:
             with self._lock:
                 del inflight[key]
 
+    def in_memory(self, image: Image, tag: str) -> ImageRecord | None:
+        """The image's record when this process holds it and knows what `tag`
+        names now without asking storage or the source: no I/O, no build."""
+        revision = self._remembered_revision(tag)
+        if revision is None:
+            return None
+        record = self.manifests.get(self.cache_key(image, revision))
+        if record is not None:
+            metrics.MANIFEST_CACHE.labels("memory").inc()
+        return record
+
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds."""
         key = self.cache_key(image, self.revision(tag))
@@ -210,13 +224,11 @@ class ImageService:
         every worker and instance, so they all switch to a new revision
         together instead of serving different images for one name.
         """
-        if self.source.immutable(tag):
-            return self.source.resolve(tag)
+        revision = self._remembered_revision(tag)
+        if revision is not None:
+            return revision
         ident = self._selector_id(tag)
         now = self._clock()
-        hit = self._revisions.get(ident)
-        if hit is not None and now - hit[1] < self.source_refresh:
-            return hit[0]
         data = self.storage.read(keys.revision(ident))
         if data is not None:
             stored = json.loads(data)
@@ -229,6 +241,15 @@ class ImageService:
             {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
         self._revisions[ident] = (revision, now)
         return revision
+
+    def _remembered_revision(self, tag: str) -> Revision | None:
+        """What `tag` names, when known in memory and fresh; else None."""
+        if self.source.immutable(tag):
+            return self.source.resolve(tag)
+        hit = self._revisions.get(self._selector_id(tag))
+        if hit is not None and self._clock() - hit[1] < self.source_refresh:
+            return hit[0]
+        return None
 
     def _build_once(self, image, tag, revision, key) -> ImageRecord:
         """Build unless another process is already at it: then wait for its
