@@ -20,7 +20,8 @@ wsgi_app = "app:create_app()"
 bind = [f"{_config.listen_address}:{_config.port}"]
 
 # Builds wait on Nix subprocesses, so threads serve other pulls meanwhile.
-worker_class = "gthread"
+# gthread, keeping a busy kept-alive connection on its thread (app/worker.py).
+worker_class = "app.worker.Worker"
 workers = max(2, multiprocessing.cpu_count())
 threads = 16
 
