@@ -72,7 +72,7 @@ class AccessLogger(GunicornLogger):
     def access(self, resp, req, environ, request_time):
         if not (self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog):
             return
-        headers = dict((k.lower(), v) for k, v in resp.headers)
+        rid = next((v for k, v in resp.headers if k.lower() == "x-request-id"), "-")
         forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
         peer = environ.get("REMOTE_ADDR", "-")
         trusted = "*" in self.cfg.forwarded_allow_ips or peer in self.cfg.forwarded_allow_ips
@@ -85,7 +85,7 @@ class AccessLogger(GunicornLogger):
             "bytes": getattr(resp, "sent", None),
             "duration_ms": round(request_time.total_seconds() * 1000, 1),
             "user_agent": environ.get("HTTP_USER_AGENT", ""),
-            "request_id": headers.get("x-request-id", "-"),
+            "request_id": rid,
         }
         if self.json_format:
             line = json.dumps(dict(event, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
