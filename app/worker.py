@@ -6,31 +6,43 @@ request arrives it is queued to the thread pool again.  A pull is a run of
 requests on one connection (a manifest, then a blob after blob), and for a
 manifest or a small layer that round trip cost about as much as answering.
 Here the thread that answered waits up to LINGER for the connection's next
-request and answers it itself; a connection that goes quiet, or has had
-MAX_STREAK requests in a row, goes back to the poller as before, so one
-busy client cannot hold a thread for ever.
+request and answers it itself, but only while no other connection is
+queued for a thread: a busy client never makes another one wait.
 
 Written against gunicorn 27's gthread (see setup.cfg's pin):
-`ThreadWorker.handle(conn)` answers one request and returns True when the
+`ThreadWorker.enqueue_req(conn)` queues a connection to the pool and
+`ThreadWorker.handle(conn)` answers one request, returning True when the
 connection may be kept alive.
 """
 from __future__ import annotations
 
 import select
+import threading
 
 from gunicorn.workers.gthread import ThreadWorker
 
-LINGER = 0.005       # seconds a thread waits for a connection's next request
-MAX_STREAK = 32      # requests in a row before the connection goes back to the poller
+LINGER = 0.005  # seconds a thread waits for its connection's next request
 
 
 class Worker(ThreadWorker):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._queued = 0  # connections waiting for a thread
+        self._queued_lock = threading.Lock()
+
+    def enqueue_req(self, conn):
+        with self._queued_lock:
+            self._queued += 1
+        super().enqueue_req(conn)
+
     def handle(self, conn):
-        for _ in range(MAX_STREAK - 1):
+        with self._queued_lock:
+            self._queued -= 1
+        while True:
             keepalive = super().handle(conn)
-            if keepalive is not True or not self.alive or not _next_request_soon(conn):
+            if (keepalive is not True or not self.alive or self._queued
+                    or not _next_request_soon(conn)):
                 return keepalive
-        return super().handle(conn)
 
 
 def _next_request_soon(conn) -> bool:

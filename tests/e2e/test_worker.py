@@ -32,7 +32,7 @@ def get(conn, path="/v2/"):
 def test_a_long_run_of_requests_on_one_connection(one_thread):
     conn = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=10)
     sock = None
-    for i in range(worker.MAX_STREAK * 3 + 5):
+    for i in range(200):
         assert get(conn) == (200, b"{}")
         sock = sock or conn.sock
         assert conn.sock is sock, f"the connection was closed after request {i}"
@@ -55,18 +55,23 @@ def test_a_busy_connection_does_not_starve_another(one_thread):
     t = threading.Thread(target=busy)
     t.start()
     try:
-        while len(busy_answers) < worker.MAX_STREAK:  # it has the only thread now
+        while len(busy_answers) < 50:  # it has the only thread now
             time.sleep(0.01)
-        other = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=10)
-        started = time.monotonic()
-        assert get(other) == (200, b"{}")
-        waited = time.monotonic() - started
-        other.close()
+        waits = []
+        for _ in range(5):
+            other = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=30)
+            started = time.monotonic()
+            assert get(other) == (200, b"{}")
+            waits.append(time.monotonic() - started)
+            other.close()
     finally:
         stop.set()
         t.join()
     assert set(busy_answers) == {200}
-    assert waited < 2, f"a second client waited {waited:.1f}s behind a busy one"
+    print("waits behind the busy client:", " ".join(f"{w:.3f}" for w in waits))
+    # answering /v2/ takes about a millisecond; a client kept waiting for the
+    # busy one's thread waits until it happens to pause
+    assert max(waits) < 0.5, f"a second client waited {max(waits):.1f}s behind a busy one"
 
 
 def test_a_client_closing_while_a_thread_waits_for_it(one_thread):
