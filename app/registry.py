@@ -191,13 +191,19 @@ def _open_blob(digest):
 
 
 def stream_blob(f, start, stop):
-    with f:
-        f.seek(start)
-        left = stop - start
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-            metrics.BYTES_SERVED.labels("blob").inc(len(chunk))
-            yield chunk
+    """The blob's bytes [start, stop) in chunks; counts, once at the end, the
+    bytes the server took (a chunk it failed to send is not counted)."""
+    taken = 0
+    try:
+        with f:
+            f.seek(start)
+            left = stop - start
+            while left > 0:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                yield chunk
+                taken += len(chunk)
+    finally:
+        metrics.BYTES_SERVED.labels("blob").inc(taken)
