@@ -131,14 +131,10 @@ class ImageService:
     def image(self, image: Image, tag: str) -> ImageRecord:
         """The image's record from memory, storage, or a build; one build at a
         time per image in this process, concurrent callers share it."""
-        record = self.in_memory(image, tag)
-        if record is not None:
-            return record
         revision = self.revision(tag)
         key = self.cache_key(image, revision)
-        record = self.manifests.get(key)
+        record = self._memory_hit(key)
         if record is not None:
-            metrics.MANIFEST_CACHE.labels("memory").inc()
             return record
         failure = self.failures.get(key)
         if failure is not None:
@@ -187,7 +183,10 @@ class ImageService:
         revision = self._remembered_revision(tag)
         if revision is None:
             return None
-        record = self.manifests.get(self.cache_key(image, revision))
+        return self._memory_hit(self.cache_key(image, revision))
+
+    def _memory_hit(self, key) -> ImageRecord | None:
+        record = self.manifests.get(key)
         if record is not None:
             metrics.MANIFEST_CACHE.labels("memory").inc()
         return record
