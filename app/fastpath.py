@@ -23,6 +23,7 @@ it leaves the access log's byte count at 0, so it is not used.
 from __future__ import annotations
 
 import logging
+import os
 
 from builders import manifest
 from builders.image import Image
@@ -114,12 +115,7 @@ class FastPath:
             return None
         except StorageError:
             return None
-        try:
-            size = f.seek(0, 2)
-            f.seek(0)
-        except BaseException:
-            f.close()
-            raise
+        size = f.seek(0, os.SEEK_END)  # stream_blob seeks back to the start
         if environ["REQUEST_METHOD"] == "HEAD":
             f.close()
             return blob_headers(digest, size), []
