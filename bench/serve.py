@@ -168,6 +168,7 @@ def main(argv=None):
         }
         pairs = {"manifest": ("ours manifest", "distribution manifest", "rps")}
         sizes = {}
+        serves = {"distribution blob": layer["digest"]}  # what each blob URL must serve
         for image in args.blob_images.split(","):
             if image == name:
                 blob_layer = layer
@@ -179,14 +180,12 @@ def main(argv=None):
             sizes[size] = (image, blob_layer["digest"])
             urls[f"ours blob {size}"] = f"{ours.url}/v2/{image}/blobs/{blob_layer['digest']}"
             urls[f"nginx blob {size}"] = f"http://{ng_host}/{keys.blob(blob_layer['digest'])}"
+            serves[f"ours blob {size}"] = serves[f"nginx blob {size}"] = blob_layer["digest"]
             pairs[f"blob {size}"] = (f"ours blob {size}", f"nginx blob {size}", "mb_s")
-        for label, url in urls.items():
-            if "blob" in label:
-                want = layer["digest"] if label == "distribution blob" else \
-                    sizes[label.split(" blob ")[1]][1]
-                got = sha256_of(url)
-                if got != want:
-                    sys.exit(f"{label} served {got}, not {want}")
+        for label, want in serves.items():
+            got = sha256_of(urls[label])
+            if got != want:
+                sys.exit(f"{label} served {got}, not {want}")
 
         accept = [f"Accept: {media_type}"]
         runs = {label: [] for label in urls}
