@@ -8,12 +8,9 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
-
-import requests
 
 from tests.conftest import PKGS
-from tests.server import Server, free_port, stop_process
+from tests.server import Server, answers, free_port, stop_process, wait_ready
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEBS = "wrk nginx docker-registry skopeo"
@@ -49,15 +46,8 @@ class Process:
                                      start_new_session=True, **popen)
 
     def wait_http(self, url, timeout=30):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                break
-            try:
-                requests.get(url, timeout=1)
-                return self
-            except requests.ConnectionError:
-                time.sleep(0.1)
+        if wait_ready(self.proc, lambda: answers(url), timeout):
+            return self
         self.stop()
         with open(self.log_path, errors="replace") as f:
             sys.exit(f"{self.proc.args[0]} did not start:\n{f.read()[-3000:]}")

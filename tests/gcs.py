@@ -6,12 +6,11 @@ import os
 import pathlib
 import platform
 import subprocess
-import time
 import uuid
 
 import requests
 
-from tests.server import free_port, stop_process
+from tests.server import answers, free_port, stop_process, wait_ready
 
 
 def emulator_binary() -> str:
@@ -46,16 +45,10 @@ class Emulator:
              "-host", "127.0.0.1", "-port", str(self.port),
              "-public-host", f"127.0.0.1:{self.port}", "-external-url", self.url],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited with {self.proc.returncode}")
-            try:
-                if requests.get(self.url + "/storage/v1/b", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
+        if wait_ready(self.proc, lambda: answers(self.url + "/storage/v1/b", 200), timeout):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"fake-gcs-server exited with {self.proc.returncode}")
         self.stop()
         raise RuntimeError(f"fake-gcs-server did not answer within {timeout}s")
 

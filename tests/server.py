@@ -25,6 +25,28 @@ def stop_process(proc, grace):
             proc.wait()
 
 
+def wait_ready(proc, ready, timeout, interval=0.1) -> bool:
+    """Call `ready()` until it is true (True), or until `proc` exits or
+    `timeout` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def answers(url, status=None) -> bool:
+    """Whether `url` answers within a second (with `status`, when given)."""
+    try:
+        r = requests.get(url, timeout=1)
+    except (requests.ConnectionError, requests.Timeout):
+        return False
+    return status is None or r.status_code == status
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,17 +80,11 @@ class Server:
         self.proc = subprocess.Popen([gunicorn, "-c", "gunicorn.conf.py"], cwd=ROOT,
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.read_log()}")
-            # a worker still importing the app accepts but answers late
-            try:
-                if requests.get(self.url + "/v2/", timeout=1).status_code == 200:
-                    return self
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(0.1)
+        # a worker still importing the app accepts but answers late
+        if wait_ready(self.proc, lambda: answers(self.url + "/v2/", 200), timeout):
+            return self
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.read_log()}")
         self.stop()
         raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.read_log()}")
 

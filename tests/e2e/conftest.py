@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 
 import pytest
 
 from tests.conftest import PKGS, need
-from tests.server import Server, stop_process
+from tests.server import Server, stop_process, wait_ready
 
 
 def run(cmd, *, check=True, timeout=300, **kwargs):
@@ -22,23 +21,22 @@ def run(cmd, *, check=True, timeout=300, **kwargs):
     return done
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    srv = Server(str(tmp_path_factory.mktemp("registry")),
-                 NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120")
-    srv.start()
+def _registry(tmp_path_factory, folder, nix_timeout):
+    srv = Server(str(tmp_path_factory.mktemp(folder)),
+                 NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT=nix_timeout).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    yield from _registry(tmp_path_factory, "registry", "120")
 
 
 @pytest.fixture(scope="session")
 def slow_server(tmp_path_factory):
     """A registry whose NIX_TIMEOUT is short enough to hit on purpose."""
-    srv = Server(str(tmp_path_factory.mktemp("registry-timeout")),
-                 NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="4")
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from _registry(tmp_path_factory, "registry-timeout", "4")
 
 
 class Daemon:
@@ -50,13 +48,9 @@ class Daemon:
                                      start_new_session=True)
 
     def wait_for(self, probe, timeout=60):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                break
-            if os.path.exists(self.socket) and probe().returncode == 0:
-                return self
-            time.sleep(0.2)
+        if wait_ready(self.proc, lambda: os.path.exists(self.socket) and probe().returncode == 0,
+                      timeout, interval=0.2):
+            return self
         self.stop()
         with open(self.log_path, errors="replace") as f:
             pytest.fail(f"{self.proc.args[0]} did not start:\n{f.read()[-4000:]}")
