@@ -6,28 +6,195 @@ request arrives it is queued to the thread pool again.  A pull is a run of
 requests on one connection (a manifest, then a blob after blob), and for a
 manifest or a small layer that round trip cost about as much as answering.
 Here the thread that answered waits up to LINGER for the connection's next
-request and answers it itself, but only while no other connection is
-queued for a thread: a busy client never makes another one wait.
+request and answers it itself, and so on for as long as requests keep
+coming within LINGER, but only while no other connection is queued for a
+thread: a busy client never makes another one wait.
 
-Written against gunicorn 27's gthread (see setup.cfg's pin):
-`ThreadWorker.enqueue_req(conn)` queues a connection to the pool and
-`ThreadWorker.handle(conn)` answers one request, returning True when the
-connection may be kept alive.
+This relies on gthread internals, not on a public gunicorn API:
+`ThreadWorker.enqueue_req(conn)` queues a connection to the pool,
+`ThreadWorker.handle(conn)` answers one request and returns True exactly
+when the connection may be kept alive, and a connection has `sock` and
+`parser.unreader.buf` (the bytes already read ahead).  missing_internals()
+checks them when this module is imported.  Without them `Worker` is
+gunicorn's gthread worker unchanged and a warning says so;
+tests/app/test_worker_internals.py fails, so an upgrade that breaks them is
+noticed before it is deployed.
 """
 from __future__ import annotations
 
+import ast
+import inspect
+import io
+import logging
 import select
+import socket
+import textwrap
 import threading
 
+import gunicorn
+from gunicorn import http
+from gunicorn.config import Config
+from gunicorn.workers import gthread
 from gunicorn.workers.gthread import ThreadWorker
+
+logger = logging.getLogger(__name__)
 
 LINGER = 0.005  # seconds a thread waits for its connection's next request
 
 
-class Worker(ThreadWorker):
+def missing_internals() -> list[str]:
+    """What the installed gunicorn lacks of the internals LingeringWorker uses.
+
+    One description per missing or changed internal; empty when all are
+    there.  Some things cannot be checked without running a worker (see
+    _check_handle_returns); tests/app/test_worker_internals.py runs one.
+    """
+    missing = []
+    for what, check in (
+            ("ThreadWorker.enqueue_req/handle(self, conn), alive", _check_methods),
+            ("what ThreadWorker.handle() returns", _check_handle_returns),
+            ("a connection's sock and parser.unreader.buf", _check_conn)):
+        try:
+            missing.extend(check())
+        except Exception as e:  # changed beyond what the check can read, e.g. no source
+            missing.append(f"{what}: {type(e).__name__}: {e}")
+    return missing
+
+
+def _check_methods() -> list[str]:
+    missing = []
+    for name in ("enqueue_req", "handle"):
+        method = getattr(ThreadWorker, name, None)
+        if not inspect.isfunction(method):
+            missing.append(f"ThreadWorker.{name}")
+            continue
+        # gunicorn calls both with one positional argument and the overrides
+        # take exactly that; any other parameter would be lost or required
+        params = list(inspect.signature(method).parameters.values())
+        if [p.kind for p in params] != [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2:
+            missing.append(f"ThreadWorker.{name}(self, conn), found "
+                           f"{name}{inspect.signature(method)}")
+    # read from handle() to stop keeping a connection while the worker stops
+    if not any("alive" in _self_attributes_set(vars(cls)["__init__"])
+               for cls in ThreadWorker.__mro__
+               if inspect.isfunction(vars(cls).get("__init__"))):
+        missing.append("a worker attribute 'alive' set in __init__")
+    return missing
+
+
+def _check_handle_returns() -> list[str]:
+    # Statically, this can only establish which values handle() may return:
+    # every return statement of handle() and of the ThreadWorker methods it
+    # returns the result of must give True, False, None, a bool() or `not`
+    # expression, or a module-level object (the deferral sentinel, _DEFER in
+    # gunicorn 27).  Such values are fixed, so a result `is True` or it is
+    # handed back to gunicorn untouched.  What cannot be checked here is what
+    # True means: that it is returned only after an HTTP/1 request was
+    # answered on a connection that may take another, and that gunicorn's
+    # finish_request() then polls the socket for the next request (the round
+    # trip LingeringWorker saves).  The tests call handle() on a real
+    # connection for that.
+    return _unexpected_returns(ThreadWorker.handle, set())
+
+
+def _unexpected_returns(func, seen) -> list[str]:
+    if func in seen:
+        return []
+    seen.add(func)
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    if not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return [f"{func.__qualname__}: source is not a plain function definition"]
+    problems = []
+    for node in _own_returns(tree.body[0]):
+        value = node.value
+        if (value is None
+                or isinstance(value, ast.Constant) and any(
+                    value.value is v for v in (True, False, None))
+                or isinstance(value, ast.UnaryOp) and isinstance(value.op, ast.Not)
+                or _is_call_to_builtin_bool(value, func)
+                or isinstance(value, ast.Name) and value.id in func.__globals__):
+            continue
+        method = _self_method_called(value)
+        if method is not None:
+            problems.extend(_unexpected_returns(method, seen))
+            continue
+        problems.append(f"{func.__qualname__}() returning `{ast.unparse(value)}`, "
+                        "not True, False or a sentinel")
+    return problems
+
+
+def _own_returns(function: ast.AST) -> list[ast.Return]:
+    """The return statements of a function, not of functions nested in it."""
+    returns, stack = [], list(ast.iter_child_nodes(function))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Return):
+            returns.append(node)
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+    return sorted(returns, key=lambda node: node.lineno)
+
+
+def _is_call_to_builtin_bool(value: ast.AST, func) -> bool:
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            and value.func.id == "bool" and "bool" not in func.__globals__)
+
+
+def _self_method_called(value: ast.AST):
+    """The ThreadWorker method `value` calls as `self.method(...)`, if it does."""
+    if (isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute)
+            and isinstance(value.func.value, ast.Name) and value.func.value.id == "self"):
+        method = getattr(ThreadWorker, value.func.attr, None)
+        if inspect.isfunction(method):
+            return method
+    return None
+
+
+def _self_attributes_set(func) -> set[str]:
+    """Names of the `self.<name>` attributes a method assigns."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    return {target.attr for node in ast.walk(tree)
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+            and target.value.id == "self"}
+
+
+def _check_conn() -> list[str]:
+    missing = []
+    if "parser" not in _self_attributes_set(gthread.TConn.init):
+        missing.append("TConn.init() setting conn.parser")
+    # Built for real, as cheaply as gunicorn builds one for a client: a
+    # connected pair of local sockets, nothing read or written.  TConn.init()
+    # itself is not called, since with some settings it reads from the socket
+    # (an h2c preface); for HTTP/1 it makes its parser with get_parser().
+    ours, peer = socket.socketpair()
+    try:
+        cfg = Config()
+        conn = gthread.TConn(cfg, ours, None, None)
+        if getattr(conn, "sock", None) is not ours:
+            missing.append("TConn.sock")
+        parser = http.get_parser(cfg, conn.sock, conn.client)
+        buf = getattr(getattr(parser, "unreader", None), "buf", None)
+        if not isinstance(buf, io.BytesIO):
+            missing.append(f"{type(parser).__name__}.unreader.buf, a BytesIO of "
+                           f"bytes read ahead (found {type(buf).__name__})")
+    finally:
+        ours.close()
+        peer.close()
+    return missing
+
+
+class LingeringWorker(ThreadWorker):
+    """gthread, a thread answering its connection's next request itself
+    while no other connection waits for a thread."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._queued = 0  # connections waiting for a thread
+        # Every connection reaches a thread through enqueue_req(), so this
+        # counts the ones waiting for a thread.  Should it ever miscount,
+        # nonzero either way only stops threads keeping their connections.
+        self._queued = 0
         self._queued_lock = threading.Lock()
 
     def enqueue_req(self, conn):
@@ -43,6 +210,27 @@ class Worker(ThreadWorker):
             if (keepalive is not True or not self.alive or self._queued
                     or not _next_request_soon(conn)):
                 return keepalive
+
+
+class PlainWorker(ThreadWorker):
+    """gunicorn's gthread worker unchanged, for a gunicorn without the
+    internals LingeringWorker relies on."""
+
+
+def worker_class() -> type[ThreadWorker]:
+    """LingeringWorker if the installed gunicorn has every internal it relies
+    on, else PlainWorker and a warning naming what is missing."""
+    missing = missing_internals()
+    if not missing:
+        return LingeringWorker
+    logger.warning("gunicorn %s lacks gthread internals app/worker.py relies on: %s; "
+                "the registry falls back to plain gthread workers",
+                gunicorn.__version__, "; ".join(missing))
+    return PlainWorker
+
+
+# Decided once, at import: gunicorn's master loads the class before forking.
+Worker = worker_class()
 
 
 def _next_request_soon(conn) -> bool:
