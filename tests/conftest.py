@@ -1,9 +1,11 @@
 """Shared fixtures: the offline package set, an app, its storage, a real server."""
 from __future__ import annotations
 
+import getpass
 import os
 import pathlib
 import shutil
+import tempfile
 
 import pytest
 
@@ -15,6 +17,15 @@ PKGS = ROOT / "tests" / "pkgs"
 
 # No binary cache is reachable here: build everything from the test set.
 os.environ["NIX_CONFIG"] = "substituters ="
+
+
+def pytest_unconfigure(config):
+    # pytest removes each run's temporary folders (tmp_path_retention_policy
+    # in setup.cfg) but keeps their parent; nothing of a run stays in /tmp
+    try:
+        os.rmdir(os.path.join(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}"))
+    except OSError:
+        pass  # not empty (another run is going on) or gone already
 
 
 def pytest_collection_modifyitems(items):

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import requests
@@ -65,6 +67,7 @@ class Server:
                         STORAGE_PATH=os.path.join(workdir, "storage"))
         self.env.update(env)
         self.proc = None
+        self.tmp = None
 
     @property
     def host(self):
@@ -75,6 +78,11 @@ class Server:
         return f"http://{self.host}"
 
     def start(self, timeout=30):
+        # Nix's build folders of this server (builders/nix.py), gone with it
+        # even when its workers were killed; Nix's build users must reach it
+        self.tmp = tempfile.mkdtemp(prefix="registry-test-")
+        os.chmod(self.tmp, 0o755)
+        self.env["TMPDIR"] = self.tmp
         self.log = open(self.log_path, "ab")
         gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
         self.proc = subprocess.Popen([gunicorn, "-c", "gunicorn.conf.py"], cwd=ROOT,
@@ -100,3 +108,5 @@ class Server:
         if self.proc:
             stop_process(self.proc, 20)
             self.log.close()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)

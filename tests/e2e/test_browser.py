@@ -14,7 +14,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     need("chromium", "chromedriver")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -24,7 +24,11 @@ def browser():
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--window-size=1200,1000"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    # chromium's profile and its temporary files go where the test's files go
+    tmp = str(tmp_path_factory.mktemp("chromium"))
+    options.add_argument(f"--user-data-dir={tmp}/profile")
+    service = Service(shutil.which("chromedriver"), env=dict(os.environ, TMPDIR=tmp))
+    driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
