@@ -1,4 +1,4 @@
-"""The registry's Flask application.
+"""The registry's application: every object that holds state is made here.
 
 Only the configuration is imported up front: gunicorn.conf.py reads it
 before workers start, and must be able to set up the metrics folder
@@ -23,57 +23,61 @@ def _history(path):
         return None
 
 
-def create_app(config: Config | None = None, *, nix=None):
-    """Build the app; gunicorn runs `app:create_app()`, which reads the environment."""
-    from flask import Flask, g, request
-
-    import storage as storage_mod
+def make_images(config: Config, store, *, nix=None):
+    """The image service and the parts it orchestrates, for `config`."""
     from builders import sources
+    from builders.failures import Failures
+    from builders.layerstore import LayerStore
     from builders.locks import BuildLocks
+    from builders.nix import Nix
+    from builders.popularity import Popularity
+    from builders.revisions import Revisions
     from builders.service import ImageService
 
-    from . import errors, logs, metrics, ops, registry, web
-    from .fastpath import FastPath
+    return ImageService(
+        store,
+        revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh),
+        failures=Failures(store),
+        locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
+                         queue_timeout=config.build_queue_timeout),
+        layerstore=LayerStore(store, config.compression),
+        popularity=Popularity(store, config.popularity_url),
+        nix=nix or Nix(),
+        history=_history(config.history_path),
+        nix_timeout=config.nix_timeout, max_layers=config.max_layers)
+
+
+def create_app(config: Config | None = None, *, nix=None):
+    """Build the app; gunicorn runs `app:create_app()`, which reads the environment."""
+    from flask import Flask, request
+
+    import storage as storage_mod
+    from builders.sync import LockedTTLCache
+
+    from . import errors, logs, ops, web
     from .proxy import TrustedProxyFix
+    from .registry import RegistryAPI
+    from .scope import ROUTE, RequestScope
 
     config = config or Config.from_env()
     logs.configure(config.log_level, config.log_format)
     app = Flask(__name__)
     app.config["REGISTRY"] = config
-    store = storage_mod.from_config(config)
-    app.extensions["storage"] = store
-    images = app.extensions["images"] = ImageService(
-        store, sources.from_config(config), nix=nix,
-        nix_timeout=config.nix_timeout, max_layers=config.max_layers,
-        source_refresh=config.source_refresh,
-        locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
-                         queue_timeout=config.build_queue_timeout),
-        history=_history(config.history_path),
-        popularity_url=config.popularity_url, compression=config.compression)
-    app.wsgi_app = TrustedProxyFix(FastPath(app.wsgi_app, store, images),
+    store = app.extensions["storage"] = storage_mod.from_config(config)
+    images = app.extensions["images"] = make_images(config, store, nix=nix)
+    app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
+    app.extensions["nix_check"] = ops.NixCheck()
+    # /v2 is answered below Flask (app/registry.py says why); pages and
+    # operators' endpoints by Flask; both within one request scope
+    app.wsgi_app = TrustedProxyFix(RequestScope(RegistryAPI(app.wsgi_app, store, images)),
                                    config.forwarded_allow_ips)
 
     @app.before_request
-    def tag_request():
-        g.request_id = logs.new_request_id(request.headers.get("X-Request-ID"))
-        g.request_id_token = logs.request_id.set(g.request_id)
+    def name_route():
+        request.environ[ROUTE] = request.url_rule.endpoint if request.url_rule else "unmatched"
 
-    @app.after_request
-    def count_request(resp):
-        resp.headers["X-Request-ID"] = g.get("request_id", "-")
-        route = g.get("route") or (request.url_rule.endpoint if request.url_rule else "unmatched")
-        metrics.REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
-        return resp
-
-    @app.teardown_request
-    def untag_request(exc):
-        token = g.pop("request_id_token", None)
-        if token is not None:
-            logs.request_id.reset(token)
-
-    # names hold '/' and may hold anything a client sends: both blueprints route on it
-    app.url_map.converters["anypath"] = registry.AnyPathConverter
-    app.register_blueprint(registry.bp)
+    # image names hold '/' and anything a client sends; the build page routes on them
+    app.url_map.converters["anypath"] = web.AnyPathConverter
     app.register_blueprint(web.bp)
     app.register_blueprint(ops.bp)
     errors.register(app)

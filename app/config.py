@@ -5,7 +5,6 @@ value stops the server at start with a message naming the variable.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import urllib.parse
@@ -164,9 +163,6 @@ class Config:
     @property
     def compression(self) -> compress.Compression:
         return compress.Compression(self.compressor, self.compression_level)
-
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ=None) -> "Config":

@@ -7,9 +7,10 @@ what to do.  No stack trace ever reaches a client.
 """
 from __future__ import annotations
 
+import json
 import logging
 
-from flask import Response, json, request
+from flask import Response, request
 from werkzeug.exceptions import HTTPException
 
 from builders import errors as build
@@ -32,12 +33,14 @@ class RegistryError(Exception):
             self.status = status
         self.headers = headers or {}
 
-    def response(self) -> Response:
+    def render(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers and body of the answer: the one rendering of every error."""
         body = {"errors": [{"code": self.code, "message": self.message,
                             "detail": self.detail if self.detail is not None else {}}]}
-        resp = Response(json.dumps(body) + "\n", status=self.status, mimetype="application/json")
-        resp.headers.update(self.headers)
-        return resp
+        data = (json.dumps(body) + "\n").encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                   *self.headers.items()]
+        return self.status, headers, data
 
 
 class NameInvalid(RegistryError):
@@ -97,63 +100,77 @@ class InternalError(RegistryError):
     code, status = "UNKNOWN", 500
 
 
-def _log_detail(e):
-    detail = {}
+def _detail(e, build_page=None, **more):
+    detail = dict(more)
     if e.log_tail:
         detail["log"] = e.log_tail
-    if getattr(e, "build_page", None):
-        detail["build_page"] = e.build_page
+    if build_page:
+        detail["build_page"] = build_page
     return detail or None
 
 
-# Domain errors -> registry errors, in one table.
+# Domain errors -> registry errors, in one table.  `page` is where people
+# can read about the build, when the request was for an image.
 _DOMAIN = {
-    build.PackagesNotFound: lambda e: ManifestUnknown(
-        e.message, dict({"missing": [{"name": n, "did_you_mean": m} for n, m in e.missing]},
-                        **(_log_detail(e) or {}))),
-    build.PackageUnbuildable: lambda e: BuildFailed(e.message, _log_detail(e)),
-    build.BuildFailed: lambda e: BuildFailed(e.message, _log_detail(e)),
-    build.BuildTimeout: lambda e: BuildTimeout(e.message, dict(
-        {"limit_seconds": e.limit, "setting": "NIX_TIMEOUT"}, **(_log_detail(e) or {}))),
-    build.SourceUnavailable: lambda e: SourceUnavailable(e.message, _log_detail(e)),
-    build.InvalidImage: lambda e: ManifestUnknown(e.message),
-    build.BuildQueueFull: lambda e: TooManyRequests(
+    build.PackagesNotFound: lambda e, page: ManifestUnknown(e.message, _detail(
+        e, page, missing=[{"name": n, "did_you_mean": m} for n, m in e.missing])),
+    build.PackageUnbuildable: lambda e, page: BuildFailed(e.message, _detail(e, page)),
+    build.BuildFailed: lambda e, page: BuildFailed(e.message, _detail(e, page)),
+    build.BuildTimeout: lambda e, page: BuildTimeout(e.message, _detail(
+        e, page, limit_seconds=e.limit, setting="NIX_TIMEOUT")),
+    build.SourceUnavailable: lambda e, page: SourceUnavailable(e.message, _detail(e, page)),
+    build.InvalidImage: lambda e, page: ManifestUnknown(e.message),
+    build.BuildQueueFull: lambda e, page: TooManyRequests(
         e.message, {"retry_after_seconds": e.retry_after},
         headers={"Retry-After": str(e.retry_after)}),
-    build.RevisionNotFound: lambda e: ManifestUnknown(e.message),
-    storage.StorageUnavailable: lambda e: StorageUnavailable(f"storage is unavailable: {e}"),
-    storage.IntegrityError: lambda e: StorageUnavailable(f"storage rejected a write: {e}"),
-    storage.ObjectNotFound: lambda e: BlobUnknown(f"no object {e}"),
+    build.RevisionNotFound: lambda e, page: ManifestUnknown(e.message),
+    # any other build error, e.g. one remembered by a newer version of the registry
+    build.BuildError: lambda e, page: BuildFailed(e.message, _detail(e, page)),
+    storage.StorageUnavailable: lambda e, page: StorageUnavailable(f"storage is unavailable: {e}"),
+    storage.IntegrityError: lambda e, page: StorageUnavailable(f"storage rejected a write: {e}"),
+    storage.ObjectNotFound: lambda e, page: BlobUnknown(f"no object {e}"),
 }
 
 
-def to_registry_error(exc: BaseException) -> RegistryError:
-    if isinstance(exc, RegistryError):
-        return exc
+def from_domain(exc: BaseException, *, build_page: str | None = None) -> RegistryError | None:
+    """The registry error a domain error maps to, or None if it is not one."""
     for cls in type(exc).__mro__:
         if cls in _DOMAIN:
-            return _DOMAIN[cls](exc)
-    if isinstance(exc, HTTPException):
-        return _http_error(exc)
-    logger.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return InternalError("internal server error; the registry's log has the details")
+            return _DOMAIN[cls](exc, build_page)
+    return None
 
 
-def _http_error(exc: HTTPException) -> RegistryError:
+def for_exception(exc: BaseException, method: str, path: str) -> RegistryError:
+    """The answer to any exception a request met, for every endpoint; the
+    registry's own faults (5xx) are logged, unexpected ones with their trace."""
+    if isinstance(exc, RegistryError):
+        error = exc
+    else:
+        error = from_domain(exc)
+        if error is None and isinstance(exc, HTTPException):
+            error = _http_error(exc, method, path)
+        if error is None:
+            logger.error("unhandled error on %s %s", method, path, exc_info=exc)
+            error = InternalError("internal server error; the registry's log has the details")
+    if error.status >= 500:
+        logger.warning("%s %s -> %d %s: %s", method, path, error.status, error.code,
+                       error.message)
+    return error
+
+
+def _http_error(exc: HTTPException, method, path) -> RegistryError:
     if exc.code == 405:
-        return Unsupported(f"{request.method} is not supported: this registry is pull-only")
+        return Unsupported(f"{method} is not supported: this registry is pull-only")
     if exc.code == 404:
-        return NameUnknown(f"no such endpoint: {request.path}")
+        return NameUnknown(f"no such endpoint: {path}")
     error = RegistryError(exc.description or exc.name, status=exc.code)
     error.code = "UNSUPPORTED" if exc.code < 500 else "UNKNOWN"
     return error
 
 
 def register(app):
+    """Flask's pages answer errors the same way as /v2 does."""
     @app.errorhandler(Exception)
     def handle(exc):
-        error = to_registry_error(exc)
-        if error.status >= 500:
-            logger.warning("%s %s -> %d %s: %s", request.method, request.path,
-                           error.status, error.code, error.message)
-        return error.response()
+        status, headers, body = for_exception(exc, request.method, request.path).render()
+        return Response(body, status=status, headers=headers)

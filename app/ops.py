@@ -14,10 +14,27 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("ops", __name__)
 
-# How long a successful Nix check is believed: readiness probes come often.
-NIX_CHECK_TTL = 30
-_nix_ok = {"at": 0.0}
-_nix_lock = threading.Lock()
+
+class NixCheck:
+    """Whether Nix runs here; a success is believed for `ttl` seconds, since
+    readiness probes come often."""
+
+    def __init__(self, ttl: float = 30, clock=time.monotonic):
+        self.ttl = ttl
+        self._clock = clock
+        self._ok_at: float | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._ok_at is not None and self._clock() - self._ok_at < self.ttl:
+                return "ok"
+        done = process.run(["nix-store", "--version"], timeout=10)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr_tail.strip() or f"exit code {done.returncode}")
+        with self._lock:
+            self._ok_at = self._clock()
+        return "ok"
 
 
 @bp.route("/healthz")
@@ -31,22 +48,10 @@ def _check_storage():
     return "ok"
 
 
-def _check_nix():
-    with _nix_lock:
-        if time.monotonic() - _nix_ok["at"] < NIX_CHECK_TTL:
-            return "ok"
-    done = process.run(["nix-store", "--version"], timeout=10)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr_tail.strip() or f"exit code {done.returncode}")
-    with _nix_lock:
-        _nix_ok["at"] = time.monotonic()
-    return "ok"
-
-
 @bp.route("/readyz")
 def readyz():
     checks = {}
-    for name, check in (("storage", _check_storage), ("nix", _check_nix)):
+    for name, check in (("storage", _check_storage), ("nix", current_app.extensions["nix_check"])):
         try:
             checks[name] = check()
         except Exception as e:  # any failure makes the instance unready, and says why

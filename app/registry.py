@@ -1,11 +1,24 @@
-"""The pull side of the Docker Registry HTTP API V2 / OCI distribution spec."""
+"""The pull side of the Docker Registry HTTP API V2 / OCI distribution spec.
+
+Every request under /v2 is answered here, by one handler per endpoint:
+`base`, `manifest` and `blob`.  `RegistryAPI` is their WSGI adapter: it
+parses the path once, calls the handler, and renders any error it raised
+with the one error renderer (app/errors.py).  Other paths go on to the
+Flask app (pages, operators' endpoints).
+
+The API sits below Flask because a pull is a run of small requests (a
+manifest, then blob after blob) and Flask's per-request work (contexts,
+routing, hooks, response objects) cost about as much as answering a cached
+manifest or a small layer.  The request id and the request metrics are
+not here: app/scope.py gives them to every endpoint alike.
+"""
 from __future__ import annotations
 
+import http
 import logging
 import os
 
-from flask import Blueprint, Response, current_app, g, redirect, request, url_for
-from werkzeug.routing import PathConverter
+from werkzeug.http import parse_etags, parse_range_header
 
 from builders import manifest
 from builders.errors import BuildError
@@ -13,63 +26,175 @@ from builders.image import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
 
-from . import grammar, metrics
-from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid,
-                     NameUnknown, RangeInvalid, TagInvalid, Unsupported)
+from . import errors, grammar, metrics
+from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
+                     RangeInvalid, TagInvalid, Unsupported)
+from .scope import ROUTE
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("registry", __name__)
-
-API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+PREFIX = "/v2"
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 CHUNK = 1 << 20
-# Set in the WSGI environ by app/fastpath.py when it found the blob corrupt
-# (and storage set it aside) before handing the request here.
-CORRUPT_FOUND = "registry.corrupt_blob"
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 
 
-class AnyPathConverter(PathConverter):
-    """Like `path`, but also matching control characters, so the grammar
-    checks (not a routing 404) answer them."""
-    regex = r"[\s\S]*?"
-    part_isolating = False  # spans '/'
+class Reply:
+    """What a handler answers: status, headers and the body's chunks."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status, headers, body=()):
+        self.status = status
+        self.headers = headers
+        self.body = body
 
 
-@bp.after_request
-def api_version(resp):
-    resp.headers.update(API_VERSION)
-    return resp
+class Call:
+    """One request under /v2, as the handlers read it."""
+
+    __slots__ = ("environ", "method", "path")
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.method = environ.get("REQUEST_METHOD", "GET")
+        # WSGI hands the path over as latin-1 code points of its bytes
+        self.path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
+
+    def header(self, name: str) -> str | None:
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+
+    def url(self, path: str) -> str:
+        """An absolute URL on this registry, as the client addressed it."""
+        env = self.environ
+        host = env.get("HTTP_HOST") or f"{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '80')}"
+        return f"{env.get('wsgi.url_scheme', 'http')}://{host}{path}"
 
 
-@bp.route("/v2/", methods=ALL_METHODS)
-@bp.route("/v2", methods=ALL_METHODS)
-def base():
-    _pull_only()
-    return Response("{}", mimetype="application/json")
+class RegistryAPI:
+    """WSGI: /v2 requests to their handler, everything else to `app`."""
+
+    def __init__(self, app, storage, images):
+        self.app = app
+        self.storage = storage
+        self.images = images
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith(PREFIX) or path[len(PREFIX):len(PREFIX) + 1] not in ("", "/"):
+            return self.app(environ, start_response)
+        call = Call(environ)
+        try:
+            reply = self.dispatch(call)
+        except Exception as exc:
+            status, headers, body = errors.for_exception(exc, call.method, call.path).render()
+            reply = Reply(status, headers, [body])
+        reply.headers.append(API_VERSION)
+        start_response(_STATUS_LINES[reply.status], reply.headers)
+        if call.method == "HEAD":
+            _close(reply.body)
+            return []
+        return reply.body
+
+    def dispatch(self, call: Call) -> Reply:
+        if call.method not in ("GET", "HEAD"):
+            raise Unsupported(f"{call.method} is not supported: this registry is pull-only")
+        rest = call.path[len(PREFIX):]
+        if rest in ("", "/"):
+            call.environ[ROUTE] = "registry.base"
+            return Reply(200, [("Content-Type", "application/json"), ("Content-Length", "2")],
+                         [b"{}"])
+        m = grammar.ROUTE_RE.fullmatch(rest, 1)
+        if not m:
+            raise NameUnknown(f"no such endpoint: {call.path}; this registry serves "
+                              "/v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>")
+        name, kind, reference = m.group("name", "kind", "reference")
+        call.environ[ROUTE] = f"registry.{kind}"
+        check_name(name)
+        if kind == "manifests":
+            return self.manifest(call, name, reference)
+        return self.blob(call, check_digest(reference))
+
+    def manifest(self, call: Call, name: str, reference: str) -> Reply:
+        """A manifest by tag (built on the first pull) or by digest."""
+        if ":" in reference:  # tags cannot hold ':'; anything with one is meant as a digest
+            digest = check_digest(reference)
+            body = self.storage.read(keys.blob(digest))
+            media_type = manifest.media_type_of(body) if body is not None else None
+            if media_type is None:
+                raise ManifestUnknown(f"manifest {digest} is unknown to this registry",
+                                      {"digest": digest})
+        else:
+            if not grammar.TAG_RE.fullmatch(reference):
+                raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, "
+                                 "digits, '_', '.' and '-', not starting with '.' or '-'",
+                                 {"tag": reference})
+            try:
+                record = self.images.image(Image.from_name(name), reference)
+            except BuildError as e:
+                # with where people can read why: docker shows little of an error
+                raise errors.from_domain(
+                    e, build_page=call.url(f"/builds/{name}:{reference}")) from None
+            media_type = negotiate(call.header("Accept") or "")
+            body = record.manifest(media_type)
+            digest = manifest.digest_of(body)
+        headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),
+                   ("ETag", f'"{digest}"')]
+        if _not_modified(call, digest):
+            return Reply(304, headers)
+        headers.append(("Content-Length", str(len(body))))
+        if call.method == "GET":
+            metrics.BYTES_SERVED.labels("manifest").inc(len(body))
+        return Reply(200, headers, [body])
+
+    def blob(self, call: Call, digest: str) -> Reply:
+        """A blob's bytes (or a redirect to them), whole or a range."""
+        f = self._open_blob(digest)
+        size = f.seek(0, os.SEEK_END)
+        headers = [("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'),
+                   ("Cache-Control", "max-age=31536000, immutable")]
+        if call.method == "GET":
+            url = self.storage.url(keys.blob(digest))
+            if url:
+                f.close()
+                return Reply(307, [*headers, ("Location", url), ("Content-Length", "0")])
+        if _not_modified(call, digest):
+            f.close()
+            return Reply(304, headers)
+        headers += [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes")]
+        start, stop, status = 0, size, 200
+        span = _range(call, digest, size)
+        if span is not None:
+            start, stop = span
+            if start >= stop:
+                f.close()
+                raise RangeInvalid(f"range {call.header('Range')!r} is outside the blob's "
+                                   f"{size} bytes", headers={"Content-Range": f"bytes */{size}"})
+            status = 206
+            headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
+        headers.append(("Content-Length", str(stop - start)))
+        if call.method == "HEAD":
+            f.close()
+            return Reply(status, headers)
+        return Reply(status, headers, stream_blob(f, start, stop))
+
+    def _open_blob(self, digest):
+        """The blob, checked against its digest; a missing or corrupt one is
+        made again from its source when the registry knows how."""
+        key = keys.blob(digest)
+        try:
+            return self.storage.open(key)
+        except ObjectNotFound as e:
+            if self.images.layerstore.restore_blob(digest):
+                return self.storage.open(key)
+            if isinstance(e, CorruptObject):
+                raise BlobUnknown(f"blob {digest} was corrupt in storage and could not be made "
+                                  "again; it has been removed", {"digest": digest}) from None
+            raise BlobUnknown(f"blob {digest} is unknown to this registry",
+                              {"digest": digest}) from None
 
 
-@bp.route("/v2/<anypath:rest>", methods=ALL_METHODS)
-def dispatch(rest):
-    _pull_only()
-    m = grammar.ROUTE_RE.fullmatch(rest)
-    if not m:
-        raise NameUnknown(f"no such endpoint: /v2/{rest}; this registry serves "
-                          "/v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>")
-    name, kind, reference = m.group("name", "kind", "reference")
-    g.route = f"registry.{kind}"
-    _check_name(name)
-    if kind == "manifests":
-        return _manifest(name, reference)
-    return _blob(_check_digest(reference))
-
-
-def _pull_only():
-    if request.method not in ("GET", "HEAD"):
-        raise Unsupported(f"{request.method} is not supported: this registry is pull-only")
-
-
-def _check_name(name):
+def check_name(name):
     if len(name) > grammar.NAME_MAX:
         raise NameInvalid(f"repository name is longer than {grammar.NAME_MAX} characters")
     if not grammar.valid_name(name):
@@ -78,116 +203,51 @@ def _check_name(name):
             "e.g. shell/git/htop", {"name": name})
 
 
-def _check_digest(reference):
+def check_digest(reference):
     if not grammar.DIGEST_RE.fullmatch(reference):
         raise DigestInvalid(f"invalid digest {reference!r}: expected sha256:<64 hex digits>",
                             {"digest": reference})
     return reference
 
 
-def _manifest(name, reference):
-    if ":" in reference:  # tags cannot hold ':'; anything with one is meant as a digest
-        digest = _check_digest(reference)
-        body = current_app.extensions["storage"].read(keys.blob(digest))
-        media_type = manifest.media_type_of(body) if body is not None else None
-        if media_type is None:
-            raise ManifestUnknown(f"manifest {digest} is unknown to this registry",
-                                  {"digest": digest})
-    else:
-        if not grammar.TAG_RE.fullmatch(reference):
-            raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, digits, "
-                             "'_', '.' and '-', not starting with '.' or '-'", {"tag": reference})
-        try:
-            record = current_app.extensions["images"].image(Image.from_name(name), reference)
-        except BuildError as e:
-            # where the user can read why: Docker shows little of an error
-            e.build_page = url_for("web.build", ref=f"{name}:{reference}", _external=True)
-            raise
-        media_type = negotiate(request.headers.getlist("Accept"))
-        body = record.manifest(media_type)
-        digest = manifest.digest_of(body)
-    if request.method == "GET":
-        metrics.BYTES_SERVED.labels("manifest").inc(len(body))
-    return Response(body, headers=manifest_headers(media_type, body, digest))
-
-
-def manifest_headers(media_type, body, digest) -> dict[str, str]:
-    """The headers of a manifest's response; this route and the fast path
-    (app/fastpath.py) both send them."""
-    return {"Content-Type": media_type, "Content-Length": str(len(body)),
-            "Docker-Content-Digest": digest, "ETag": f'"{digest}"', **API_VERSION}
-
-
-def negotiate(accept_headers) -> str:
+def negotiate(accept: str) -> str:
     """Docker schema 2 or OCI, whichever the client lists with the higher
     quality (the earlier on a tie); Docker schema 2 when it names neither."""
     best, best_q = manifest.DOCKER_MANIFEST, -1.0
-    for header in accept_headers:
-        for item in header.split(","):
-            parts = [p.strip() for p in item.split(";")]
-            q = 1.0
-            for param in parts[1:]:
-                if param.startswith("q="):
-                    try:
-                        q = float(param[2:])
-                    except ValueError:
-                        q = 0.0
-            if parts[0] in manifest.MANIFEST_TYPES and q > 0 and q > best_q:
-                best, best_q = parts[0], q
+    for item in accept.split(","):
+        parts = [p.strip() for p in item.split(";")]
+        q = 1.0
+        for param in parts[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if parts[0] in manifest.MANIFEST_TYPES and q > 0 and q > best_q:
+            best, best_q = parts[0], q
     return best
 
 
-def blob_headers(digest, size) -> dict[str, str]:
-    """The headers of a whole blob's response; this route and the fast path
-    (app/fastpath.py) both send them."""
-    return {"Content-Type": "application/octet-stream", "Content-Length": str(size),
-            "Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Accept-Ranges": "bytes",
-            "Cache-Control": "max-age=31536000, immutable", **API_VERSION}
+def _not_modified(call, digest) -> bool:
+    """Whether the client's If-None-Match already names this content."""
+    value = call.header("If-None-Match")
+    return bool(value) and parse_etags(value).contains_weak(digest)
 
 
-def _blob(digest):
-    f = _open_blob(digest)
-    size = f.seek(0, os.SEEK_END)
-    headers = blob_headers(digest, size)
-    if request.method == "GET":
-        url = current_app.extensions["storage"].url(keys.blob(digest))
-        if url:
-            f.close()
-            return redirect(url, code=307, Response=None)
-    start, stop, status = 0, size, 200
-    rng = request.range
-    if rng is not None and len(rng.ranges) == 1:
-        span = rng.range_for_length(size)
-        if span is None:
-            f.close()
-            raise RangeInvalid(f"range {request.headers.get('Range')!r} is outside the blob's "
-                               f"{size} bytes", headers={"Content-Range": f"bytes */{size}"})
-        start, stop = span
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    headers["Content-Length"] = str(stop - start)
-    if request.method == "HEAD":
-        f.close()
-        return Response(status=status, headers=headers)
-    return Response(stream_blob(f, start, stop), status=status, headers=headers,
-                    direct_passthrough=True)
-
-
-def _open_blob(digest):
-    """The blob, checked against its digest; a missing or corrupt one is made
-    again from its source when the registry knows how."""
-    storage = current_app.extensions["storage"]
-    key = keys.blob(digest)
-    try:
-        return storage.open(key)
-    except ObjectNotFound as e:
-        corrupt = isinstance(e, CorruptObject) or request.environ.get(CORRUPT_FOUND) == digest
-        if current_app.extensions["images"].restore_blob(digest):
-            return storage.open(key)
-        if corrupt:
-            raise BlobUnknown(f"blob {digest} was corrupt in storage and could not be made "
-                              "again; it has been removed", {"digest": digest}) from None
-        raise BlobUnknown(f"blob {digest} is unknown to this registry", {"digest": digest}) from None
+def _range(call, digest, size):
+    """[start, stop) of a single-range request the client may have, or None
+    for the whole blob; (0, 0) for a range outside it.  A range under an
+    If-Range for other content is ignored, as HTTP says."""
+    value = call.header("Range")
+    if not value:
+        return None
+    if_range = call.header("If-Range")
+    if if_range and if_range.strip() != f'"{digest}"':
+        return None
+    rng = parse_range_header(value)
+    if rng is None or len(rng.ranges) != 1:
+        return None
+    return rng.range_for_length(size) or (0, 0)
 
 
 def stream_blob(f, start, stop):
@@ -207,3 +267,9 @@ def stream_blob(f, start, stop):
                 taken += len(chunk)
     finally:
         metrics.BYTES_SERVED.labels("blob").inc(taken)
+
+
+def _close(body):
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()

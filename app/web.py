@@ -5,20 +5,28 @@ from __future__ import annotations
 
 import time
 
-from cachetools import TTLCache
 from flask import Blueprint, current_app, render_template, request
+from werkzeug.routing import PathConverter
 
 from builders.errors import BuildError
 from builders.image import SHELL_PACKAGES, Image
-from builders.service import close_matches
+from builders.suggest import close_matches
 
 from . import grammar
 
 bp = Blueprint("web", __name__)
 
 RECENT = 20
-# Package lookups run Nix; people retype the same names.
-_lookups = TTLCache(maxsize=512, ttl=300)
+# Package lookups run Nix; people retype the same names, so answers are kept
+# this long (in the app's "lookups" cache).
+LOOKUP_SECONDS = 300
+
+
+class AnyPathConverter(PathConverter):
+    """Like `path`, but also matching control characters, so the page's own
+    checks (not a routing 404) answer them."""
+    regex = r"[\s\S]*?"
+    part_isolating = False  # spans '/'
 
 
 @bp.app_template_filter("when")
@@ -51,7 +59,7 @@ def index():
     history = images.history
     return render_template(
         "index.html", host=request.host, shell=SHELL_PACKAGES,
-        source=images.source.describe(), revision=images.known_revision(),
+        source=images.source.describe(), revision=images.revisions.known(),
         tags_select=images.source.tags_select_revision,
         recent=_with_name(history.recent(RECENT)) if history else [],
         failures=_with_name(history.recent(RECENT // 2, failed=True)) if history else [])
@@ -105,14 +113,15 @@ def packages():
         if not all(grammar.NAME_RE.fullmatch(part) for part in name.split(".")) or len(name) > 200:
             error = f"{name!r} is not a package name a registry path can hold"
         else:
-            result = _lookups.get(name)
+            lookups = current_app.extensions["lookups"]
+            result = lookups.get(name)
             if result is None:
                 try:
                     result = _images().lookup(name)
                 except BuildError as e:
                     error = e.message
                 else:
-                    _lookups[name] = result
+                    lookups[name] = result
             if result is not None and result.status == "missing":
                 matches = close_matches(name.split(".")[-1], result.siblings)
     return render_template("packages.html", name=name, result=result, error=error,

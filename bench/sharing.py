@@ -30,11 +30,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from app import make_images  # noqa: E402
+from app.config import Config  # noqa: E402
 from builders import layers  # noqa: E402
 from builders.image import Image  # noqa: E402
-from builders.nix import Nix  # noqa: E402
-from builders.service import ImageService  # noqa: E402
-from builders.sources import PathSource  # noqa: E402
 from storage import FilesystemStorage  # noqa: E402
 
 PKGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "pkgs")
@@ -93,9 +92,9 @@ def run(grouping, max_layers, scratch, popularity_url=None):
     layers.group = grouping  # the service groups through this module function
     try:
         with tempfile.TemporaryDirectory(dir=scratch) as root:
-            svc = ImageService(FilesystemStorage(root), PathSource(PKGS), nix=Nix(),
-                               nix_timeout=600, max_layers=max_layers,
-                               popularity_url=popularity_url)
+            config = Config(pkgs_path=PKGS, storage_path=root, nix_timeout=600,
+                            max_layers=max_layers, popularity_url=popularity_url)
+            svc = make_images(config, FilesystemStorage(root))
             return [svc.image(Image.from_name(name), "latest").layers for name in IMAGES]
     finally:
         layers.group = _ours

@@ -5,7 +5,7 @@ and some large, several hundred MB), in one run:
 
 - ours: the closure grouped into layers, each layer made (tar -> sha256 ->
   gzip -> sha256 + MD5 -> a temporary file) on the service's layer pool;
-  and the same again through ImageService.store_layers into filesystem
+  and the same again through LayerStore.store_layers into filesystem
   storage, which also verifies each blob as it stores it;
 - `tar --sort=name -cf - PATHS | gzip -6 | sha256sum`: a zlib -6 pipeline
   (target: ours at least 5x faster);
@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import corpus  # noqa: E402
 from builders import layers, tarball  # noqa: E402
 from builders.compress import Compression  # noqa: E402
+from builders.layerstore import LayerStore  # noqa: E402
 from builders.nix import StorePath  # noqa: E402
-from builders.service import ImageService  # noqa: E402
 from storage import FilesystemStorage  # noqa: E402
 
 
@@ -70,10 +70,9 @@ def make_layers(groups, compression, workers):
 def store_layers(groups, compression, workers, scratch):
     root = tempfile.mkdtemp(dir=scratch)
     try:
-        svc = ImageService(FilesystemStorage(root), source=None, compression=compression,
-                           layer_workers=workers)
+        store = LayerStore(FilesystemStorage(root), compression, workers=workers)
         start = time.perf_counter()
-        svc.store_layers(groups, {"tmp": ("dir", 0o1777)})
+        store.store_layers(groups, {"tmp": ("dir", 0o1777)})
         return time.perf_counter() - start
     finally:
         shutil.rmtree(root)

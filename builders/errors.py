@@ -10,13 +10,9 @@ class BuildError(Exception):
         self.message = message
         self.log_tail = log_tail
 
-    # what describes the failure itself, not one request that met it
-    _PER_REQUEST = ("build_page", "remembered")
-
     def to_dict(self) -> dict:
         """The error as data, to hand to requests in other processes."""
-        return {"type": type(self).__name__,
-                "attrs": {k: v for k, v in self.__dict__.items() if k not in self._PER_REQUEST}}
+        return {"type": type(self).__name__, "attrs": dict(self.__dict__)}
 
     @staticmethod
     def from_dict(data) -> "BuildError":

@@ -58,10 +58,6 @@ class Build:
     layers: list | None
     log_path: str
 
-    @property
-    def done(self):
-        return self.status != "building"
-
 
 class BuildHistory:
     def __init__(self, root):

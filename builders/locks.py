@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import time
 
-from .errors import BuildError, BuildQueueFull
+from .errors import BuildQueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +50,12 @@ class BuildLocks:
 
     @contextlib.contextmanager
     def image(self, key, timeout):
-        """Hold the lock of one image; waits while another process builds it."""
+        """Hold the lock of one image; waits while another process builds it.
+        Yields whether it waited: only then may that build's outcome be there."""
         path = self._path(f"image-{key}.lock")
         deadline, delay = time.monotonic() + timeout, _POLL_MIN
         fd = _try_lock(path)
+        waited = fd is None
         while fd is None:
             delay = _wait(deadline, delay)
             if delay is None:
@@ -63,7 +64,7 @@ class BuildLocks:
                     retry_after=30)
             fd = _try_lock(path)
         try:
-            yield
+            yield waited
         finally:
             os.close(fd)
 
@@ -85,21 +86,3 @@ class BuildLocks:
                 raise BuildQueueFull(
                     f"all {self.max_builds} build slots are busy (NIXERY_MAX_BUILDS); "
                     "try again shortly", retry_after=10)
-
-    # A failed build leaves its error for the requests that waited on it,
-    # so they answer with it instead of running the same failing build.
-    def record_failure(self, key, error: BuildError):
-        tmp = self._path(f"failed-{key}.json.{os.getpid()}")
-        with open(tmp, "w") as f:
-            json.dump({"at": time.time(), "error": error.to_dict()}, f)
-        os.replace(tmp, self._path(f"failed-{key}.json"))
-
-    def failure_since(self, key, since) -> BuildError | None:
-        try:
-            with open(self._path(f"failed-{key}.json")) as f:
-                data = json.load(f)
-        except (FileNotFoundError, ValueError):
-            return None
-        if data["at"] < since:
-            return None
-        return BuildError.from_dict(data["error"])

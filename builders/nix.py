@@ -10,6 +10,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -96,13 +98,34 @@ def clean_log(text: str) -> str:
     return "\n".join(lines).strip()
 
 
+TMP_PREFIX = "registry-nix-"
+
+
+def remove_orphaned_folders(root=None):
+    """Remove the temporary folders (see Nix._run) of processes that died
+    before they could: a worker killed mid-build leaves its folder."""
+    root = root or tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if not (name.startswith(TMP_PREFIX) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its process lives, and removes it itself
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, as another user
+        logger.info("removing %s, left by a process that died mid-build", name)
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 class Nix:
     def __init__(self, image_nix=IMAGE_NIX):
         self.image_nix = image_nix
-        self.runs = 0  # Nix commands started, for logs and tests
+        remove_orphaned_folders()
 
     def _run(self, cmd, deadline: Deadline) -> process.Completed:
-        self.runs += 1
         logger.debug("running %s", cmd)
         left = deadline.remaining()
         # coreutils timeout enforces the deadline even if this worker dies
@@ -111,13 +134,23 @@ class Nix:
         if deadline.log_path:
             with open(deadline.log_path, "a") as log:
                 log.write(f"$ {' '.join(cmd[:4])} ...\n")
+        # Nix makes its build folders (nix-build-*) under TMPDIR and leaves
+        # them behind when it is killed: each command gets a folder of its
+        # own, removed whatever happened.  (With a Nix daemon the daemon
+        # makes them, and cleans up after the builds it stops.)
+        tmp = tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-",
+                                          ignore_cleanup_errors=True)
+        os.chmod(tmp.name, 0o755)  # builders run as Nix's build users, who must reach it
         try:
-            done = process.run(guarded, timeout=left, log_path=deadline.log_path)
+            done = process.run(guarded, timeout=left, log_path=deadline.log_path,
+                               env=dict(os.environ, TMPDIR=tmp.name))
         except process.Timeout as e:
             _log_output(e.stderr_tail, logging.INFO)
             raise BuildTimeout(deadline.limit, log_tail=clean_log(e.stderr_tail)) from None
         except FileNotFoundError:
             raise BuildFailed("cannot run timeout: is coreutils installed?") from None
+        finally:
+            tmp.cleanup()
         _log_output(done.stderr_tail, logging.DEBUG if done.returncode == 0 else logging.INFO)
         if done.returncode == 124:
             # the guard fired just before our own deadline did

@@ -52,17 +52,12 @@ class Popularity:
         self._fetched: dict[str, int] | None = None
         self._failed_at: float | None = None
         self._lock = threading.Lock()
-        self.fetches = 0
-
-    def counts(self, names: Iterable[str] = ()) -> Mapping[str, int]:
-        """The counts to layer an image with; `names` are the store path
-        names of the image being built, counted as one more image when the
-        counts are derived (a path it shares with one earlier image is
-        then needed by two)."""
-        return self.for_layering(names)[0]
 
     def for_layering(self, names: Iterable[str] = ()) -> tuple[Mapping[str, int], float]:
-        """The counts, and the count from which a path is popular.
+        """The counts to layer an image with, and the count from which a
+        path is popular.  `names` are the store path names of the image
+        being built, counted as one more image when the counts are derived
+        (a path it shares with one earlier image is then needed by two).
 
         Over a package set (the URL's data) that is a share of the top
         count.  Counted over images it is a fixed two: a path two images
@@ -106,7 +101,6 @@ class Popularity:
                 return self._fetched
             if self._failed_at is not None and self._clock() - self._failed_at < RETRY_AFTER:
                 return None
-            self.fetches += 1
             try:
                 with urllib.request.urlopen(self.url, timeout=FETCH_TIMEOUT) as response:
                     self._fetched = parse(response.read())

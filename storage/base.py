@@ -26,10 +26,6 @@ class Storage(abc.ABC):
         """Whether an object is stored under `key`."""
 
     @abc.abstractmethod
-    def size(self, key: str) -> int | None:
-        """The object's size in bytes, or None when there is none."""
-
-    @abc.abstractmethod
     def open(self, key: str) -> typing.BinaryIO:
         """A readable, seekable binary stream of the object; ObjectNotFound if absent.
 

@@ -64,12 +64,6 @@ class FilesystemStorage(Storage):
     def exists(self, key):
         return os.path.isfile(self._path(key))
 
-    def size(self, key):
-        try:
-            return os.stat(self._path(key)).st_size
-        except FileNotFoundError:
-            return None
-
     def open(self, key):
         path = self._path(key)
         try:

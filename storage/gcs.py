@@ -208,10 +208,6 @@ class GCSStorage(Storage):
     def exists(self, key):
         return self._metadata(key) is not None
 
-    def size(self, key):
-        meta = self._metadata(key)
-        return None if meta is None else meta.size
-
     def open(self, key):
         meta = self._metadata(key)
         if meta is None:

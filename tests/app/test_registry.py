@@ -1,5 +1,13 @@
-"""Routes through the Flask client: grammar, negotiation, errors."""
+"""The /v2 endpoints through the app's test client: grammar, negotiation, errors."""
+import hashlib
+import json
+import logging
+import os
+
 import pytest
+
+from app import logs
+from storage import keys
 
 from app.errors import RegistryError
 from app.registry import negotiate
@@ -16,7 +24,8 @@ from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
     (["application/vnd.docker.distribution.manifest.v1+prettyjws"], DOCKER_MANIFEST),
 ])
 def test_negotiate(headers, expected):
-    assert negotiate(headers) == expected
+    # a WSGI server joins repeated headers with commas
+    assert negotiate(", ".join(headers)) == expected
 
 
 def test_unexpected_exceptions_never_show_a_trace(app, client, monkeypatch):
@@ -67,13 +76,172 @@ def test_unknown_method_is_unsupported(client):
 def test_error_rendering():
     class Teapot(RegistryError):
         code, status = "TEAPOT", 418
-    resp = Teapot("short and stout", {"spout": 1}, headers={"Retry-After": "5"}).response()
-    assert resp.status_code == 418 and resp.headers["Retry-After"] == "5"
-    assert resp.get_json() == {"errors": [{"code": "TEAPOT", "message": "short and stout",
-                                           "detail": {"spout": 1}}]}
+    status, headers, body = Teapot("short and stout", {"spout": 1},
+                                   headers={"Retry-After": "5"}).render()
+    headers = dict(headers)
+    assert status == 418 and headers["Retry-After"] == "5"
+    assert headers["Content-Type"] == "application/json"
+    assert int(headers["Content-Length"]) == len(body)
+    assert json.loads(body) == {"errors": [{"code": "TEAPOT", "message": "short and stout",
+                                            "detail": {"spout": 1}}]}
 
 
 def test_landing_page_uses_the_request_host(client):
     r = client.get("/", headers={"Host": "registry.example"})
     assert r.status_code == 200
     assert "docker pull registry.example/shell/git/htop" in r.get_data(as_text=True)
+
+
+# -- blobs and manifests, each answered once, by one handler ----------------
+
+@pytest.fixture
+def blob(storage):
+    data = os.urandom(300_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    storage.put_bytes(keys.blob(digest), data)
+    return digest, data
+
+
+@pytest.fixture
+def opens(storage, monkeypatch):
+    """The keys storage.open was called with."""
+    calls = []
+    real = storage.open
+
+    def counted(key):
+        calls.append(key)
+        return real(key)
+    monkeypatch.setattr(storage, "open", counted)
+    return calls
+
+
+class Lines(logging.Handler):
+    """Log records as the registry's handler sees them, request id included."""
+
+    def __init__(self):
+        super().__init__()
+        self.addFilter(logs.RequestIdFilter())
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def lines():
+    handler = Lines()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield handler.records
+    root.removeHandler(handler)
+
+
+def test_a_whole_blob_and_its_head(client, blob, opens):
+    digest, data = blob
+    r = client.get(f"/v2/shell/hello/blobs/{digest}", headers={"X-Request-ID": "blob-1"})
+    assert r.status_code == 200 and r.data == data
+    assert r.headers["Docker-Content-Digest"] == digest
+    assert r.headers["Content-Length"] == str(len(data))
+    assert r.headers["Content-Type"] == "application/octet-stream"
+    assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert r.headers["X-Request-ID"] == "blob-1"
+    head = client.head(f"/v2/shell/hello/blobs/{digest}")
+    assert head.status_code == 200 and head.data == b""
+    assert comparable(head) == comparable(r)
+    assert opens == [keys.blob(digest)] * 2
+
+
+def comparable(r):
+    return sorted((k, v) for k, v in r.headers.items() if k not in ("X-Request-ID", "Date"))
+
+
+def test_ranges_and_conditions_on_blobs(client, blob):
+    digest, data = blob
+    url = f"/v2/hello/blobs/{digest}"
+    part = client.get(url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.data == data[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(data)}"
+    # a range under an If-Range for other content is the whole blob
+    whole = client.get(url, headers={"Range": "bytes=10-19", "If-Range": '"other"'})
+    assert whole.status_code == 200 and whole.data == data
+    same = client.get(url, headers={"Range": "bytes=10-19", "If-Range": f'"{digest}"'})
+    assert same.status_code == 206
+    outside = client.get(url, headers={"Range": f"bytes={len(data) + 5}-"})
+    assert outside.status_code == 416
+    assert outside.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert outside.get_json()["errors"][0]["code"] == "RANGE_INVALID"
+    cached = client.get(url, headers={"If-None-Match": f'"{digest}"'})
+    assert cached.status_code == 304 and cached.data == b""
+    assert cached.headers["ETag"] == f'"{digest}"'
+    other = client.get(url, headers={"If-None-Match": '"other"'})
+    assert other.status_code == 200 and other.data == data
+
+
+def test_a_corrupt_blob_is_looked_at_once_and_never_served(client, blob, storage, opens):
+    digest, _ = blob
+    with open(os.path.join(storage.root, keys.blob(digest)), "r+b") as f:
+        f.write(b"\0" * 16)
+    r = client.get(f"/v2/hello/blobs/{digest}")
+    assert r.status_code == 404
+    error = r.get_json()["errors"][0]
+    assert error["code"] == "BLOB_UNKNOWN" and "corrupt" in error["message"]
+    assert [k for k in opens if k.startswith("layers/")] == [keys.blob(digest)]
+
+
+def test_a_storage_outage_is_answered_once_under_one_request_id(app, client, lines,
+                                                                 monkeypatch):
+    from storage.errors import StorageUnavailable
+    calls = []
+
+    def down(key):
+        calls.append(key)
+        logging.getLogger("storage.test").warning("cannot reach the disk")
+        raise StorageUnavailable("disk on fire")
+    monkeypatch.setattr(app.extensions["storage"], "open", down)
+    r = client.get("/v2/hello/blobs/sha256:" + "1" * 64, headers={"X-Request-ID": "outage-1"})
+    assert r.status_code == 503
+    assert len(calls) == 1
+    ids = {rec.request_id for rec in lines if rec.name.startswith(("storage", "app"))}
+    assert ids == {"outage-1"}
+
+
+def test_a_built_image_is_served_alike_from_memory(app, client, storage, monkeypatch):
+    url = "/v2/shell/hello/manifests/latest"
+    first = {accept: client.get(url, headers={"Accept": accept})
+             for accept in (OCI_MANIFEST, DOCKER_MANIFEST)}
+    calls = []
+    for name in ("read", "open", "exists", "put"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda *a, _r=real, _n=name, **kw: (
+            calls.append(_n), _r(*a, **kw))[1])
+    for accept, r in first.items():
+        assert r.status_code == 200 and r.content_type == accept
+        again = client.get(url, headers={"Accept": accept})
+        head = client.head(url, headers={"Accept": accept})
+        assert again.data == r.data and head.data == b""
+        assert comparable(again) == comparable(r) == comparable(head)
+    assert calls == []  # no storage call, no build: the record is in memory
+    # by digest: the stored bytes, as built
+    digest = first[OCI_MANIFEST].headers["Docker-Content-Digest"]
+    by_digest = client.get(f"/v2/shell/hello/manifests/{digest}")
+    assert by_digest.data == first[OCI_MANIFEST].data
+    assert by_digest.content_type == OCI_MANIFEST
+    assert client.get(url, headers={"Accept": OCI_MANIFEST,
+                                    "If-None-Match": f'"{digest}"'}).status_code == 304
+
+
+def test_a_tag_due_for_a_new_look_at_the_source_is_resolved_again(app, client):
+    url = "/v2/hello/manifests/latest"
+    first = client.get(url)
+    assert first.status_code == 200
+    app.extensions["images"].revisions.refresh = 0  # every revision is stale now
+    again = client.get(url)
+    assert again.status_code == 200 and again.data == first.data
+
+
+def test_layer_threads_log_under_the_request_id(client, lines):
+    r = client.get("/v2/shell/hello/manifests/latest", headers={"X-Request-ID": "build-1"})
+    assert r.status_code == 200
+    made = [rec for rec in lines if rec.name == "builders.layerstore"]
+    assert made and all(rec.threadName.startswith("layer") for rec in made)
+    assert {rec.request_id for rec in made} == {"build-1"}

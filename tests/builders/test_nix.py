@@ -1,8 +1,13 @@
 """The Nix wrapper against real Nix and the offline package set."""
+import os
+import shutil
+import subprocess
+import tempfile
+
 import pytest
 
 from builders.errors import BuildFailed, BuildTimeout
-from builders.nix import Deadline, Nix, parse_path_info
+from builders.nix import Deadline, Nix, parse_path_info, remove_orphaned_folders
 from tests.conftest import PKGS
 
 SOURCE = {"type": "path", "path": str(PKGS)}
@@ -76,10 +81,31 @@ def test_deadline_is_shared_by_every_command():
     assert "NIX_TIMEOUT" in info.value.message
 
 
-def test_slow_build_times_out():
-    slow = resolve("slow")[0]
-    with pytest.raises(BuildTimeout):
-        Nix().realise({f"{slow.drv}!out": "slow"}, Deadline(2))
+def test_slow_build_times_out_and_leaves_no_build_folder(monkeypatch):
+    # where Nix would make its build folder if the registry did not give it
+    # one; Nix's build users must be able to reach it
+    tmp = tempfile.mkdtemp(prefix="registry-test-")
+    os.chmod(tmp, 0o755)
+    monkeypatch.setenv("TMPDIR", tmp)
+    monkeypatch.setattr(tempfile, "tempdir", tmp)
+    try:
+        slow = resolve("slow")[0]
+        with pytest.raises(BuildTimeout):
+            Nix().realise({f"{slow.drv}!out": "slow"}, Deadline(2))
+        # the killed build's nix-build-slow-* folder went with the command's own
+        assert os.listdir(tmp) == []
+    finally:
+        shutil.rmtree(tmp)
+
+
+def test_folders_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):
+        os.makedirs(tmp_path / f"registry-nix-{pid}-abc" / "nix-build-x-0")
+    (tmp_path / "unrelated").mkdir()
+    remove_orphaned_folders(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [f"registry-nix-{os.getpid()}-abc", "unrelated"]
 
 
 def test_path_info_list_and_object_forms():

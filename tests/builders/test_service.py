@@ -1,15 +1,23 @@
 """Building images into storage: caches, layer reuse, determinism, the budget."""
+import collections
 import io
 import json
+import os
 import subprocess
+import time
 
 import pytest
 
 from builders import tarball
-from builders.errors import InvalidImage, PackagesNotFound
+from builders.errors import BuildFailed, InvalidImage, PackagesNotFound
 from builders.image import Image
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from builders.failures import Failures
+from builders.layerstore import LayerStore
+from builders.locks import BuildLocks
 from builders.nix import Nix
+from builders.popularity import Popularity
+from builders.revisions import Revisions
 from builders.service import ImageService
 from builders.sources import PathSource
 from storage import FilesystemStorage, keys
@@ -17,17 +25,63 @@ from tests.conftest import PKGS
 
 
 class CountingStorage(FilesystemStorage):
+    """Filesystem storage that notes every call: (method, key)."""
+
     def __init__(self, root):
         super().__init__(root)
-        self.puts = []
+        self.calls = []
+
+    @property
+    def puts(self):
+        return [key for method, key in self.calls if method == "put"]
+
+    def exists(self, key):
+        self.calls.append(("exists", key))
+        return super().exists(key)
+
+    def open(self, key):
+        self.calls.append(("open", key))
+        return super().open(key)
+
+    def read(self, key):
+        # one call of the interface, whatever the base class does for it
+        self.calls.append(("read", key))
+        return FilesystemStorage.read(_Quiet(self), key)
 
     def put(self, key, fileobj, **kw):
-        self.puts.append(key)
+        self.calls.append(("put", key))
         return super().put(key, fileobj, **kw)
 
 
-def service(root, **kw):
-    return ImageService(CountingStorage(root), PathSource(str(PKGS)), nix=Nix(), **kw)
+class _Quiet:
+    """The storage without the notes, for calls the base class makes itself."""
+
+    def __init__(self, storage):
+        self.open = lambda key: FilesystemStorage.open(storage, key)
+
+
+class CountingNix(Nix):
+    """Nix that counts the commands it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.runs = 0
+
+    def _run(self, cmd, deadline):
+        self.runs += 1
+        return super()._run(cmd, deadline)
+
+
+def service(root, *, popularity_url=None, max_layers=100, layer_workers=None):
+    """An image service on the test package set, as create_app wires one."""
+    store = CountingStorage(root)
+    return ImageService(
+        store, revisions=Revisions(PathSource(str(PKGS)), store, refresh=300),
+        failures=Failures(store),
+        locks=BuildLocks(os.path.join(root, ".state", "locks"), max_builds=2, queue_timeout=30),
+        layerstore=LayerStore(store, workers=layer_workers),
+        popularity=Popularity(store, popularity_url), nix=CountingNix(),
+        nix_timeout=120, max_layers=max_layers)
 
 
 def manifest_of(record, media_type=DOCKER_MANIFEST):
@@ -53,7 +107,7 @@ def closure_of(attr):
 
 def layer_digest(svc, *paths):
     """The digest of the layer holding exactly `paths`."""
-    return tarball.write_store_layer(paths, io.BytesIO(), svc.compression).digest
+    return tarball.write_store_layer(paths, io.BytesIO(), svc.layerstore.compression).digest
 
 
 def test_images_sharing_paths_share_layers_and_upload_them_once(tmp_path):
@@ -112,7 +166,7 @@ def test_restart_serves_stored_image_without_nix(tmp_path):
     first = service(tmp_path).image(Image.from_name("hello"), "latest")
     again = service(tmp_path)
     second = again.image(Image.from_name("hello"), "latest")
-    assert again.nix.runs == 0 and again.builds == 0
+    assert again.nix.runs == 0
     assert second.manifest(DOCKER_MANIFEST) == first.manifest(DOCKER_MANIFEST)
 
 
@@ -139,7 +193,7 @@ def test_every_referenced_blob_is_stored_and_typed(tmp_path):
         doc = manifest_of(record, media_type)
         assert doc["mediaType"] == media_type
         for ref in [doc["config"], *doc["layers"]]:
-            assert svc.storage.size(keys.blob(ref["digest"])) == ref["size"]
+            assert len(svc.storage.read(keys.blob(ref["digest"]))) == ref["size"]
     config = json.loads(svc.storage.read(keys.blob(manifest_of(record)["config"]["digest"])))
     assert config["rootfs"]["diff_ids"] == [l["diff_id"] for l in record.layers]
     assert config["config"]["Cmd"] == ["bash"]
@@ -198,6 +252,8 @@ def test_unknown_packages_are_remembered_not_evaluated_again(tmp_path):
     with pytest.raises(Exception):
         svc.image(Image.from_name("unfree-tool"), "latest")
     assert svc.nix.runs == runs
+
+
 def test_layers_made_in_parallel_are_the_layers_made_one_by_one(tmp_path):
     one = service(tmp_path / "one", layer_workers=1).image(Image.from_name("shell/git"), "latest")
     four = service(tmp_path / "four", layer_workers=4).image(Image.from_name("shell/git"), "latest")
@@ -220,3 +276,58 @@ def test_images_built_at_once_make_a_shared_layer_once(tmp_path):
     assert len(blob_puts) == len(set(blob_puts))
     shared = set.intersection(*(set(digests(r)) for r in records.values()))
     assert len(shared) >= 7
+
+
+def kinds(calls):
+    """Storage calls by method and the kind of key (its first component)."""
+    return collections.Counter((method, key.split("/")[0]) for method, key in calls)
+
+
+def test_every_storage_call_of_a_cold_pull_has_a_reason(tmp_path):
+    svc = service(tmp_path)
+    record = svc.image(Image.from_name("shell/hello"), "latest")
+    n = len(record.layers)  # the store-path layers and the symlink layer
+    assert kinds(svc.storage.calls) == {
+        ("read", "sources"): 1, ("put", "sources"): 1,  # what latest names, shared
+        ("read", "manifests"): 1,   # another instance may have built it
+        ("read", "failures"): 1,    # ... or found that it cannot be built
+        ("read", "state"): 2, ("put", "state"): 1,  # popularity for layering, then counted
+        ("read", "layerinfo"): n,   # each layer may be stored already
+        ("put", "layers"): n + 3,   # the layers, the config, the two manifests
+        ("put", "blobsources"): n + 3,  # how to make each blob again if it is lost
+        ("put", "layerinfo"): n,    # what each group of store paths was stored as
+        ("put", "manifests"): 1,    # the image's record
+    }
+    # another worker serves it with two reads, and no Nix
+    other = service(tmp_path)
+    assert other.image(Image.from_name("shell/hello"), "latest").manifests == record.manifests
+    assert kinds(other.storage.calls) == {("read", "sources"): 1, ("read", "manifests"): 1}
+    assert other.nix.runs == 0
+    # and from then on from memory, with no storage call at all
+    before = len(other.storage.calls)
+    other.image(Image.from_name("shell/hello"), "latest")
+    assert len(other.storage.calls) == before
+
+
+def test_a_build_failure_answers_only_the_requests_that_waited_for_it(tmp_path):
+    """A failure that is no verdict on the image (a build error) reaches the
+    requests that waited for that build, in any process, and only them."""
+    failures = Failures(FilesystemStorage(tmp_path))
+    key = "k" * 64
+    waiting_since = time.time()
+    failures.remember(key, BuildFailed("package broken failed to build"))
+    other = Failures(FilesystemStorage(tmp_path))    # another worker
+    assert other.recall(key) is None                  # a new pull builds again
+    assert other.recall(key, since=waiting_since).message == "package broken failed to build"
+    assert other.recall(key, since=time.time() + 1) is None  # waited for a later build
+
+
+def test_verdicts_expire(tmp_path):
+    now = [1000.0]
+    failures = Failures(FilesystemStorage(tmp_path), verdict_seconds=60, clock=lambda: now[0])
+    failures.remember("k", PackagesNotFound([("nosuch", [])]))
+    other = Failures(FilesystemStorage(tmp_path), verdict_seconds=60, clock=lambda: now[0])
+    assert isinstance(other.recall("k"), PackagesNotFound)
+    now[0] += 61
+    assert Failures(FilesystemStorage(tmp_path), verdict_seconds=60,
+                    clock=lambda: now[0]).recall("k") is None

@@ -1,0 +1,148 @@
+"""Layers and small blobs in storage: made once, recorded, made again when lost.
+
+A layer is known by the set of its store paths (`layers.layer_id`).  What
+it was stored as (digest, size, diff_id) is recorded under `layerinfo/`, so
+another image, worker or instance needing the same paths reuses the blob
+without making it; and how to make each blob again (its store paths, its
+symlink tree, or its bytes) under `blobsources/`, so a blob that goes
+missing or corrupt in storage is made again on its next pull.
+"""
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from storage import keys
+from . import layers, manifest, metrics, tarball
+from .compress import Compression
+from .sync import LockedTTLCache, Once
+
+logger = logging.getLogger(__name__)
+
+# How long this process believes a layer it has seen stored is still there.
+SEEN_SECONDS = 24 * 3600
+
+
+class LayerStore:
+    def __init__(self, storage, compression: Compression | None = None, *, workers=None):
+        self.storage = storage
+        self.compression = compression or Compression()
+        # One pool for every build of this process: compressing is CPU
+        # work, so more threads than cores only add memory.
+        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1,
+                                        thread_name_prefix="layer")
+        self._seen = LockedTTLCache(maxsize=1 << 16, ttl=SEEN_SECONDS)
+        self._once = Once()
+
+    def store_layers(self, groups, tree) -> list[dict]:
+        """The layers of `groups` (tuples of store paths) and then of the
+        symlink `tree`, made in parallel on the layer pool, in order; each
+        {digest, size, diff_id, paths}."""
+        futures = [self._submit(self._store_paths, g) for g in groups]
+        futures.append(self._submit(self._store_tree, tree))
+        try:
+            return [f.result() for f in futures]
+        finally:
+            for f in futures:  # after a failure, start no more of this image's layers
+                f.cancel()
+
+    def _submit(self, fn, arg):
+        # the caller's context (its request id) goes with the work, so the
+        # layer thread's log lines name the request they serve
+        return self._pool.submit(contextvars.copy_context().run, fn, arg)
+
+    def store_blob(self, data: bytes, content_type="application/octet-stream") -> dict:
+        """Store a small blob (a config, a manifest) by digest; {digest, size}.
+        Putting an object that is already there is harmless (same key, same
+        bytes), so no existence check is spent on it."""
+        digest = manifest.digest_of(data)
+        self.storage.put_bytes(keys.blob(digest), data, content_type)
+        metrics.BYTES_STORED.inc(len(data))
+        self._record_source(digest, {"data": data.decode()})
+        return {"digest": digest, "size": len(data)}
+
+    def restore_blob(self, digest) -> bool:
+        """Make a missing or corrupt blob again from what made it; False when
+        that is not possible (unknown digest, store paths gone)."""
+        data = self.storage.read(keys.blob_source(digest))
+        if data is None:
+            return False
+        source = json.loads(data)
+        if "data" in source:
+            body = source["data"].encode()
+            if manifest.digest_of(body) != digest:
+                return False
+            self.storage.put_bytes(keys.blob(digest), body)
+        else:
+            if not all(os.path.exists(p) for p in source.get("paths", ())):
+                logger.error("cannot restore %s: its store paths are gone", digest)
+                return False
+            if self._upload(source, expected_digest=digest) is None:
+                logger.error("cannot restore %s: the store paths no longer give that digest",
+                             digest)
+                return False
+        logger.warning("restored blob %s from its source", digest)
+        return True
+
+    def _store_paths(self, paths) -> dict:
+        return self._layer(layers.layer_id(paths), {"paths": sorted(paths)})
+
+    def _store_tree(self, tree) -> dict:
+        ident = hashlib.sha256(manifest.canonical(
+            {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
+        return self._layer(ident, {"tree": tree})
+
+    def _layer(self, ident, source) -> dict:
+        """From the seen-layers memory, the record in storage, or made and
+        uploaded now; images built at once that share a layer make it once."""
+        known = self._seen.get(ident)
+        if known is not None:
+            return known
+        return self._once(ident, lambda: self._find_or_make(ident, source))
+
+    def _find_or_make(self, ident, source) -> dict:
+        data = self.storage.read(keys.layer(ident))
+        if data is not None:
+            known = json.loads(data)
+            if self.storage.exists(keys.blob(known["digest"])):
+                self._seen[ident] = known
+                return known
+        logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))
+        source = dict(source, compression=[self.compression.kind, self.compression.level])
+        blob = self._upload(source)
+        self._record_source(blob.digest, source)
+        known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,
+                 "paths": len(source.get("paths", ()))}
+        self.storage.put_bytes(keys.layer(ident), manifest.canonical(known), "application/json")
+        self._seen[ident] = known
+        return known
+
+    def _writer(self, source):
+        """How to write the layer a blob source record describes, with the
+        compressor it was first made with (the digest depends on it)."""
+        compression = (Compression(*source["compression"]) if "compression" in source
+                       else self.compression)
+        if "paths" in source:
+            return lambda out: tarball.write_store_layer(source["paths"], out, compression)
+        tree = {name: tuple(entry) for name, entry in source["tree"].items()}
+        return lambda out: tarball.write_tree_layer(tree, out, compression)
+
+    def _upload(self, source, expected_digest=None):
+        with tempfile.TemporaryFile() as f:
+            blob = self._writer(source)(f)
+            if expected_digest and blob.digest != expected_digest:
+                return None
+            f.seek(0)
+            self.storage.put(keys.blob(blob.digest), f, size=blob.size, md5=blob.md5,
+                             content_type="application/octet-stream")
+        metrics.BYTES_STORED.inc(blob.size)
+        return blob
+
+    def _record_source(self, digest, source):
+        self.storage.put_bytes(keys.blob_source(digest), manifest.canonical(source),
+                               "application/json")

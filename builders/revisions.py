@@ -1,0 +1,68 @@
+"""What a tag names in the package source now, asked as seldom as allowed.
+
+A moving source (a channel, a branch, `latest`, a folder) is asked again
+only once its answer is older than NIXERY_SOURCE_REFRESH.  The answer is
+shared through storage with every worker and instance, so they all switch
+to a new revision together instead of serving different images for one
+name.  An immutable tag (a commit) is never looked up at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+from storage import keys
+from . import manifest
+from .sources import Revision, Source
+from .sync import LockedTTLCache
+
+logger = logging.getLogger(__name__)
+
+
+class Revisions:
+    def __init__(self, source: Source, storage, *, refresh: float, clock=time.time):
+        self.source = source
+        self.storage = storage
+        self.refresh = refresh
+        self._clock = clock
+        # selector id -> (revision, when it was resolved, wall clock)
+        self._memory = LockedTTLCache(maxsize=256, ttl=max(refresh, 0.001))
+
+    def _selector_id(self, tag):
+        selector = self.source.selector(tag)
+        return hashlib.sha256(f"{self.source.describe()}\0{selector}".encode()).hexdigest()
+
+    def resolve(self, tag: str) -> Revision:
+        """What `tag` names now: from memory, from storage while fresh, or
+        from the source (then written to storage for the others)."""
+        if self.source.immutable(tag):
+            return self.source.resolve(tag)
+        ident = self._selector_id(tag)
+        now = self._clock()
+        hit = self._memory.get(ident)
+        if hit is not None and 0 <= now - hit[1] < self.refresh:
+            return hit[0]
+        data = self.storage.read(keys.revision(ident))
+        if data is not None:
+            stored = json.loads(data)
+            if 0 <= now - stored["resolved_at"] < self.refresh:
+                revision = Revision(**stored["revision"])
+                self._memory[ident] = (revision, stored["resolved_at"])
+                return revision
+        revision = self.source.resolve(tag)
+        self.storage.put_bytes(keys.revision(ident), manifest.canonical(
+            {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
+        self._memory[ident] = (revision, now)
+        return revision
+
+    def known(self, tag: str = "latest") -> Revision | None:
+        """The revision `tag` last resolved to, however old, without asking
+        the source (for pages)."""
+        ident = self._selector_id(tag)
+        hit = self._memory.get(ident)
+        if hit is not None:
+            return hit[0]
+        data = self.storage.read(keys.revision(ident))
+        return Revision(**json.loads(data)["revision"]) if data else None
