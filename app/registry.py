@@ -62,7 +62,8 @@ class Call:
         self.path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
 
     def header(self, name: str) -> str | None:
-        return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        """A request header by its WSGI key, e.g. HTTP_RANGE."""
+        return self.environ.get(name)
 
     def url(self, path: str) -> str:
         """An absolute URL on this registry, as the client addressed it."""
@@ -135,7 +136,7 @@ class RegistryAPI:
                 # with where people can read why: docker shows little of an error
                 raise errors.from_domain(
                     e, build_page=call.url(f"/builds/{name}:{reference}")) from None
-            media_type = negotiate(call.header("Accept") or "")
+            media_type = negotiate(call.header("HTTP_ACCEPT") or "")
             body = record.manifest(media_type)
             digest = manifest.digest_of(body)
         headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),
@@ -144,7 +145,7 @@ class RegistryAPI:
             return Reply(304, headers)
         headers.append(("Content-Length", str(len(body))))
         if call.method == "GET":
-            metrics.BYTES_SERVED.labels("manifest").inc(len(body))
+            metrics.MANIFEST_BYTES.inc(len(body))
         return Reply(200, headers, [body])
 
     def blob(self, call: Call, digest: str) -> Reply:
@@ -168,7 +169,7 @@ class RegistryAPI:
             start, stop = span
             if start >= stop:
                 f.close()
-                raise RangeInvalid(f"range {call.header('Range')!r} is outside the blob's "
+                raise RangeInvalid(f"range {call.header('HTTP_RANGE')!r} is outside the blob's "
                                    f"{size} bytes", headers={"Content-Range": f"bytes */{size}"})
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
@@ -230,7 +231,7 @@ def negotiate(accept: str) -> str:
 
 def _not_modified(call, digest) -> bool:
     """Whether the client's If-None-Match already names this content."""
-    value = call.header("If-None-Match")
+    value = call.header("HTTP_IF_NONE_MATCH")
     return bool(value) and parse_etags(value).contains_weak(digest)
 
 
@@ -238,10 +239,10 @@ def _range(call, digest, size):
     """[start, stop) of a single-range request the client may have, or None
     for the whole blob; (0, 0) for a range outside it.  A range under an
     If-Range for other content is ignored, as HTTP says."""
-    value = call.header("Range")
+    value = call.header("HTTP_RANGE")
     if not value:
         return None
-    if_range = call.header("If-Range")
+    if_range = call.header("HTTP_IF_RANGE")
     if if_range and if_range.strip() != f'"{digest}"':
         return None
     rng = parse_range_header(value)
@@ -266,7 +267,7 @@ def stream_blob(f, start, stop):
                 yield chunk
                 taken += len(chunk)
     finally:
-        metrics.BYTES_SERVED.labels("blob").inc(taken)
+        metrics.BLOB_BYTES.inc(taken)
 
 
 def _close(body):

@@ -21,8 +21,8 @@ class RequestScope:
 
         def start(status, headers, exc_info=None):
             headers.append(("X-Request-ID", rid))
-            metrics.REQUESTS.labels(environ.get(ROUTE, "unmatched"),
-                                    environ.get("REQUEST_METHOD", ""), status[:3]).inc()
+            metrics.count_request(environ.get(ROUTE, "unmatched"),
+                                  environ.get("REQUEST_METHOD", ""), status[:3])
             return start_response(status, headers, exc_info)
 
         try:
@@ -31,34 +31,20 @@ class RequestScope:
             logs.request_id.reset(token)
         if isinstance(body, list):
             return body  # nothing runs while it is sent
-        return _Scoped(body, rid)
+        return _scoped(body, rid)
 
 
-class _Scoped:
+def _scoped(body, rid):
     """A streamed body, run under its request's id: a chunk read from storage
     may log (a retry, a failure) after the app returned."""
-
-    def __init__(self, body, rid):
-        self.body = body
-        self.rid = rid
-
-    def __iter__(self):
-        it = iter(self.body)
-        while True:
-            token = logs.request_id.set(self.rid)
-            try:
-                chunk = next(it)
-            except StopIteration:
-                return
-            finally:
-                logs.request_id.reset(token)
-            yield chunk
-
-    def close(self):
-        close = getattr(self.body, "close", None)
+    token = logs.request_id.set(rid)
+    try:
+        yield from body
+    finally:
+        close = getattr(body, "close", None)
         if close is not None:
-            token = logs.request_id.set(self.rid)
-            try:
-                close()
-            finally:
-                logs.request_id.reset(token)
+            close()
+        try:
+            logs.request_id.reset(token)
+        except ValueError:
+            pass  # closed from another context than it ran in: nothing to undo there
