@@ -25,8 +25,9 @@ worker_class = "app.worker.Worker"
 workers = max(2, multiprocessing.cpu_count())
 threads = 16
 
-# A manifest request may run a whole build: Nix time plus making and
-# storing the layers.  A restart waits as long, so builds in flight finish.
+# A stopping worker waits for its build jobs (worker_exit below): Nix time
+# plus making and storing the layers.  Requests themselves wait for a build
+# at most NIXERY_PULL_WAIT.
 timeout = int(_config.nix_timeout) + 300
 graceful_timeout = timeout
 keepalive = 75
@@ -45,6 +46,21 @@ def on_starting(server):
     # counts of workers from an earlier run are not this run's
     shutil.rmtree(_metrics, ignore_errors=True)
     os.makedirs(_metrics, exist_ok=True)
+
+
+def worker_exit(server, worker):
+    # Builds are jobs that outlive the requests that started them
+    # (builders/jobs.py): a worker that stops (a HUP, a deploy, a
+    # max-requests recycle) waits for its jobs before it exits, within
+    # graceful_timeout, so no build is lost half done.
+    app = getattr(worker, "wsgi", None)
+    images = getattr(app, "extensions", {}).get("images")
+    jobs = images.jobs.running() if images is not None else []
+    if jobs:
+        server.log.info("worker %s waits for %d build job(s) before it exits: %s", worker.pid,
+                        len(jobs), ", ".join(f"{job.name} ({job.progress()})" for job in jobs))
+        for job in jobs:
+            job.wait(graceful_timeout)
 
 
 def child_exit(server, worker):

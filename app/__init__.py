@@ -37,14 +37,15 @@ def make_images(config: Config, store, *, nix=None):
     return ImageService(
         store,
         revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh),
-        failures=Failures(store),
+        failures=Failures(store, verdict_seconds=config.failure_ttl),
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
         layerstore=LayerStore(store, config.compression),
         popularity=Popularity(store, config.popularity_url),
         nix=nix or Nix(),
         history=_history(config.history_path),
-        nix_timeout=config.nix_timeout, max_layers=config.max_layers)
+        nix_timeout=config.nix_timeout, max_layers=config.max_layers,
+        pull_wait=config.pull_wait)
 
 
 def create_app(config: Config | None = None, *, nix=None):
@@ -54,7 +55,7 @@ def create_app(config: Config | None = None, *, nix=None):
     import storage as storage_mod
     from builders.sync import LockedTTLCache
 
-    from . import errors, logs, ops, web
+    from . import commands, errors, logs, ops, web
     from .proxy import TrustedProxyFix
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
@@ -81,4 +82,5 @@ def create_app(config: Config | None = None, *, nix=None):
     app.register_blueprint(web.bp)
     app.register_blueprint(ops.bp)
     errors.register(app)
+    app.cli.add_command(commands.prebuild)
     return app

@@ -52,6 +52,12 @@ class Config:
     # build_queue_timeout seconds, then is told to retry (429).
     max_builds: int = os.cpu_count() or 1
     build_queue_timeout: float = 30.0
+    # How long a pull waits for the job building its image before it is
+    # told to retry (429, Retry-After) with what the job is doing.
+    pull_wait: float = 25.0
+    # How long a failure that will happen again (unknown or refused
+    # packages, a build error) answers pulls of its image without Nix.
+    failure_ttl: float = 3600.0
     # This machine's own state: build locks, build history, metrics files.
     state_path: str | None = None
     # prometheus_client's multiprocess folder (its own variable name); set
@@ -89,6 +95,10 @@ class Config:
         if self.build_queue_timeout < 0:
             raise ConfigError("NIXERY_BUILD_QUEUE_TIMEOUT must be 0 or more seconds, "
                               f"not {self.build_queue_timeout}")
+        if self.pull_wait < 0:
+            raise ConfigError(f"NIXERY_PULL_WAIT must be 0 or more seconds, not {self.pull_wait}")
+        if self.failure_ttl < 0:
+            raise ConfigError(f"NIXERY_FAILURE_TTL must be 0 or more seconds, not {self.failure_ttl}")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
         if self.compressor not in compress.KINDS:
@@ -199,6 +209,8 @@ class Config:
             max_builds=number("NIXERY_MAX_BUILDS", int, cls.max_builds),
             build_queue_timeout=number("NIXERY_BUILD_QUEUE_TIMEOUT", float,
                                        cls.build_queue_timeout),
+            pull_wait=number("NIXERY_PULL_WAIT", float, cls.pull_wait),
+            failure_ttl=number("NIXERY_FAILURE_TTL", float, cls.failure_ttl),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

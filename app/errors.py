@@ -81,7 +81,9 @@ class BuildFailed(RegistryError):
 
 
 class BuildTimeout(RegistryError):
-    code, status = "BUILD_TIMEOUT", 504
+    # a 4xx, so that docker, podman and skopeo print why (they show the
+    # body of a 4xx answer, never of a 5xx); retrying at once would not help
+    code, status = "BUILD_TIMEOUT", 422
 
 
 class SourceUnavailable(RegistryError):
@@ -109,8 +111,18 @@ def _detail(e, build_page=None, **more):
     return detail or None
 
 
+def _in_progress(e, page, subject):
+    message = f"{subject or 'the image'} is {e.message}"
+    if page:
+        message += f"; progress at {page}"
+    detail = _detail(e, page, retry_after_seconds=e.retry_after, progress=e.progress,
+                     seconds=round(e.seconds))
+    return TooManyRequests(message, detail, headers={"Retry-After": str(e.retry_after)})
+
+
 # Domain errors -> registry errors, in one table.  `page` is where people
-# can read about the build, when the request was for an image.
+# can read about the build and `subject` the image asked for, when the
+# request was for an image.
 _DOMAIN = {
     build.PackagesNotFound: lambda e, page: ManifestUnknown(e.message, _detail(
         e, page, missing=[{"name": n, "did_you_mean": m} for n, m in e.missing])),
@@ -132,8 +144,11 @@ _DOMAIN = {
 }
 
 
-def from_domain(exc: BaseException, *, build_page: str | None = None) -> RegistryError | None:
+def from_domain(exc: BaseException, *, build_page: str | None = None,
+                subject: str | None = None) -> RegistryError | None:
     """The registry error a domain error maps to, or None if it is not one."""
+    if isinstance(exc, build.BuildInProgress):
+        return _in_progress(exc, build_page, subject)  # it names the image
     for cls in type(exc).__mro__:
         if cls in _DOMAIN:
             return _DOMAIN[cls](exc, build_page)

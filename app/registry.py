@@ -134,8 +134,8 @@ class RegistryAPI:
                 record = self.images.image(Image.from_name(name), reference)
             except BuildError as e:
                 # with where people can read why: docker shows little of an error
-                raise errors.from_domain(
-                    e, build_page=call.url(f"/builds/{name}:{reference}")) from None
+                raise errors.from_domain(e, build_page=call.url(f"/builds/{name}:{reference}"),
+                                         subject=f"{name}:{reference}") from None
             media_type = negotiate(call.header("HTTP_ACCEPT") or "")
             body = record.manifest(media_type)
             digest = manifest.digest_of(body)

@@ -86,3 +86,15 @@ class BuildQueueFull(BuildError):
     def __init__(self, message, *, retry_after):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class BuildInProgress(BuildError):
+    """The image is still being made when the pull has waited as long as it
+    may (NIXERY_PULL_WAIT); the client should retry after `retry_after`."""
+
+    def __init__(self, progress: str, seconds: float, *, retry_after: int):
+        self.progress = progress
+        self.seconds = seconds
+        self.retry_after = retry_after
+        super().__init__(f"still building ({progress}, {seconds:.0f}s so far); "
+                         f"retry in {retry_after}s")

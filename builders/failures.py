@@ -1,14 +1,21 @@
-"""The one memory of what images failed with.
+"""The one memory of what images failed with, and for how long it is believed.
 
 Every failure of a build is written to storage under the image's cache key
 (which holds the pinned revision), so requests in other workers and
 instances that waited for that build answer with its error instead of
-running it again.  Some failures are verdicts: evaluation decides them and
-gives the same answer every time at one revision (unknown or refused
-packages), so they are answered without Nix for `VERDICT_SECONDS`.  Other
-failures (a build error, a timeout, an unreachable source) may go away on
-a retry, so they answer only the requests that waited for the build that
-met them.
+running it again.  How long a failure then answers new pulls depends on
+what it says about the image:
+
+- a verdict (unknown or refused packages, an evaluation or build error) is
+  the same every time at one revision: `verdict_seconds`
+  (NIXERY_FAILURE_TTL), so a package that fails after ten minutes does not
+  cost ten minutes per pull;
+- a timeout says the build was slow, not that it cannot succeed:
+  `timeout_seconds`, long enough that a client asking twice in a row
+  (docker's HEAD then GET) costs one build, short enough that a slow moment
+  does not become an outage;
+- anything else (an unreachable source, storage trouble) answers only the
+  requests that waited for the build that met it.
 """
 from __future__ import annotations
 
@@ -18,44 +25,57 @@ import time
 
 from storage import keys
 from . import manifest
-from .errors import BuildError, PackagesNotFound, PackagesRefused
+from .errors import (BuildError, BuildFailed, BuildTimeout, InvalidImage, PackagesNotFound,
+                     PackageUnbuildable)
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
 
-VERDICTS = (PackagesNotFound, PackagesRefused)
+VERDICTS = (PackagesNotFound, PackageUnbuildable, BuildFailed, InvalidImage)
 VERDICT_SECONDS = 3600
-
-
-def is_verdict(error: BuildError) -> bool:
-    return isinstance(error, VERDICTS)
+TIMEOUT_SECONDS = 60
 
 
 class Failures:
-    def __init__(self, storage, *, verdict_seconds: float = VERDICT_SECONDS, clock=time.time):
+    def __init__(self, storage, *, verdict_seconds: float = VERDICT_SECONDS,
+                 timeout_seconds: float = TIMEOUT_SECONDS, clock=time.time):
         self.storage = storage
         self.verdict_seconds = verdict_seconds
+        self.timeout_seconds = timeout_seconds
         self._clock = clock
-        # verdicts only, as data: each request gets a fresh exception (one
-        # object re-raised by many requests would grow its traceback)
-        self._verdicts = LockedTTLCache(maxsize=4096, ttl=verdict_seconds)
+        # key -> (error as data, until when); data, so each request gets a
+        # fresh exception (one object raised by many grows its traceback)
+        self._memory = LockedTTLCache(maxsize=4096,
+                                      ttl=max(verdict_seconds, timeout_seconds, 1))
+
+    def lifetime(self, error: BuildError) -> float:
+        """How long `error` answers new pulls of its image, in seconds."""
+        if isinstance(error, BuildTimeout):
+            return self.timeout_seconds
+        if isinstance(error, VERDICTS):
+            return self.verdict_seconds
+        return 0
 
     def remember(self, key: str, error: BuildError) -> None:
+        now = self._clock()
         data = error.to_dict()
         self.storage.put_bytes(keys.failure(key), manifest.canonical(
-            {"at": self._clock(), "error": data}), "application/json")
-        if is_verdict(error):
-            self._verdicts[key] = data
+            {"at": now, "error": data}), "application/json")
+        if self.lifetime(error) > 0:
+            self._memory[key] = (data, now + self.lifetime(error))
 
     def known(self, key: str) -> BuildError | None:
-        """A verdict on the image `key` that this process holds: no I/O."""
-        data = self._verdicts.get(key)
-        return BuildError.from_dict(data) if data is not None else None
+        """A failure of the image `key` that this process holds and that
+        still answers pulls: no I/O."""
+        hit = self._memory.get(key)
+        if hit is None or self._clock() >= hit[1]:
+            return None
+        return BuildError.from_dict(hit[0])
 
     def recall(self, key: str, *, since: float | None = None) -> BuildError | None:
-        """The error to answer for the image `key`: a verdict still in
-        force, or, with `since`, whatever failure a build met from then on
-        (the build this request waited for)."""
+        """The error to answer for the image `key`: a failure still in force,
+        or, with `since`, whatever failure a build met from then on (the
+        build this request waited for)."""
         known = self.known(key)
         if known is not None:
             return known
@@ -64,9 +84,9 @@ class Failures:
             return None
         stored = json.loads(raw)
         error = BuildError.from_dict(stored["error"])
-        age = self._clock() - stored["at"]
-        if is_verdict(error) and 0 <= age < self.verdict_seconds:
-            self._verdicts[key] = stored["error"]
+        until = stored["at"] + self.lifetime(error)
+        if stored["at"] <= self._clock() < until:
+            self._memory[key] = (stored["error"], until)
             return error
         if since is not None and stored["at"] >= since:
             return error

@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS builds (
     tag TEXT NOT NULL,
     key TEXT NOT NULL,          -- the manifest cache key
     status TEXT NOT NULL,       -- building | built | failed | timeout
+    phase TEXT,                 -- what a building job is doing (builders/jobs.py)
     started REAL NOT NULL,
     finished REAL,
     code TEXT,
@@ -57,6 +58,7 @@ class Build:
     closure_size: int | None
     layers: list | None
     log_path: str
+    phase: str | None = None
 
 
 class BuildHistory:
@@ -85,6 +87,9 @@ class BuildHistory:
                 if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(builds)")}
+                if "phase" not in columns:  # a history from before builds had phases
+                    db.execute("ALTER TABLE builds ADD COLUMN phase TEXT")
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
@@ -126,6 +131,9 @@ class BuildHistory:
                    "WHERE id=?", (time.time(), closure_size, json.dumps(layers), build.id))
         db.executemany("INSERT OR IGNORE INTO layer_use (digest, key) VALUES (?, ?)",
                        [(l["digest"], key) for l in layers])
+
+    def phase(self, build: Build, phase: str):
+        self._db().execute("UPDATE builds SET phase=? WHERE id=?", (phase, build.id))
 
     def failed(self, build: Build, *, status, code, message):
         self._db().execute("UPDATE builds SET status=?, finished=?, code=?, message=? WHERE id=?",

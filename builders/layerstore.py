@@ -39,12 +39,16 @@ class LayerStore:
         self._seen = LockedTTLCache(maxsize=1 << 16, ttl=SEEN_SECONDS)
         self._once = Once()
 
-    def store_layers(self, groups, tree) -> list[dict]:
+    def store_layers(self, groups, tree, on_layer=None) -> list[dict]:
         """The layers of `groups` (tuples of store paths) and then of the
         symlink `tree`, made in parallel on the layer pool, in order; each
-        {digest, size, diff_id, paths}."""
+        {digest, size, diff_id, paths}.  `on_layer()` is called as each is
+        done."""
         futures = [self._submit(self._store_paths, g) for g in groups]
         futures.append(self._submit(self._store_tree, tree))
+        if on_layer:
+            for f in futures:
+                f.add_done_callback(lambda _: on_layer())
         try:
             return [f.result() for f in futures]
         finally:

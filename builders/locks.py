@@ -49,13 +49,16 @@ class BuildLocks:
         return os.path.join(self.root, name)
 
     @contextlib.contextmanager
-    def image(self, key, timeout):
-        """Hold the lock of one image; waits while another process builds it.
-        Yields whether it waited: only then may that build's outcome be there."""
+    def image(self, key, timeout, on_wait=None):
+        """Hold the lock of one image; waits while another process builds it
+        (calling `on_wait()` first).  Yields whether it waited: only then may
+        that build's outcome be there."""
         path = self._path(f"image-{key}.lock")
         deadline, delay = time.monotonic() + timeout, _POLL_MIN
         fd = _try_lock(path)
         waited = fd is None
+        if waited and on_wait:
+            on_wait()
         while fd is None:
             delay = _wait(deadline, delay)
             if delay is None:
@@ -69,9 +72,11 @@ class BuildLocks:
             os.close(fd)
 
     @contextlib.contextmanager
-    def slot(self):
-        """Hold one of `max_builds` build slots, waiting at most `queue_timeout`."""
+    def slot(self, on_wait=None):
+        """Hold one of `max_builds` build slots, waiting at most `queue_timeout`
+        (calling `on_wait()` when it has to wait)."""
         deadline, delay = time.monotonic() + self.queue_timeout, _POLL_MIN
+        first = True
         while True:
             for i in range(self.max_builds):
                 fd = _try_lock(self._path(f"slot-{i}.lock"))
@@ -81,6 +86,9 @@ class BuildLocks:
                     finally:
                         os.close(fd)
                     return
+            if first and on_wait:
+                on_wait()
+            first = False
             delay = _wait(deadline, delay)
             if delay is None:
                 raise BuildQueueFull(

@@ -4,7 +4,8 @@ Each piece it uses has a module of its own, made in `create_app` and
 handed in: the revisions of the package source (`revisions`), the memory
 of failures (`failures`), the build locks of this machine (`locks`), the
 layer store (`layerstore`), popularity for layering (`popularity`), Nix
-(`nix`) and the pages' build history (`history`).
+(`nix`), the pages' build history (`history`) and the jobs that outlive
+requests (`jobs`).
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import time
 
 from storage import keys
 from . import forest, layers, manifest, metrics
-from .errors import BuildError, BuildQueueFull, BuildTimeout, InvalidImage, PackagesNotFound, \
-    PackagesRefused
+from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
+                     PackagesNotFound, PackagesRefused)
 from .image import HOST_SYSTEM, Image
+from .jobs import Job, Jobs
 from .nix import Deadline
 from .records import ImageRecord, cache_key
 from .suggest import close_matches
-from .sync import LockedTTLCache, Once
+from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +31,16 @@ RECORD_SECONDS = 24 * 3600
 # Time beyond NIX_TIMEOUT a build may take to make and store its layers,
 # and so how long a request waits for another process's build.
 UPLOAD_MARGIN = 300
+# What a pull that stopped waiting for a job tells the client to wait
+# before it asks again.  containers/image (podman, skopeo) honours it;
+# containerd 1.6 retries at once whatever it says.
+RETRY_AFTER = 10
 
 
 class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, layerstore, popularity, nix,
-                 history=None, nix_timeout: float = 60.0, max_layers: int = 100):
+                 jobs=None, history=None, nix_timeout: float = 60.0, max_layers: int = 100,
+                 pull_wait: float = 25.0):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
@@ -44,17 +51,35 @@ class ImageService:
         self.history = history
         self.nix_timeout = nix_timeout
         self.max_layers = max_layers
+        self.pull_wait = pull_wait
+        self.jobs = jobs or Jobs()
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
-        self._once = Once()
 
     @property
     def source(self):
         return self.revisions.source
 
-    def image(self, image: Image, tag: str) -> ImageRecord:
-        """The image's record: from memory, from storage, or built now.  One
-        build at a time per image on this machine; concurrent callers share
-        it, and an image that failed answers with its remembered error."""
+    def image(self, image: Image, tag: str, *, wait: float | None = None) -> ImageRecord:
+        """The image's record: from memory, from storage, or made by a job.
+
+        A job runs whether or not anyone waits for it; this waits for it at
+        most `wait` seconds (NIXERY_PULL_WAIT by default) and then raises
+        BuildInProgress, saying what the job is doing.  One job per image at
+        a time in this process (and one build per image on the machine);
+        an image that failed answers with its remembered error.
+        """
+        record_or_job = self.start(image, tag)
+        if not isinstance(record_or_job, Job):
+            return record_or_job
+        job = record_or_job
+        if not job.wait(self.pull_wait if wait is None else wait):
+            raise BuildInProgress(job.progress(), job.seconds, retry_after=RETRY_AFTER)
+        return job.outcome()
+
+    def start(self, image: Image, tag: str):
+        """The image's record when this process holds it, else the job that
+        finds or builds it (started now, or already running); raises a
+        failure it remembers."""
         revision = self.revisions.resolve(tag)
         key = cache_key(image, revision, self.max_layers)
         record = self._records.get(key)
@@ -65,7 +90,8 @@ class ImageService:
         if error is not None:
             metrics.MANIFEST_CACHE.labels("failure").inc()
             raise error
-        return self._once(key, lambda: self._find_or_build(image, tag, revision, key))
+        return self.jobs.start(key, image.name, tag, lambda job: self._find_or_build(
+            image, tag, revision, key, job))
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds (for pages)."""
@@ -78,14 +104,14 @@ class ImageService:
         return self.nix.resolve(revision.nix, HOST_SYSTEM[0], [name.split(".")],
                                 Deadline(self.nix_timeout))[0]
 
-    def _find_or_build(self, image, tag, revision, key) -> ImageRecord:
+    def _find_or_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
         record = self._load(key)  # built by another worker or instance
         if record is None:
             error = self.failures.recall(key)
             if error is not None:
                 metrics.MANIFEST_CACHE.labels("failure").inc()
                 raise error
-            record = self._build_once(image, tag, revision, key)
+            record = self._build_once(image, tag, revision, key, job)
         self._records[key] = record
         return record
 
@@ -97,11 +123,13 @@ class ImageService:
         logger.info("image %s found in storage", key[:12])
         return ImageRecord.from_json(data)
 
-    def _build_once(self, image, tag, revision, key) -> ImageRecord:
+    def _build_once(self, image, tag, revision, key, job: Job) -> ImageRecord:
         """Build, unless another process of this machine is at it: then wait
         for its record, or its error."""
         waiting_since = time.time()
-        with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN) as waited:
+        with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN,
+                              on_wait=lambda: job.set_phase("waiting for another worker")
+                              ) as waited:
             if waited:
                 record = self._load(key)
                 if record is not None:
@@ -113,22 +141,29 @@ class ImageService:
             try:
                 with contextlib.ExitStack() as slot:
                     with metrics.BUILDS_QUEUED.track_inprogress():
-                        slot.enter_context(self.locks.slot())
-                    return self._tracked_build(image, tag, revision, key)
+                        slot.enter_context(self.locks.slot(
+                            on_wait=lambda: job.set_phase("waiting for a build slot")))
+                    return self._tracked_build(image, tag, revision, key, job)
             except BuildQueueFull:
                 raise  # not a failure of the image: the next request may get a slot
             except BuildError as e:
                 self.failures.remember(key, e)
                 raise
 
-    def _tracked_build(self, image, tag, revision, key) -> ImageRecord:
+    def _tracked_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
         """_build, with its history entry, its log file and its metrics."""
         build = self.history.start(image.label, tag, key) if self.history else None
+        job.log_path = build and build.log_path
+
+        def phase(name):
+            job.set_phase(name)
+            if build:
+                self.history.phase(build, name)
         started = time.monotonic()
         outcome = "failed"
         try:
             with metrics.BUILDS_IN_FLIGHT.track_inprogress():
-                record = self._build(image, revision, key, log_path=build and build.log_path)
+                record = self._build(image, revision, key, job, phase)
             outcome = "built"
             if build:
                 self.history.built(build, closure_size=record.closure_size, key=key,
@@ -150,12 +185,13 @@ class ImageService:
             metrics.BUILDS.labels(outcome).inc()
             metrics.BUILD_SECONDS.labels(outcome).observe(time.monotonic() - started)
 
-    def _build(self, image: Image, revision, key: str, log_path=None) -> ImageRecord:
+    def _build(self, image: Image, revision, key: str, job: Job, phase) -> ImageRecord:
         if not image.packages:
             raise InvalidImage("the image name lists no packages")
         metrics.MANIFEST_CACHE.labels("miss").inc()
         started = time.monotonic()
-        deadline = Deadline(self.nix_timeout, log_path=log_path)
+        deadline = Deadline(self.nix_timeout, log_path=job.log_path)
+        phase("evaluating")
         source = revision.nix
         paths = image.attribute_paths
         logger.info("building %s for %s from %s, %s", image.name, image.system,
@@ -181,6 +217,7 @@ class ImageService:
         if refused:
             raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
 
+        phase("realising")
         self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved}, deadline)
         closure = self.nix.closure([r.out for r in resolved], deadline)
         nix_seconds = time.monotonic() - started
@@ -189,7 +226,10 @@ class ImageService:
         names = [p.name for p in closure]
         counts, popular = self.popularity.for_layering(names)
         groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
-        stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots))
+        phase("making layers")
+        job.layers(len(groups) + 1)
+        stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
+                                              on_layer=job.layer_done)
         self.popularity.record(names)
 
         by_attr = {r.attr_path: r for r in resolved}
@@ -199,6 +239,7 @@ class ImageService:
         cmd = ["bash"] if "bashInteractive" in by_attr else None
         config = manifest.image_config(arch=image.arch, diff_ids=[l["diff_id"] for l in stored],
                                        env=env, cmd=cmd)
+        phase("storing")
         config_ref = self.layerstore.store_blob(config)
         manifests = {}
         for media_type in manifest.MANIFEST_TYPES:

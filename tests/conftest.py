@@ -6,6 +6,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import uuid
 
 import pytest
 
@@ -70,6 +71,13 @@ def package_set(dest, replacements=()):
     with open(os.path.join(dest, "default.nix"), "w") as f:
         f.write(text)
     return str(dest)
+
+
+def drowsy_set(dest, seconds):
+    """A copy of the test package set whose `drowsy` takes `seconds` to build,
+    and has not been built before (a salt of its own)."""
+    return package_set(dest, [("sleep 25 # salt: none",
+                                f"sleep {seconds} # salt: {uuid.uuid4().hex}")])
 
 
 def need(*programs):

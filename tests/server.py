@@ -91,9 +91,10 @@ class Server:
         # a worker still importing the app accepts but answers late
         if wait_ready(self.proc, lambda: answers(self.url + "/v2/", 200), timeout):
             return self
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.read_log()}")
+        exited = self.proc.poll()
         self.stop()
+        if exited is not None:
+            raise RuntimeError(f"gunicorn exited with {exited}:\n{self.read_log()}")
         raise RuntimeError(f"gunicorn did not answer within {timeout}s:\n{self.read_log()}")
 
     def read_log(self) -> str:

@@ -64,6 +64,9 @@ def test_gcs_values_from_the_environment(tmp_path):
     ({"NIXERY_COMPRESSION_LEVEL": "6"}, "NIXERY_COMPRESSION_LEVEL"),  # isal has 0-3
     ({"NIXERY_COMPRESSOR": "zlib", "NIXERY_COMPRESSION_LEVEL": "10"}, "NIXERY_COMPRESSION_LEVEL"),
     ({"NIX_POPULARITY_URL": "ftp://example/pop.json"}, "NIX_POPULARITY_URL"),
+    ({"NIXERY_PULL_WAIT": "-1"}, "NIXERY_PULL_WAIT"),
+    ({"NIXERY_PULL_WAIT": "a minute"}, "NIXERY_PULL_WAIT"),
+    ({"NIXERY_FAILURE_TTL": "-5"}, "NIXERY_FAILURE_TTL"),
 ])
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError) as info:

@@ -99,3 +99,28 @@ def test_pulls_work_when_the_history_cannot_open(tmp_path):
     assert c.get("/v2/hello/manifests/latest").status_code == 200
     assert c.get("/").status_code == 200
     assert c.get("/builds/hello:latest").status_code == 200
+
+
+def test_build_page_shows_what_a_running_job_is_doing(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.image import Image
+    from tests.conftest import drowsy_set
+    app = create_app(Config(pkgs_path=drowsy_set(tmp_path / "pkgs", 4),
+                            storage_path=str(tmp_path / "s"), pull_wait=0.5))
+    client = app.test_client()
+    r = client.get("/v2/drowsy/manifests/latest")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "10"
+    error = r.get_json()["errors"][0]
+    assert error["message"].startswith("drowsy:latest is still building (")
+    assert error["detail"]["build_page"] == "http://localhost/builds/drowsy:latest"
+    page = client.get("/builds/drowsy:latest").get_data(as_text=True)
+    assert 'id="status">building<' in page
+    assert re.search(r'id="phase">(evaluating|realising|making layers|storing)<', page)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    running = [float(v) for v in re.findall(r'^registry_build_jobs\{phase="[^"]+"\} (\S+)$',
+                                            metrics, re.M)]
+    assert sum(running) >= 1
+    # the job goes on; a later pull gets the image
+    app.extensions["images"].image(Image.from_name("drowsy"), "latest", wait=60)
+    assert client.get("/v2/drowsy/manifests/latest").status_code == 200

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from builders import tarball
-from builders.errors import BuildFailed, InvalidImage, PackagesNotFound
+from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildTimeout, InvalidImage,
+                             PackagesNotFound, PackageUnbuildable, SourceUnavailable)
 from builders.image import Image
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.failures import Failures
@@ -21,7 +22,7 @@ from builders.revisions import Revisions
 from builders.service import ImageService
 from builders.sources import PathSource
 from storage import FilesystemStorage, keys
-from tests.conftest import PKGS
+from tests.conftest import PKGS, drowsy_set
 
 
 class CountingStorage(FilesystemStorage):
@@ -72,16 +73,17 @@ class CountingNix(Nix):
         return super()._run(cmd, deadline)
 
 
-def service(root, *, popularity_url=None, max_layers=100, layer_workers=None):
+def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pkgs=PKGS,
+            pull_wait=120):
     """An image service on the test package set, as create_app wires one."""
     store = CountingStorage(root)
     return ImageService(
-        store, revisions=Revisions(PathSource(str(PKGS)), store, refresh=300),
+        store, revisions=Revisions(PathSource(str(pkgs)), store, refresh=300),
         failures=Failures(store),
         locks=BuildLocks(os.path.join(root, ".state", "locks"), max_builds=2, queue_timeout=30),
         layerstore=LayerStore(store, workers=layer_workers),
         popularity=Popularity(store, popularity_url), nix=CountingNix(),
-        nix_timeout=120, max_layers=max_layers)
+        nix_timeout=120, max_layers=max_layers, pull_wait=pull_wait)
 
 
 def manifest_of(record, media_type=DOCKER_MANIFEST):
@@ -245,13 +247,15 @@ def test_unknown_packages_are_remembered_not_evaluated_again(tmp_path):
     with pytest.raises(PackagesNotFound) as info:
         other.image(Image.from_name("nosuchpkg/hello"), "latest")
     assert "nosuchpkg" in info.value.message and other.nix.runs == 0
-    # refusals too; build failures are not remembered (a retry may succeed)
-    with pytest.raises(Exception):
-        svc.image(Image.from_name("unfree-tool"), "latest")
-    runs = svc.nix.runs
-    with pytest.raises(Exception):
-        svc.image(Image.from_name("unfree-tool"), "latest")
-    assert svc.nix.runs == runs
+    # refusals and build failures too: the same at the same revision
+    for name in ("unfree-tool", "broken"):
+        with pytest.raises(PackageUnbuildable if name == "unfree-tool" else BuildFailed):
+            svc.image(Image.from_name(name), "latest")
+        runs = svc.nix.runs
+        for _ in range(2):
+            with pytest.raises(BuildError):
+                svc.image(Image.from_name(name), "latest")
+        assert svc.nix.runs == runs
 
 
 def test_layers_made_in_parallel_are_the_layers_made_one_by_one(tmp_path):
@@ -309,16 +313,17 @@ def test_every_storage_call_of_a_cold_pull_has_a_reason(tmp_path):
     assert len(other.storage.calls) == before
 
 
-def test_a_build_failure_answers_only_the_requests_that_waited_for_it(tmp_path):
-    """A failure that is no verdict on the image (a build error) reaches the
-    requests that waited for that build, in any process, and only them."""
+def test_a_passing_failure_answers_only_the_requests_that_waited_for_it(tmp_path):
+    """A failure that says nothing of the image (the source could not be
+    fetched) reaches the requests that waited for that build, in any
+    process, and only them."""
     failures = Failures(FilesystemStorage(tmp_path))
     key = "k" * 64
     waiting_since = time.time()
-    failures.remember(key, BuildFailed("package broken failed to build"))
+    failures.remember(key, SourceUnavailable("cannot fetch the channel"))
     other = Failures(FilesystemStorage(tmp_path))    # another worker
-    assert other.recall(key) is None                  # a new pull builds again
-    assert other.recall(key, since=waiting_since).message == "package broken failed to build"
+    assert other.recall(key) is None                  # a new pull tries again
+    assert other.recall(key, since=waiting_since).message == "cannot fetch the channel"
     assert other.recall(key, since=time.time() + 1) is None  # waited for a later build
 
 
@@ -331,3 +336,34 @@ def test_verdicts_expire(tmp_path):
     now[0] += 61
     assert Failures(FilesystemStorage(tmp_path), verdict_seconds=60,
                     clock=lambda: now[0]).recall("k") is None
+
+
+def test_a_pull_waits_a_bounded_time_and_the_build_goes_on(tmp_path):
+    svc = service(tmp_path / "store", pkgs=drowsy_set(tmp_path / "pkgs", 4), pull_wait=1)
+    image = Image.from_name("drowsy")
+    with pytest.raises(BuildInProgress) as info:
+        svc.image(image, "latest")
+    assert info.value.retry_after > 0
+    assert info.value.progress.startswith(("evaluating", "realising"))
+    assert "still building" in info.value.message
+    # the job went on without a waiter; a later pull gets the image, from
+    # the same single build
+    record = svc.image(image, "latest", wait=60)
+    assert record.packages == ["drowsy"]
+    assert svc.storage.puts.count(keys.manifest(record.key)) == 1
+
+
+def test_outcomes_remembered_by_kind(tmp_path):
+    now = [1000.0]
+    failures = Failures(FilesystemStorage(tmp_path), verdict_seconds=3600, timeout_seconds=60,
+                        clock=lambda: now[0])
+    failures.remember("broken", BuildFailed("package broken failed to build"))
+    failures.remember("slow", BuildTimeout(10))
+    failures.remember("offline", SourceUnavailable("cannot fetch the channel"))
+    now[0] += 30
+    assert isinstance(failures.recall("broken"), BuildFailed)
+    assert isinstance(failures.recall("slow"), BuildTimeout)
+    assert failures.recall("offline") is None  # may work on the next try
+    now[0] += 31
+    assert failures.known("slow") is None and failures.recall("slow") is None
+    assert isinstance(failures.known("broken"), BuildFailed)

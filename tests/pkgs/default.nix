@@ -262,6 +262,13 @@ let
       '';
     };
 
+    # Takes a while to build, but less than a NIX_TIMEOUT: long enough that a
+    # pull stops waiting for it.  Tests copy the set with their own time and
+    # a salt in its script (tests/conftest.py: drowsy_set), to watch it build.
+    drowsy = script "drowsy" "drowsy" "echo awake" ''
+      sleep 25 # salt: none
+    '';
+
     # Refusals the way nixpkgs throws them.
     unfree-tool = throw "Package ‘unfree-tool-1.0’ has an unfree license (‘unfree’), refusing to evaluate.";
     insecure-tool = throw "Package ‘insecure-tool-0.1’ is marked as broken, refusing to evaluate.";

@@ -1,0 +1,81 @@
+"""Operators' commands, in the Flask CLI: `flask --app app prebuild ...`."""
+from __future__ import annotations
+
+import time
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from builders.errors import BuildError
+from builders.image import Image
+from builders.jobs import Job
+
+from . import grammar
+
+# How often the progress bar looks at the jobs.
+POLL_SECONDS = 0.5
+
+
+@click.command("prebuild")
+@click.argument("names", nargs=-1)
+@click.option("--file", "-f", "names_file", type=click.File(),
+              help="Image names, one per line (# starts a comment).")
+@click.option("--tag", default="latest", show_default=True, help="The tag to build them at.")
+@with_appcontext
+def prebuild(names, names_file, tag):
+    """Build images before anyone pulls them, e.g. after a channel moved.
+
+    NAMES are image names as pulled: shell/git, htop, arm64/hello, ...
+    Exits 1 when any of them cannot be built.
+    """
+    names = list(names)
+    if names_file is not None:
+        names += [line.split("#", 1)[0].strip() for line in names_file]
+    names = [n for n in dict.fromkeys(names) if n]
+    if not names:
+        raise click.UsageError("name at least one image, or a file of them with --file")
+    bad = [n for n in names if not grammar.valid_name(n)]
+    if bad or not grammar.TAG_RE.fullmatch(tag):
+        raise click.UsageError("not an image name: " + ", ".join(bad) if bad
+                               else f"not a tag: {tag!r}")
+    images = current_app.extensions["images"]
+    outcomes: dict[str, str] = {}
+    jobs: dict[str, Job] = {}
+    for name in names:
+        try:
+            started = images.start(Image.from_name(name), tag)
+        except BuildError as e:
+            outcomes[name] = f"failed: {e.message}"
+            continue
+        if isinstance(started, Job):
+            jobs[name] = started
+        else:
+            outcomes[name] = "already built"
+
+    def current(_):
+        running = [f"{n} ({job.progress()})" for n, job in jobs.items() if n not in outcomes]
+        return running[0] if running else ""
+
+    with click.progressbar(length=len(names), label="prebuilding", item_show_func=current,
+                           show_pos=True) as bar:
+        bar.update(len(outcomes))
+        while len(outcomes) < len(names):
+            for name, job in jobs.items():
+                if name in outcomes or not job.done:
+                    continue
+                try:
+                    job.outcome()
+                    outcomes[name] = f"built in {job.seconds:.0f}s"
+                except Exception as e:  # storage trouble too: say it, go on with the rest
+                    outcomes[name] = f"failed: {getattr(e, 'message', e)}"
+                bar.update(1)
+            bar.render_progress()
+            if len(outcomes) < len(names):
+                time.sleep(POLL_SECONDS)
+    failed = 0
+    for name in names:
+        click.echo(f"{name}:{tag}: {outcomes[name]}")
+        failed += outcomes[name].startswith("failed")
+    if failed:
+        raise SystemExit(1)
