@@ -26,6 +26,7 @@ def _history(path):
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
     from builders import sources
+    from builders.claims import Claims
     from builders.failures import Failures
     from builders.layerstore import LayerStore
     from builders.locks import BuildLocks
@@ -40,6 +41,7 @@ def make_images(config: Config, store, *, nix=None):
         failures=Failures(store, verdict_seconds=config.failure_ttl),
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
+        claims=Claims(store, lease=config.build_lease),
         layerstore=LayerStore(store, config.compression),
         popularity=Popularity(store, config.popularity_url),
         nix=nix or Nix(),

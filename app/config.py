@@ -58,6 +58,9 @@ class Config:
     # How long a failure that will happen again (unknown or refused
     # packages, a build error) answers pulls of its image without Nix.
     failure_ttl: float = 3600.0
+    # How long an instance's claim on a build lasts unless it renews it:
+    # how soon another instance takes over the build of one that died.
+    build_lease: float = 60.0
     # This machine's own state: build locks, build history, metrics files.
     state_path: str | None = None
     # prometheus_client's multiprocess folder (its own variable name); set
@@ -99,6 +102,8 @@ class Config:
             raise ConfigError(f"NIXERY_PULL_WAIT must be 0 or more seconds, not {self.pull_wait}")
         if self.failure_ttl < 0:
             raise ConfigError(f"NIXERY_FAILURE_TTL must be 0 or more seconds, not {self.failure_ttl}")
+        if not self.build_lease >= 3:
+            raise ConfigError(f"NIXERY_BUILD_LEASE must be at least 3 seconds, not {self.build_lease}")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
         if self.compressor not in compress.KINDS:
@@ -211,6 +216,7 @@ class Config:
                                        cls.build_queue_timeout),
             pull_wait=number("NIXERY_PULL_WAIT", float, cls.pull_wait),
             failure_ttl=number("NIXERY_FAILURE_TTL", float, cls.failure_ttl),
+            build_lease=number("NIXERY_BUILD_LEASE", float, cls.build_lease),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

@@ -35,16 +35,30 @@ UPLOAD_MARGIN = 300
 # before it asks again.  containers/image (podman, skopeo) honours it;
 # containerd 1.6 retries at once whatever it says.
 RETRY_AFTER = 10
+# How far apart the clocks of two instances may be, for failures one stores
+# and another reads.
+CLOCK_SKEW = 5
+# How often a process waiting for another instance's build looks at storage.
+CLAIM_POLL_MIN, CLAIM_POLL_MAX = 0.5, 5.0
+
+
+class _Found(Exception):
+    """Another process stored the image meanwhile: the wait ends with it."""
+
+    def __init__(self, record):
+        super().__init__(record.key)
+        self.record = record
 
 
 class ImageService:
-    def __init__(self, storage, *, revisions, failures, locks, layerstore, popularity, nix,
-                 jobs=None, history=None, nix_timeout: float = 60.0, max_layers: int = 100,
+    def __init__(self, storage, *, revisions, failures, locks, claims, layerstore, popularity,
+                 nix, jobs=None, history=None, nix_timeout: float = 60.0, max_layers: int = 100,
                  pull_wait: float = 25.0):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
         self.locks = locks
+        self.claims = claims
         self.layerstore = layerstore
         self.popularity = popularity
         self.nix = nix
@@ -111,7 +125,10 @@ class ImageService:
             if error is not None:
                 metrics.MANIFEST_CACHE.labels("failure").inc()
                 raise error
-            record = self._build_once(image, tag, revision, key, job)
+            try:
+                record = self._build_once(image, tag, revision, key, job)
+            except _Found as found:
+                record = found.record
         self._records[key] = record
         return record
 
@@ -124,31 +141,68 @@ class ImageService:
         return ImageRecord.from_json(data)
 
     def _build_once(self, image, tag, revision, key, job: Job) -> ImageRecord:
-        """Build, unless another process of this machine is at it: then wait
-        for its record, or its error."""
-        waiting_since = time.time()
+        """Build, unless another process is at it: then wait for its record,
+        or its error.  On this machine a lock file says who builds; between
+        instances, a claim in storage."""
+        # the other side's clock stamps its failure: allow for some skew
+        waiting_since = time.time() - CLOCK_SKEW
         with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN,
                               on_wait=lambda: job.set_phase("waiting for another worker")
                               ) as waited:
             if waited:
-                record = self._load(key)
-                if record is not None:
-                    return record
-                error = self.failures.recall(key, since=waiting_since)
-                if error is not None:
-                    logger.info("image %s failed in another process: %s", key[:12], error.message)
-                    raise error
+                self._raise_outcome(key, waiting_since)
+            claim = self.claims.acquire(key)
+            if claim is None:
+                job.set_phase("waiting for another instance")
+                claim = self._wait_for_claim(key, waiting_since)
             try:
-                with contextlib.ExitStack() as slot:
-                    with metrics.BUILDS_QUEUED.track_inprogress():
-                        slot.enter_context(self.locks.slot(
-                            on_wait=lambda: job.set_phase("waiting for a build slot")))
-                    return self._tracked_build(image, tag, revision, key, job)
-            except BuildQueueFull:
-                raise  # not a failure of the image: the next request may get a slot
-            except BuildError as e:
-                self.failures.remember(key, e)
-                raise
+                with claim.kept():
+                    return self._build_claimed(image, tag, revision, key, job)
+            finally:
+                claim.release()
+
+    def _raise_outcome(self, key, since):
+        """End the wait for another process's build: raise _Found with the
+        record it stored, or the failure it met since `since`."""
+        record = self._load(key)
+        if record is not None:
+            raise _Found(record)
+        error = self.failures.recall(key, since=since)
+        if error is not None:
+            logger.info("image %s failed in another process: %s", key[:12], error.message)
+            raise error
+
+    def _wait_for_claim(self, key, since):
+        """Wait while another instance holds the image's claim: until its
+        outcome is stored, or its lease ends and this process takes over."""
+        delay = CLAIM_POLL_MIN
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, CLAIM_POLL_MAX)
+            self._raise_outcome(key, since)
+            claim = self.claims.acquire(key)
+            if claim is not None:
+                # its holder may have stored the image just before letting go
+                try:
+                    self._raise_outcome(key, since)
+                except BaseException:
+                    claim.release()
+                    raise
+                return claim
+
+    def _build_claimed(self, image, tag, revision, key, job: Job) -> ImageRecord:
+        """Build within the build slots, remembering how it failed."""
+        try:
+            with contextlib.ExitStack() as slot:
+                with metrics.BUILDS_QUEUED.track_inprogress():
+                    slot.enter_context(self.locks.slot(
+                        on_wait=lambda: job.set_phase("waiting for a build slot")))
+                return self._tracked_build(image, tag, revision, key, job)
+        except BuildQueueFull:
+            raise  # not a failure of the image: the next request may get a slot
+        except BuildError as e:
+            self.failures.remember(key, e)
+            raise
 
     def _tracked_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
         """_build, with its history entry, its log file and its metrics."""

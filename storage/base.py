@@ -45,6 +45,20 @@ class Storage(abc.ABC):
         match it (or, for a blob key, its sha256).
         """
 
+    # Small records that writers race for (build claims): written whole,
+    # conditionally on what the writer last saw, so of two writers exactly
+    # one wins.
+
+    @abc.abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and a token of this version of it, or None."""
+
+    @abc.abstractmethod
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        """Write `data` under `key` only if the object is still at `version`
+        (None: only if there is no object); the new version, or None when it
+        was not written."""
+
     def url(self, key: str) -> str | None:
         """A URL clients may fetch the object from directly, or None to stream it."""
         return None

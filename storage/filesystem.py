@@ -1,6 +1,8 @@
 """Storage in a local folder (the default backend)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -33,6 +35,7 @@ class FilesystemStorage(Storage):
         self.root = os.path.abspath(root)
         self.tmp = os.path.join(self.root, ".tmp")
         self.corrupt = os.path.join(self.root, ".corrupt")
+        self.locks = os.path.join(self.root, ".locks")
         # path -> (inode, size, mtime) of files whose digest was checked:
         # a file changed since (truncated, rewritten) is checked again
         self._verified = LRUCache(maxsize=1 << 16)
@@ -102,6 +105,45 @@ class FilesystemStorage(Storage):
             os.replace(path, os.path.join(self.corrupt, os.path.basename(path)))
         except FileNotFoundError:
             pass  # another request set it aside first
+
+    @staticmethod
+    def _version(path) -> str | None:
+        # every write is a new file renamed into place: a new inode
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return f"{st.st_ino}:{st.st_mtime_ns}"
+
+    @contextlib.contextmanager
+    def _locked(self, key):
+        """The key's lock, for conditional writes; instances sharing the folder
+        (over NFS, say) share it too."""
+        os.makedirs(self.locks, exist_ok=True)
+        fd = os.open(os.path.join(self.locks, hashlib.sha256(key.encode()).hexdigest()),
+                     os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def read_versioned(self, key):
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                return f.read(), f"{st.st_ino}:{st.st_mtime_ns}"
+        except FileNotFoundError:
+            return None
+
+    def put_if(self, key, data, *, version):
+        path = self._path(key)
+        with self._locked(key):
+            if self._version(path) != version:
+                return None
+            self.put_bytes(key, data, "application/json")
+            return self._version(path)
 
     def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
         path = self._path(key)

@@ -319,6 +319,44 @@ class GCSStorage(Storage):
             raise IntegrityError(f"{key}: {self.name} stored MD5 {blob.md5_hash}, size "
                                  f"{blob.size} instead of {md5_b64}, {size}")
 
+    # -- conditional writes of small records -------------------------------------
+
+    def read_versioned(self, key):
+        meta = self._metadata(key)
+        if meta is None:
+            return None
+        what = f"reading {key}"
+        pinned = self._bucket.blob(key, generation=meta.generation)
+        try:
+            data = _Attempts(self, what).call(pinned.download_as_bytes, raw_download=True,
+                                              checksum=None, timeout=TIMEOUT, retry=None)
+        except api.NotFound:
+            return None  # replaced or removed since we looked: as good as absent
+        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
+            raise self._failed(what, e) from e
+        return data, str(meta.generation)
+
+    def put_if(self, key, data, *, version):
+        _check_key(key)
+        what = f"writing {key}"
+        attempts = _Attempts(self, what)
+        blob = self._bucket.blob(key)
+        try:
+            attempts.call(blob.upload_from_string, data, content_type="application/json",
+                          if_generation_match=int(version) if version else 0,
+                          timeout=TIMEOUT, retry=None)
+            return str(blob.generation)
+        except api.PreconditionFailed:
+            if attempts.count > 1:
+                # an earlier attempt may have been written though its answer
+                # was lost: then what is there now is ours
+                current = self.read_versioned(key)
+                if current is not None and current[0] == data:
+                    return current[1]
+            return None
+        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
+            raise self._failed(what, e) from e
+
     # -- signed URLs ----------------------------------------------------------
 
     def url(self, key):

@@ -27,6 +27,11 @@ def failure(cache_key: str) -> str:
     return f"failures/{cache_key}"
 
 
+def claim(cache_key: str) -> str:
+    """Which instance builds an image now, and until when its lease runs."""
+    return f"claims/{cache_key}"
+
+
 def blob_source(digest: str) -> str:
     """How to make a blob again: its store paths, its tree, or its bytes."""
     return f"blobsources/{digest}"

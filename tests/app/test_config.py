@@ -67,6 +67,7 @@ def test_gcs_values_from_the_environment(tmp_path):
     ({"NIXERY_PULL_WAIT": "-1"}, "NIXERY_PULL_WAIT"),
     ({"NIXERY_PULL_WAIT": "a minute"}, "NIXERY_PULL_WAIT"),
     ({"NIXERY_FAILURE_TTL": "-5"}, "NIXERY_FAILURE_TTL"),
+    ({"NIXERY_BUILD_LEASE": "1"}, "NIXERY_BUILD_LEASE"),
 ])
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError) as info:

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import subprocess
+import threading
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildTime
                              PackagesNotFound, PackageUnbuildable, SourceUnavailable)
 from builders.image import Image
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from builders.claims import Claims
 from builders.failures import Failures
 from builders.layerstore import LayerStore
 from builders.locks import BuildLocks
@@ -26,39 +28,36 @@ from tests.conftest import PKGS, drowsy_set
 
 
 class CountingStorage(FilesystemStorage):
-    """Filesystem storage that notes every call: (method, key)."""
+    """Filesystem storage that notes every call of the interface: (method,
+    key); calls the driver makes to itself are part of the one noted."""
 
     def __init__(self, root):
         super().__init__(root)
         self.calls = []
+        self._inside = threading.local()
 
     @property
     def puts(self):
         return [key for method, key in self.calls if method == "put"]
 
-    def exists(self, key):
-        self.calls.append(("exists", key))
-        return super().exists(key)
+    def _noted(name, method):
+        def noted(self, key, *args, **kwargs):
+            outermost = not getattr(self._inside, "depth", 0)
+            if outermost:
+                self.calls.append((name, key))
+            self._inside.depth = getattr(self._inside, "depth", 0) + 1
+            try:
+                return method(self, key, *args, **kwargs)
+            finally:
+                self._inside.depth -= 1
+        return noted
 
-    def open(self, key):
-        self.calls.append(("open", key))
-        return super().open(key)
-
-    def read(self, key):
-        # one call of the interface, whatever the base class does for it
-        self.calls.append(("read", key))
-        return FilesystemStorage.read(_Quiet(self), key)
-
-    def put(self, key, fileobj, **kw):
-        self.calls.append(("put", key))
-        return super().put(key, fileobj, **kw)
-
-
-class _Quiet:
-    """The storage without the notes, for calls the base class makes itself."""
-
-    def __init__(self, storage):
-        self.open = lambda key: FilesystemStorage.open(storage, key)
+    exists = _noted("exists", FilesystemStorage.exists)
+    open = _noted("open", FilesystemStorage.open)
+    read = _noted("read", FilesystemStorage.read)
+    read_versioned = _noted("read", FilesystemStorage.read_versioned)
+    put = _noted("put", FilesystemStorage.put)
+    put_if = _noted("put", FilesystemStorage.put_if)
 
 
 class CountingNix(Nix):
@@ -74,13 +73,16 @@ class CountingNix(Nix):
 
 
 def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pkgs=PKGS,
-            pull_wait=120):
-    """An image service on the test package set, as create_app wires one."""
+            pull_wait=120, state=None):
+    """An image service on the test package set, as create_app wires one;
+    `state` is its machine's own folder (the storage root's by default)."""
     store = CountingStorage(root)
+    state = state or os.path.join(root, ".state")
     return ImageService(
         store, revisions=Revisions(PathSource(str(pkgs)), store, refresh=300),
         failures=Failures(store),
-        locks=BuildLocks(os.path.join(root, ".state", "locks"), max_builds=2, queue_timeout=30),
+        locks=BuildLocks(os.path.join(state, "locks"), max_builds=2, queue_timeout=30),
+        claims=Claims(store),
         layerstore=LayerStore(store, workers=layer_workers),
         popularity=Popularity(store, popularity_url), nix=CountingNix(),
         nix_timeout=120, max_layers=max_layers, pull_wait=pull_wait)
@@ -295,6 +297,7 @@ def test_every_storage_call_of_a_cold_pull_has_a_reason(tmp_path):
         ("read", "sources"): 1, ("put", "sources"): 1,  # what latest names, shared
         ("read", "manifests"): 1,   # another instance may have built it
         ("read", "failures"): 1,    # ... or found that it cannot be built
+        ("read", "claims"): 1, ("put", "claims"): 2,  # one build across instances: claimed, released
         ("read", "state"): 2, ("put", "state"): 1,  # popularity for layering, then counted
         ("read", "layerinfo"): n,   # each layer may be stored already
         ("put", "layers"): n + 3,   # the layers, the config, the two manifests

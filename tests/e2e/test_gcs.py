@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.conftest import PKGS
+from tests.conftest import PKGS, drowsy_set
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.server import Server
@@ -84,3 +87,47 @@ def test_second_instance_serves_without_building(first, second, podman):
     assert second.builds() == 0, "the second instance ran Nix"
     assert "found in storage" in log
     assert BLOB_REDIRECT.search(log) and not BLOB_STREAMED.search(log)
+
+
+@pytest.fixture
+def two_on_a_bucket(tmp_path, gcs_emulator, gcs_key):
+    """Two instances on a new bucket, each with its own machine state, on a
+    package set whose `drowsy` takes 8 s to build and was never built."""
+    env = dict(NIXERY_STORAGE_BACKEND="gcs", GCS_BUCKET=gcs_emulator.create_bucket(),
+               STORAGE_EMULATOR_HOST=gcs_emulator.url, GOOGLE_APPLICATION_CREDENTIALS=gcs_key,
+               NIXERY_PKGS_PATH=drowsy_set(tmp_path / "pkgs", 8), NIX_TIMEOUT="120",
+               NIXERY_PULL_WAIT="60", NIXERY_BUILD_LEASE="4")
+    servers = [Server(str(tmp_path / name), **env).start() for name in ("one", "two")]
+    yield servers
+    for srv in servers:
+        srv.stop()
+
+
+def building(srv, name):
+    return srv.read_log().count(f"builders.service: building {name} for")
+
+
+def test_two_instances_pulled_at_once_build_a_new_image_once(two_on_a_bucket):
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda srv: requests.get(
+            f"{srv.url}/v2/drowsy/manifests/latest", timeout=120), two_on_a_bucket))
+    assert [r.status_code for r in answers] == [200, 200]
+    assert answers[0].content == answers[1].content
+    assert sum(building(srv, "drowsy") for srv in two_on_a_bucket) == 1
+
+
+def test_the_build_of_an_instance_killed_mid_build_is_taken_over(two_on_a_bucket):
+    one, two = two_on_a_bucket
+    # a pull that gives up at once: one's job goes on building
+    with pytest.raises(requests.Timeout):
+        requests.get(f"{one.url}/v2/drowsy/manifests/latest", timeout=0.5)
+    # one's job is building now; it dies with its claim held
+    end = time.monotonic() + 30
+    while building(one, "drowsy") == 0 and time.monotonic() < end:
+        time.sleep(0.2)
+    os.killpg(one.proc.pid, signal.SIGKILL)
+    one.proc.wait()
+    r = requests.get(f"{two.url}/v2/drowsy/manifests/latest", timeout=120)
+    assert r.status_code == 200, r.text
+    log = two.read_log()
+    assert "taking over the claim of" in log and building(two, "drowsy") == 1

@@ -98,3 +98,37 @@ def test_keys_cannot_escape(driver):
     with pytest.raises(ValueError):
         driver.exists("../outside")
 
+
+
+def test_conditional_writes_of_small_records(driver):
+    key = "claims/k"
+    assert driver.read_versioned(key) is None
+    assert driver.put_if(key, b"first", version=None)
+    assert not driver.put_if(key, b"second", version=None)  # there is one already
+    data, version = driver.read_versioned(key)
+    assert data == b"first"
+    renewed = driver.put_if(key, b"renewed", version=version)
+    assert renewed and renewed != version
+    assert not driver.put_if(key, b"stale", version=version)  # not at that version now
+    data, current = driver.read_versioned(key)
+    assert data == b"renewed" and current == renewed
+    assert driver.put_if(key, b"again", version=current)
+    assert driver.read_versioned(key)[0] == b"again"
+
+
+def test_of_writers_racing_for_a_record_one_wins(driver):
+    import threading
+    wins = []
+    barrier = threading.Barrier(6)
+
+    def race(i):
+        barrier.wait()
+        if driver.put_if("claims/race", f"writer {i}".encode(), version=None):
+            wins.append(i)
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    assert driver.read("claims/race") == f"writer {wins[0]}".encode()

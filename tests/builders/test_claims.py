@@ -1,0 +1,80 @@
+"""One build per image across instances: claims with leases, in storage."""
+import threading
+
+from builders.claims import Claims
+from builders.image import Image
+from builders.records import cache_key
+from storage import FilesystemStorage
+from tests.builders.test_service import service
+from tests.conftest import drowsy_set
+
+
+def test_a_claim_is_held_until_its_lease_ends_or_it_is_released(tmp_path):
+    store = FilesystemStorage(tmp_path)
+    now = [1000.0]
+    one = Claims(store, lease=60, owner="one", clock=lambda: now[0])
+    two = Claims(store, lease=60, owner="two", clock=lambda: now[0])
+    claim = one.acquire("k")
+    assert claim is not None and two.acquire("k") is None and two.holder("k") == "one"
+    now[0] += 50
+    assert claim.renew()               # pushed out to 1110
+    now[0] += 50
+    assert two.acquire("k") is None    # still held
+    now[0] += 11                       # one died and stopped renewing
+    taken = two.acquire("k")
+    assert taken is not None and one.holder("k") == "two"
+    assert not claim.renew()           # one cannot take it back
+    taken.release()
+    assert one.holder("k") is None and one.acquire("k") is not None
+
+
+def test_of_instances_claiming_at_once_one_wins(tmp_path):
+    store = FilesystemStorage(tmp_path)
+    barrier = threading.Barrier(6)
+    won = []
+
+    def claim(i):
+        barrier.wait()
+        if Claims(store, owner=str(i)).acquire("k") is not None:
+            won.append(i)
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+
+
+def two_instances(tmp_path, seconds):
+    """Two image services on one storage, each with its own machine state."""
+    pkgs = drowsy_set(tmp_path / "pkgs", seconds)
+    one = service(tmp_path / "store", pkgs=pkgs, state=tmp_path / "one")
+    two = service(tmp_path / "store", pkgs=pkgs, state=tmp_path / "two")
+    return one, two
+
+
+def test_two_instances_pulling_one_new_image_build_it_once(tmp_path):
+    one, two = two_instances(tmp_path, 3)
+    records = {}
+    threads = [threading.Thread(target=lambda s=s: records.update(
+        {s: s.image(Image.from_name("drowsy"), "latest", wait=60)})) for s in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert records[one].manifests == records[two].manifests
+    # resolve, realise and closure by one; the other waited for its record
+    assert sorted([one.nix.runs, two.nix.runs]) == [0, 3]
+
+
+def test_the_claim_of_an_instance_that_died_is_taken_over(tmp_path, caplog):
+    one, two = two_instances(tmp_path, 1)
+    two.claims.lease = 2
+    image = Image.from_name("drowsy")
+    key = cache_key(image, two.revisions.resolve("latest"), two.max_layers)
+    # an instance claimed the image, then died without a word
+    Claims(one.storage, lease=2, owner="died mid-build").acquire(key)
+    record = two.image(image, "latest", wait=60)
+    assert record.packages == ["drowsy"]
+    assert two.nix.runs == 3  # resolve, realise, closure: the build, by two
+    assert "taking over the claim of died mid-build" in caplog.text
