@@ -36,18 +36,20 @@ logger = logging.getLogger(__name__)
 PREFIX = "/v2"
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 CHUNK = 1 << 20
+REASON_MAX = 300
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
 
 
 class Reply:
     """What a handler answers: status, headers and the body's chunks."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "headers", "body", "reason")
 
-    def __init__(self, status, headers, body=()):
+    def __init__(self, status, headers, body=(), reason=None):
         self.status = status
         self.headers = headers
         self.body = body
+        self.reason = reason  # the status line's words, when not the standard ones
 
 
 class Call:
@@ -88,10 +90,12 @@ class RegistryAPI:
         try:
             reply = self.dispatch(call)
         except Exception as exc:
-            status, headers, body = errors.for_exception(exc, call.method, call.path).render()
-            reply = Reply(status, headers, [body])
+            error = errors.for_exception(exc, call.method, call.path)
+            status, headers, body = error.render()
+            reply = Reply(status, headers, [body], reason=_reason(error.message))
         reply.headers.append(API_VERSION)
-        start_response(_STATUS_LINES[reply.status], reply.headers)
+        start_response(f"{reply.status} {reply.reason}" if reply.reason
+                       else _STATUS_LINES[reply.status], reply.headers)
         if call.method == "HEAD":
             _close(reply.body)
             return []
@@ -268,6 +272,15 @@ def stream_blob(f, start, stop):
                 taken += len(chunk)
     finally:
         metrics.BLOB_BYTES.inc(taken)
+
+
+def _reason(message: str) -> str:
+    """An error's message as the words of its status line.  containerd
+    starts a pull with a HEAD, whose answer has no body, and shows only the
+    status line of an error: this is the one place its users can read why.
+    HTTP allows any visible ASCII there; the rest is replaced."""
+    words = "".join(c if " " <= c <= "~" else "?" for c in message)
+    return words[:REASON_MAX - 3] + "..." if len(words) > REASON_MAX else words
 
 
 def _close(body):

@@ -245,3 +245,13 @@ def test_layer_threads_log_under_the_request_id(client, lines):
     made = [rec for rec in lines if rec.name == "builders.layerstore"]
     assert made and all(rec.threadName.startswith("layer") for rec in made)
     assert {rec.request_id for rec in made} == {"build-1"}
+
+
+def test_an_error_says_why_in_its_status_line_too(client):
+    """For clients that show only the status line (containerd's HEAD)."""
+    r = client.head("/v2/h%C3%A9llo/manifests/latest")
+    assert r.status_code == 400 and r.data == b""
+    assert r.status.startswith("400 invalid repository name 'h?llo': use lower-case")
+    long = client.get("/v2/" + "/".join(f"nosuch{i}" for i in range(20)) + "/manifests/latest")
+    assert len(long.status) <= 4 + 300 and long.status.endswith("...")
+    assert client.get("/v2/").status == "200 OK"

@@ -130,3 +130,13 @@ def test_a_restart_waits_for_the_build_jobs_of_its_workers(tmp_path):
         assert srv.read_log().count("builders.service: built drowsy") == 1
     finally:
         srv.stop()
+
+
+def test_what_ctr_prints_for_a_package_that_fails(short_server, containerd):
+    """containerd starts with a HEAD, whose answer has no body, and shows
+    only the status line of a 4xx other than 404: it carries the message."""
+    done = run(["ctr", "--address", containerd.socket, "images", "pull", "--plain-http",
+                f"{short_server.host}/broken:latest"], check=False)
+    print("ctr:", done.returncode, done.stderr[-2000:])
+    assert done.returncode != 0
+    assert "422 package broken failed to build (broken-1.0 with exit code 1)" in done.stderr
