@@ -252,6 +252,6 @@ def test_an_error_says_why_in_its_status_line_too(client):
     r = client.head("/v2/h%C3%A9llo/manifests/latest")
     assert r.status_code == 400 and r.data == b""
     assert r.status.startswith("400 invalid repository name 'h?llo': use lower-case")
-    long = client.get("/v2/" + "/".join(f"nosuch{i}" for i in range(20)) + "/manifests/latest")
+    long = client.get("/v2/" + "/".join(f"nosuchpackage{i}" for i in range(30)) + "/manifests/latest")
     assert len(long.status) <= 4 + 300 and long.status.endswith("...")
     assert client.get("/v2/").status == "200 OK"
