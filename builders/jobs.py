@@ -57,6 +57,7 @@ class Job:
         self.log_path: str | None = None  # the Nix log, once the build has one
         self.layers_total = 0
         self.layers_done = 0
+        self.layer_bytes = 0
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._record = None
@@ -73,11 +74,12 @@ class Job:
             self.phase = phase
 
     def layers(self, total: int) -> None:
-        self.layers_total, self.layers_done = total, 0
+        self.layers_total, self.layers_done, self.layer_bytes = total, 0, 0
 
-    def layer_done(self) -> None:
+    def layer_done(self, size: int) -> None:
         with self._lock:
             self.layers_done += 1
+            self.layer_bytes += size
 
     def finish(self, record=None, error: BaseException | None = None) -> None:
         with self._lock:
@@ -122,7 +124,8 @@ class Job:
                 # Nix logs when it starts a path, not when it is done with it
                 return f"{phase}: started {done} of {total} store paths to build or fetch"
         if phase == "making layers" and self.layers_total:
-            return f"{phase}: {self.layers_done} of {self.layers_total} made"
+            return (f"{phase}: {self.layers_done} of {self.layers_total} stored, "
+                    f"{self.layer_bytes / 1e6:.1f} MB")
         return phase
 
 

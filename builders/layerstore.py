@@ -42,13 +42,14 @@ class LayerStore:
     def store_layers(self, groups, tree, on_layer=None) -> list[dict]:
         """The layers of `groups` (tuples of store paths) and then of the
         symlink `tree`, made in parallel on the layer pool, in order; each
-        {digest, size, diff_id, paths}.  `on_layer()` is called as each is
-        done."""
+        {digest, size, diff_id, paths}.  `on_layer(size)` is called as each
+        is stored."""
         futures = [self._submit(self._store_paths, g) for g in groups]
         futures.append(self._submit(self._store_tree, tree))
         if on_layer:
             for f in futures:
-                f.add_done_callback(lambda _: on_layer())
+                f.add_done_callback(
+                    lambda f: f.cancelled() or f.exception() or on_layer(f.result()["size"]))
         try:
             return [f.result() for f in futures]
         finally:

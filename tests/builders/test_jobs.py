@@ -76,7 +76,7 @@ def test_progress_counts_store_paths_and_layers(tmp_path):
     assert job.progress() == "realising: started 1 of 4 store paths to build or fetch"
     job.set_phase("making layers")
     job.layers(3)
-    job.layer_done()
-    assert job.progress() == "making layers: 1 of 3 made"
+    job.layer_done(2_500_000)
+    assert job.progress() == "making layers: 1 of 3 stored, 2.5 MB"
     release.set()
     assert job.wait(10)

@@ -370,3 +370,13 @@ def test_outcomes_remembered_by_kind(tmp_path):
     now[0] += 31
     assert failures.known("slow") is None and failures.recall("slow") is None
     assert isinstance(failures.known("broken"), BuildFailed)
+
+
+def test_each_stored_layer_is_reported_with_its_size(tmp_path):
+    svc = service(tmp_path)
+    git = svc.image(Image.from_name("git"), "latest")
+    sizes = []
+    groups = [tuple(closure_of("git"))]
+    stored = svc.layerstore.store_layers(groups, {"tmp": ("dir", 0o1777)}, on_layer=sizes.append)
+    assert sorted(sizes) == sorted(layer["size"] for layer in stored) and len(sizes) == 2
+    assert git.layers  # built first, so the store paths are there
