@@ -37,7 +37,8 @@ def make_images(config: Config, store, *, nix=None):
 
     return ImageService(
         store,
-        revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh),
+        revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh,
+                            strict=config.strict_tags),
         failures=Failures(store, verdict_seconds=config.failure_ttl),
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),

@@ -61,6 +61,8 @@ class Config:
     # How long an instance's claim on a build lasts unless it renews it:
     # how soon another instance takes over the build of one that died.
     build_lease: float = 60.0
+    # Tags that name no revision answer 404 instead of meaning `latest`.
+    strict_tags: bool = False
     # This machine's own state: build locks, build history, metrics files.
     state_path: str | None = None
     # prometheus_client's multiprocess folder (its own variable name); set
@@ -196,6 +198,12 @@ class Config:
             except ValueError:
                 raise ConfigError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
 
+        def flag(name):
+            raw = (get(name) or "0").lower()
+            if raw not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError(f"{name} must be 1 or 0, not {raw!r}")
+            return raw in ("1", "true", "yes")
+
         kwargs = dict(
             port=number("PORT", int, cls.port),
             listen_address=get("LISTEN_ADDRESS") or cls.listen_address,
@@ -217,6 +225,7 @@ class Config:
             pull_wait=number("NIXERY_PULL_WAIT", float, cls.pull_wait),
             failure_ttl=number("NIXERY_FAILURE_TTL", float, cls.failure_ttl),
             build_lease=number("NIXERY_BUILD_LEASE", float, cls.build_lease),
+            strict_tags=flag("NIXERY_STRICT_TAGS"),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

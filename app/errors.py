@@ -67,6 +67,10 @@ class ManifestUnknown(RegistryError):
     code, status = "MANIFEST_UNKNOWN", 404
 
 
+class PaginationInvalid(RegistryError):
+    code, status = "PAGINATION_NUMBER_INVALID", 400
+
+
 class RangeInvalid(RegistryError):
     code, status = "RANGE_INVALID", 416
 

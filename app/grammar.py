@@ -22,3 +22,5 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # DOTALL: a name or reference holding a newline must reach the grammar
 # checks (and fail there), not slip past the route.
 ROUTE_RE = re.compile(r"(?P<name>.*)/(?P<kind>manifests|blobs)/(?P<reference>[^/]*)", re.DOTALL)
+# /v2/<name>/tags/list
+TAGS_RE = re.compile(r"(?P<name>.*)/tags/list", re.DOTALL)

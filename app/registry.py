@@ -1,7 +1,7 @@
 """The pull side of the Docker Registry HTTP API V2 / OCI distribution spec.
 
 Every request under /v2 is answered here, by one handler per endpoint:
-`base`, `manifest` and `blob`.  `RegistryAPI` is their WSGI adapter: it
+`base`, `manifest`, `blob` and `tags`.  `RegistryAPI` is their WSGI adapter: it
 parses the path once, calls the handler, and renders any error it raised
 with the one error renderer (app/errors.py).  Other paths go on to the
 Flask app (pages, operators' endpoints).
@@ -15,8 +15,10 @@ not here: app/scope.py gives them to every endpoint alike.
 from __future__ import annotations
 
 import http
+import json
 import logging
 import os
+import urllib.parse
 
 from werkzeug.http import parse_etags, parse_range_header
 
@@ -28,7 +30,7 @@ from storage.errors import CorruptObject, ObjectNotFound
 
 from . import errors, grammar, metrics
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
-                     RangeInvalid, TagInvalid, Unsupported)
+                     PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
 from .scope import ROUTE
 
 logger = logging.getLogger(__name__)
@@ -111,8 +113,14 @@ class RegistryAPI:
                          [b"{}"])
         m = grammar.ROUTE_RE.fullmatch(rest, 1)
         if not m:
+            tags = grammar.TAGS_RE.fullmatch(rest, 1)
+            if tags:
+                call.environ[ROUTE] = "registry.tags"
+                check_name(tags.group("name"))
+                return self.tags(call, tags.group("name"))
             raise NameUnknown(f"no such endpoint: {call.path}; this registry serves "
-                              "/v2/<name>/manifests/<reference> and /v2/<name>/blobs/<digest>")
+                              "/v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest> "
+                              "and /v2/<name>/tags/list")
         name, kind, reference = m.group("name", "kind", "reference")
         call.environ[ROUTE] = f"registry.{kind}"
         check_name(name)
@@ -150,6 +158,31 @@ class RegistryAPI:
         headers.append(("Content-Length", str(len(body))))
         if call.method == "GET":
             metrics.MANIFEST_BYTES.inc(len(body))
+        return Reply(200, headers, [body])
+
+    def tags(self, call: Call, name: str) -> Reply:
+        """The tags every image name may be pulled by, `n` at a time after
+        `last`, with a Link to the next page, as the distribution spec says."""
+        query = urllib.parse.parse_qs(call.environ.get("QUERY_STRING", ""))
+        last = query.get("last", [""])[0]
+        raw_n = query.get("n", [None])[0]
+        try:
+            n = None if raw_n in (None, "") else int(raw_n)
+            if n is not None and n < 0:
+                raise ValueError
+        except ValueError:
+            raise PaginationInvalid(f"n must be a whole number of tags, not {raw_n!r}",
+                                    {"n": raw_n}) from None
+        tags = [t for t in self.images.revisions.tags()
+                if t > last and grammar.TAG_RE.fullmatch(t)]
+        headers = [("Content-Type", "application/json")]
+        if n is not None and len(tags) > n:
+            tags = tags[:n]
+            if tags:  # n=0 asks for none, and there is no next page of none
+                query = urllib.parse.urlencode({"n": n, "last": tags[-1]})
+                headers.append(("Link", f'</v2/{name}/tags/list?{query}>; rel="next"'))
+        body = json.dumps({"name": name, "tags": tags}).encode()
+        headers.append(("Content-Length", str(len(body))))
         return Reply(200, headers, [body])
 
     def blob(self, call: Call, digest: str) -> Reply:

@@ -94,7 +94,7 @@ def bad_requests(blob):
         {"path": "/v2/hello/blobs/md5:" + "0" * 32},
         {"path": "/v2/hello/blobs/sha256:" + "0" * 64},
         {"path": "/v2/hello/manifests/sha256:" + "f" * 64},
-        {"path": "/v2/hello/tags/list"},
+        {"path": "/v2/hello/tags/list?n=-5"},
         {"path": "/v2/bench/range/blobs/" + blob, "headers": {"Range": "bytes=999999999-"}},
         {"path": "/v2/hello/manifests/latest", "headers": {"X-Bench-Pad": "x" * 9000}},
         {"method": "PUT", "path": "/v2/hello/manifests/latest"},

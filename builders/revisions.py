@@ -15,6 +15,7 @@ import time
 
 from storage import keys
 from . import manifest
+from .errors import RevisionNotFound
 from .sources import Revision, Source
 from .sync import LockedTTLCache
 
@@ -22,13 +23,23 @@ logger = logging.getLogger(__name__)
 
 
 class Revisions:
-    def __init__(self, source: Source, storage, *, refresh: float, clock=time.time):
+    def __init__(self, source: Source, storage, *, refresh: float, strict: bool = False,
+                 clock=time.time):
         self.source = source
         self.storage = storage
         self.refresh = refresh
+        self.strict = strict
         self._clock = clock
         # selector id -> (revision, when it was resolved, wall clock)
         self._memory = LockedTTLCache(maxsize=256, ttl=max(refresh, 0.001))
+        self._tags = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
+
+    def tags(self) -> list[str]:
+        """The tags that name revisions, asked of the source once per interval."""
+        tags = self._tags.get("tags")
+        if tags is None:
+            tags = self._tags["tags"] = self.source.tags()
+        return tags
 
     def _selector_id(self, tag):
         selector = self.source.selector(tag)
@@ -39,6 +50,11 @@ class Revisions:
         from the source (then written to storage for the others)."""
         if self.source.immutable(tag):
             return self.source.resolve(tag)
+        if self.strict and not self.source.tags_select_revision and tag != "latest":
+            raise RevisionNotFound(
+                f"tag {tag!r} names nothing here: images are built from "
+                f"{self.source.describe()}, whose only tag is latest (the registry is strict "
+                "about tags: NIXERY_STRICT_TAGS)")
         ident = self._selector_id(tag)
         now = self._clock()
         hit = self._memory.get(ident)

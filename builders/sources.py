@@ -49,6 +49,11 @@ class Source(abc.ABC):
         """Whether `tag` always names the same revision."""
         return False
 
+    def tags(self) -> list[str]:
+        """The tags that name a revision here (any tag at all is `latest`
+        too, unless the registry is strict about tags)."""
+        return ["latest"]
+
     def resolve(self, tag: str) -> Revision:
         """The revision `tag` names now."""
         revision = self._resolve(self.selector(tag))
@@ -171,8 +176,20 @@ class GitSource(Source):
                         {"type": "git", "url": self.url, "rev": commit, "ref": ref},
                         f"{ref} at {commit[:12]}")
 
+    def tags(self):
+        """`latest`, and the remote's branches and tags by name."""
+        names = {"latest"}
+        for ref in self._ls_remote("--heads", "--tags"):
+            for prefix in ("refs/heads/", "refs/tags/"):
+                if ref.startswith(prefix):
+                    names.add(ref[len(prefix):].removesuffix("^{}"))
+        return sorted(names)
+
     def _ls_remote(self, *patterns, symref=False) -> dict:
-        cmd = ["git", "ls-remote", *(["--symref"] if symref else []), self.url, *patterns]
+        options = [p for p in patterns if p.startswith("--")]
+        patterns = [p for p in patterns if not p.startswith("--")]
+        cmd = ["git", "ls-remote", *(["--symref"] if symref else []), *options, "--", self.url,
+               *patterns]
         try:
             done = process.run(cmd, timeout=RESOLVE_TIMEOUT)
         except process.Timeout:

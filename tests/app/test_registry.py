@@ -54,7 +54,7 @@ def test_storage_failure_is_503(app, client, monkeypatch):
 
 @pytest.mark.parametrize("path,status,code", [
     ("/v2/_catalog", 404, "NAME_UNKNOWN"),
-    ("/v2/hello/tags/list", 404, "NAME_UNKNOWN"),
+    ("/v2/hello/tags/list/more", 404, "NAME_UNKNOWN"),
     ("/nothing-here", 404, "NAME_UNKNOWN"),
     ("/v2/a//b/manifests/latest", 400, "NAME_INVALID"),
     ("/v2/%2e%2e/manifests/latest", 400, "NAME_INVALID"),
@@ -256,3 +256,54 @@ def test_an_error_says_why_in_its_status_line_too(client):
     assert _reason("x" * 1000) == "x" * (REASON_MAX - 3) + "..."
     assert _reason("tab\tline\r\nbreak") == "tab?line??break"
     assert client.get("/v2/").status == "200 OK"
+
+
+# -- tags ----------------------------------------------------------------------
+
+def test_every_valid_name_has_its_tags_listed(client):
+    r = client.get("/v2/shell/hello/tags/list")
+    assert r.status_code == 200 and r.content_type == "application/json"
+    assert r.get_json() == {"name": "shell/hello", "tags": ["latest"]}
+    assert "Link" not in r.headers
+    assert client.get("/v2/never/built/yet/tags/list").get_json()["tags"] == ["latest"]
+    assert client.get("/v2/hello/tags/list?n=0").get_json()["tags"] == []
+    assert client.get("/v2/hello/tags/list?last=latest").get_json()["tags"] == []
+    bad = client.get("/v2/hello/tags/list?n=-1")
+    assert bad.status_code == 400
+    assert bad.get_json()["errors"][0]["code"] == "PAGINATION_NUMBER_INVALID"
+    assert client.get("/v2/Hello/tags/list").status_code == 400
+
+
+def test_tags_are_paged_with_a_link_to_the_next_page(app, client, monkeypatch):
+    tags = ["latest", "nixos-24.05", "nixos-unstable", "release-1", "v1", "has/slash"]
+    monkeypatch.setattr(app.extensions["images"].revisions.source, "tags", lambda: sorted(tags))
+    app.extensions["images"].revisions._tags.pop("tags")
+    pages, url = [], "/v2/hello/tags/list?n=2"
+    while url:
+        r = client.get(url)
+        pages.append(r.get_json()["tags"])
+        link = r.headers.get("Link")
+        url = link[1:link.index(">")] if link else None
+        if link:
+            assert link.endswith('>; rel="next"')
+    # lexical order; a name no tag can be (with '/') is left out
+    assert pages == [["latest", "nixos-24.05"], ["nixos-unstable", "release-1"], ["v1"]]
+
+
+def test_strict_tags_answer_404_for_a_tag_that_names_nothing(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from tests.conftest import PKGS
+    strict = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
+                               strict_tags=True)).test_client()
+    r = strict.get("/v2/hello/manifests/missing-knenl3nxdfknifsem6dj")
+    assert r.status_code == 404
+    error = r.get_json()["errors"][0]
+    assert error["code"] == "MANIFEST_UNKNOWN"
+    assert "only tag is latest" in error["message"] and "NIXERY_STRICT_TAGS" in error["message"]
+    assert strict.get("/v2/hello/manifests/latest").status_code == 200
+
+
+def test_lenient_tags_mean_latest_as_in_nixery(client):
+    assert client.get("/v2/hello/manifests/anything").data == \
+        client.get("/v2/hello/manifests/latest").data

@@ -31,3 +31,20 @@ def test_unreachable_git_repository_names_it(tmp_path):
     with pytest.raises(SourceUnavailable) as info:
         GitSource(url).resolve("latest")
     assert url in info.value.message
+
+
+def test_git_tags_are_its_branches_and_tags(tmp_path):
+    import subprocess
+    from builders.sources import GitSource
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+    git("init", "-q", "-b", "main")
+    (tmp_path / "default.nix").write_text("{ ... }: {}")
+    git("add", "default.nix")
+    git("commit", "-qm", "one")
+    git("tag", "-a", "v1", "-m", "annotated")
+    git("tag", "light")
+    git("branch", "feature/x")
+    assert GitSource(f"file://{tmp_path}").tags() == ["feature/x", "latest", "light", "main", "v1"]

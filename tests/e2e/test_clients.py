@@ -96,3 +96,14 @@ def test_docker_reports_missing_packages(server, dockerd):
     print("docker:", done.stderr)  # what the README quotes
     assert done.returncode != 0
     assert "nopkg" in done.stderr and "did you mean git" in done.stderr
+
+
+def test_skopeo_inspect_and_list_tags(server):
+    """What people run first: inspect (which lists the tags too) and list-tags."""
+    need("skopeo")
+    done = run(["skopeo", "inspect", "--tls-verify=false", f"docker://{server.host}/shell/hello"])
+    info = json.loads(done.stdout)
+    assert info["RepoTags"] == ["latest"] and info["Architecture"] == "amd64"
+    assert info["Name"] == f"{server.host}/shell/hello"
+    done = run(["skopeo", "list-tags", "--tls-verify=false", f"docker://{server.host}/hello"])
+    assert json.loads(done.stdout)["Tags"] == ["latest"]

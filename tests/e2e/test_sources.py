@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import PKGS, package_set
+from tests.e2e.conftest import run
 from tests.e2e.test_api import error_of
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.server import Server
@@ -185,3 +187,10 @@ def test_names_users_type(tmp_path):
         assert "sdl3 (did you mean SDL2?)" in message and "hellp (did you mean hello?)" in message
     finally:
         srv.stop()
+
+
+def test_skopeo_lists_the_tags_of_a_git_source(git_server):
+    """`latest` and the remote's branches and tags, through skopeo."""
+    done = run(["skopeo", "list-tags", "--tls-verify=false", f"docker://{git_server.host}/hello"])
+    listed = json.loads(done.stdout)
+    assert listed["Tags"] == ["feature", "latest", "main", "v1"]
