@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, render_template, request
 from werkzeug.routing import PathConverter
 
 from builders.errors import BuildError
-from builders.image import SHELL_PACKAGES, Image
+from builders.image import META_PACKAGES, SHELL_PACKAGES, Image
 from builders.suggest import close_matches
 
 from . import grammar
@@ -80,7 +80,12 @@ def build(ref):
                                build=None, record=None, log="", sharing={},
                                host=request.host), 400
     images = _images()
-    image = Image.from_name(name)
+    try:
+        image = Image.from_name(name)
+    except BuildError as e:
+        return render_template("build.html", name=name, tag=tag, packages=[], arch="",
+                               status="failed", status_text=e.message, build=None,
+                               record=None, log="", sharing={}, host=request.host), 400
     history = images.history
     build = history.latest(image.label, tag) if history else None
     record = None
@@ -112,6 +117,9 @@ def packages():
     if name:
         if not all(grammar.NAME_RE.fullmatch(part) for part in name.split(".")) or len(name) > 200:
             error = f"{name!r} is not a package name a registry path can hold"
+        elif name in META_PACKAGES:
+            error = (f"{name} is a meta-package, not a package: put it first in an image "
+                     f"name, e.g. {name}/hello")
         else:
             lookups = current_app.extensions["lookups"]
             result = lookups.get(name)

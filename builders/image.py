@@ -4,6 +4,8 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
+from .errors import InvalidImage
+
 # Meta-packages, recognised as leading components of a name.
 SHELL_PACKAGES = ("bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "nano")
 
@@ -16,6 +18,24 @@ _HOST_SYSTEMS = {
     "aarch64": ("aarch64-linux", "arm64"),
 }
 HOST_SYSTEM = _HOST_SYSTEMS.get(platform.machine(), ("x86_64-linux", "amd64"))
+META_PACKAGES = ("shell", *SYSTEMS)
+
+
+def misplaced_meta(name: str) -> str | None:
+    """Why `name` cannot be read when it names a meta-package after a
+    package (`hello/shell`): meta-packages must come first."""
+    components = name.split("/")
+    lead = 0
+    while lead < len(components) and components[lead] in META_PACKAGES:
+        lead += 1
+    late = [c for c in components[lead:] if c in META_PACKAGES]
+    if not late:
+        return None
+    metas = [c for c in components if c in META_PACKAGES]
+    fixed = "/".join(metas + [c for c in components if c not in META_PACKAGES])
+    if len(late) == 1:
+        return f"{late[0]} is a meta-package; put it first: {fixed}"
+    return f"{', '.join(late)} are meta-packages; put them first: {fixed}"
 
 
 @dataclass(frozen=True)
@@ -28,7 +48,11 @@ class Image:
 
     @classmethod
     def from_name(cls, name: str) -> "Image":
-        """Parse a repository name that already passed the registry grammar."""
+        """Parse a repository name that already passed the registry grammar;
+        InvalidImage when it puts a meta-package after a package."""
+        misplaced = misplaced_meta(name)
+        if misplaced:
+            raise InvalidImage(misplaced)
         components = name.split("/")
         packages = []
         system, arch = HOST_SYSTEM

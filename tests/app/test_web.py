@@ -124,3 +124,15 @@ def test_build_page_shows_what_a_running_job_is_doing(tmp_path):
     # the job goes on; a later pull gets the image
     app.extensions["images"].image(Image.from_name("drowsy"), "latest", wait=60)
     assert client.get("/v2/drowsy/manifests/latest").status_code == 200
+
+
+def test_meta_packages_out_of_place_are_explained(client):
+    r = client.get("/v2/hello/shell/manifests/latest")
+    assert r.status_code == 404
+    assert r.get_json()["errors"][0]["message"] == \
+        "shell is a meta-package; put it first: shell/hello"
+    page = client.get("/builds/hello/shell:latest")
+    assert page.status_code == 400
+    assert "put it first: shell/hello" in page.get_data(as_text=True)
+    lookup = client.get("/packages?name=shell").get_data(as_text=True)
+    assert "shell is a meta-package, not a package: put it first" in lookup

@@ -1,3 +1,6 @@
+import pytest
+
+from builders.errors import InvalidImage
 from builders.image import HOST_SYSTEM, SHELL_PACKAGES, Image
 
 
@@ -20,11 +23,16 @@ def test_arm64_builds_for_aarch64():
     assert Image.from_name("shell/arm64/hello").arch == "arm64"
 
 
-def test_meta_packages_count_only_in_front():
-    image = Image.from_name("hello/shell")
-    assert image.packages == ("hello", "shell")
-    assert image.arch == HOST_SYSTEM[1]
-
-
 def test_dots_make_attribute_paths():
     assert Image.from_name("langpackages.foo/hello").attribute_paths == [["hello"], ["langpackages", "foo"]]
+
+
+@pytest.mark.parametrize("name,message", [
+    ("hello/shell", "shell is a meta-package; put it first: shell/hello"),
+    ("shell/hello/arm64", "arm64 is a meta-package; put it first: shell/arm64/hello"),
+    ("git/arm64/shell", "arm64, shell are meta-packages; put them first: arm64/shell/git"),
+])
+def test_a_meta_package_after_a_package_says_to_put_it_first(name, message):
+    with pytest.raises(InvalidImage) as info:
+        Image.from_name(name)
+    assert info.value.message == message
