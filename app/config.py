@@ -63,6 +63,11 @@ class Config:
     build_lease: float = 60.0
     # Tags that name no revision answer 404 instead of meaning `latest`.
     strict_tags: bool = False
+    # Channels a tag may name (None: any nixos-* or nixpkgs-* channel), and
+    # how a commit tag is found in the history of one of them.
+    channels: tuple[str, ...] | None = None
+    commit_check_url: str = "https://api.github.com/repos/NixOS/nixpkgs/compare/{base}...{head}"
+    any_commit: bool = False
     # This machine's own state: build locks, build history, metrics files.
     state_path: str | None = None
     # prometheus_client's multiprocess folder (its own variable name); set
@@ -91,6 +96,12 @@ class Config:
             self._check_gcs()
         if self.channel and not CHANNEL_RE.fullmatch(self.channel):
             raise ConfigError(f"NIXERY_CHANNEL {self.channel!r} is not a channel name")
+        for name in self.channels or ():
+            if not CHANNEL_RE.fullmatch(name):
+                raise ConfigError(f"NIXERY_CHANNELS: {name!r} is not a channel name")
+        if not ("{base}" in self.commit_check_url and "{head}" in self.commit_check_url):
+            raise ConfigError("NIXERY_COMMIT_CHECK_URL must contain {base} and {head}, the "
+                              "commit and the channel's head")
         if "{rev}" not in self.archive_url:
             raise ConfigError("NIXERY_ARCHIVE_URL must contain {rev}, where the commit goes")
         if self.source_refresh < 0:
@@ -226,6 +237,10 @@ class Config:
             failure_ttl=number("NIXERY_FAILURE_TTL", float, cls.failure_ttl),
             build_lease=number("NIXERY_BUILD_LEASE", float, cls.build_lease),
             strict_tags=flag("NIXERY_STRICT_TAGS"),
+            channels=tuple(c.strip() for c in get("NIXERY_CHANNELS").split(",") if c.strip())
+            if get("NIXERY_CHANNELS") else None,
+            commit_check_url=get("NIXERY_COMMIT_CHECK_URL") or cls.commit_check_url,
+            any_commit=flag("NIXERY_ANY_COMMIT"),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

@@ -60,7 +60,8 @@ def index():
     return render_template(
         "index.html", host=request.host, shell=SHELL_PACKAGES,
         source=images.source.describe(), revision=images.revisions.known(),
-        tags_select=images.source.tags_select_revision,
+        tags_select=images.source.tags_select_revision, tags_help=images.source.tags_help,
+        strict_tags=images.revisions.strict,
         recent=_with_name(history.recent(RECENT)) if history else [],
         failures=_with_name(history.recent(RECENT // 2, failed=True)) if history else [])
 

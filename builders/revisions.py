@@ -42,7 +42,7 @@ class Revisions:
         return tags
 
     def _selector_id(self, tag):
-        selector = self.source.selector(tag)
+        selector = self.source.selector(tag) or "latest"
         return hashlib.sha256(f"{self.source.describe()}\0{selector}".encode()).hexdigest()
 
     def resolve(self, tag: str) -> Revision:
@@ -50,11 +50,13 @@ class Revisions:
         from the source (then written to storage for the others)."""
         if self.source.immutable(tag):
             return self.source.resolve(tag)
-        if self.strict and not self.source.tags_select_revision and tag != "latest":
-            raise RevisionNotFound(
-                f"tag {tag!r} names nothing here: images are built from "
-                f"{self.source.describe()}, whose only tag is latest (the registry is strict "
-                "about tags: NIXERY_STRICT_TAGS)")
+        if self.source.selector(tag) is None:
+            if self.strict:
+                raise RevisionNotFound(
+                    f"tag {tag!r} names nothing here: images are built from "
+                    f"{self.source.describe()}, whose tags are {', '.join(self.tags())} (the "
+                    "registry is strict about tags: NIXERY_STRICT_TAGS)")
+            tag = "latest"  # as in Nixery
         ident = self._selector_id(tag)
         now = self._clock()
         hit = self._memory.get(ident)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import logging
 import os
 import re
@@ -21,6 +22,8 @@ from .errors import RevisionNotFound, SourceUnavailable
 logger = logging.getLogger(__name__)
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# Tags that name a channel when the operator lists none.
+CHANNEL_TAG_RE = re.compile(r"^(nixos|nixpkgs)-[0-9a-z.-]+$")
 # Resolving a revision is a small network call; it must never hang a pull.
 RESOLVE_TIMEOUT = 30
 
@@ -38,12 +41,17 @@ class Revision:
 class Source(abc.ABC):
     """One package source."""
 
-    #: whether the tag a user pulls picks the revision
+    #: whether every tag a user pulls picks a revision (none means `latest`)
     tags_select_revision = False
+    #: what tags mean here, for the landing page
+    tags_help = "The only tag is latest."
 
-    def selector(self, tag: str) -> str:
-        """What of `tag` matters to this source (all tags are one for some)."""
-        return tag if self.tags_select_revision else "latest"
+    def selector(self, tag: str) -> str | None:
+        """What of `tag` matters to this source; None when it names nothing
+        here (the registry then takes it as `latest`, unless strict)."""
+        if self.tags_select_revision or tag == "latest":
+            return tag
+        return None
 
     def immutable(self, tag: str) -> bool:
         """Whether `tag` always names the same revision."""
@@ -56,7 +64,7 @@ class Source(abc.ABC):
 
     def resolve(self, tag: str) -> Revision:
         """The revision `tag` names now."""
-        revision = self._resolve(self.selector(tag))
+        revision = self._resolve(self.selector(tag) or "latest")
         if not self.immutable(tag):
             logger.info("%s resolved to %s", self.describe(), revision.description)
         return revision
@@ -107,34 +115,111 @@ class PathSource(Source):
 
 
 class ChannelSource(Source):
-    """A nixpkgs channel; tags are ignored.  The channel is resolved to the
-    commit it points at and Nix fetches nixpkgs at that commit, so one
-    revision always gives the same image."""
+    """nixpkgs channels.  `latest` is the configured channel; a tag that is
+    a channel name picks that channel (any `nixos-*` or `nixpkgs-*` name,
+    or only those of `allowed`); a commit tag picks that nixpkgs commit.
+    A channel is resolved to the commit it points at and Nix fetches
+    nixpkgs at that commit, so one revision always gives the same image.
 
-    def __init__(self, channel, channel_url, archive_url):
+    GitHub serves commits of any fork of nixpkgs under nixpkgs' own archive
+    URL, so a commit tag is built only once `check_url` (GitHub's compare
+    API by default) says it is in the history of an allowed channel's head
+    (the configured channel's, when none are listed), unless `any_commit`.
+    """
+
+    tags_help = ("The tag you pull picks the revision: latest is {channel}, a channel "
+                 "name picks that channel, and a commit of its history picks that commit.")
+
+    def __init__(self, channel, channel_url, archive_url, *, allowed=None, check_url=None,
+                 any_commit=False):
         self.channel = channel
-        self.revision_url = f"{channel_url.rstrip('/')}/{channel}/git-revision"
+        self.channel_url = channel_url.rstrip("/")
+        self.revision_url = self._revision_url(channel)
         self.archive_url = archive_url
+        self.allowed = tuple(allowed) if allowed else None
+        self.check_url = check_url
+        self.any_commit = any_commit
+        self._verified: set[str] = set()  # commits found in a channel's history
+        self.tags_help = self.tags_help.format(channel=channel)
+
+    def _revision_url(self, channel):
+        return f"{self.channel_url}/{channel}/git-revision"
+
+    def selector(self, tag):
+        if tag == "latest" or COMMIT_RE.match(tag):
+            return tag
+        if (tag in self.allowed) if self.allowed is not None else CHANNEL_TAG_RE.match(tag):
+            return tag
+        return None
+
+    def immutable(self, tag):
+        return bool(COMMIT_RE.match(tag))
+
+    def tags(self):
+        return sorted({"latest", *(self.allowed or ())})
 
     def _resolve(self, tag):
+        if COMMIT_RE.match(tag):
+            if not (self.any_commit or tag in self._verified):
+                self._check(tag)
+                self._verified.add(tag)
+            return Revision(f"nixpkgs@{tag}", self._archive(tag), f"commit {tag[:12]}")
+        channel = self.channel if tag == "latest" else tag
+        commit = self._head(channel)
+        return Revision(f"channel:{channel}@{commit}", self._archive(commit),
+                        f"{channel} at {commit[:12]}")
+
+    def _archive(self, commit):
+        return {"type": "tarball", "url": self.archive_url.format(rev=commit)}
+
+    def _fetch(self, url, what):
         try:
-            with urllib.request.urlopen(self.revision_url, timeout=RESOLVE_TIMEOUT) as resp:
-                commit = resp.read(200).decode("ascii", "replace").strip()
+            with urllib.request.urlopen(url, timeout=RESOLVE_TIMEOUT) as resp:
+                return resp.read(1 << 20)
         except urllib.error.HTTPError as e:
-            raise SourceUnavailable(
-                f"could not resolve the channel {self.channel}: {self.revision_url} answered "
-                f"{e.code} {e.reason}") from None
+            if e.code == 404:
+                raise
+            raise SourceUnavailable(f"could not {what}: {url} answered {e.code} {e.reason}") \
+                from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise SourceUnavailable(
-                f"could not resolve the channel {self.channel}: cannot fetch "
-                f"{self.revision_url}: {reason}") from None
+            raise SourceUnavailable(f"could not {what}: cannot fetch {url}: {reason}") from None
+
+    def _head(self, channel) -> str:
+        """The commit `channel` points at now."""
+        url = self._revision_url(channel)
+        try:
+            commit = self._fetch(url, f"resolve the channel {channel}")[:200]
+        except urllib.error.HTTPError:
+            if channel != self.channel:
+                raise RevisionNotFound(f"there is no channel {channel} ({url} answered 404)") \
+                    from None
+            raise SourceUnavailable(f"could not resolve the channel {channel}: {url} answered "
+                                    "404 Not Found") from None
+        commit = commit.decode("ascii", "replace").strip()
         if not COMMIT_RE.match(commit):
-            raise SourceUnavailable(
-                f"{self.revision_url} does not hold a commit hash (got {commit[:60]!r})")
-        return Revision(f"channel:{self.channel}@{commit}",
-                        {"type": "tarball", "url": self.archive_url.format(rev=commit)},
-                        f"{self.channel} at {commit[:12]}")
+            raise SourceUnavailable(f"{url} does not hold a commit hash (got {commit[:60]!r})")
+        return commit
+
+    def _check(self, commit):
+        """Refuse a commit that no allowed channel's head descends from."""
+        channels = self.allowed or (self.channel,)
+        for channel in channels:
+            head = self._head(channel)
+            if head == commit:
+                return
+            url = self.check_url.format(base=commit, head=head)
+            try:
+                status = json.loads(self._fetch(url, f"check commit {commit[:12]}")).get("status")
+            except urllib.error.HTTPError:
+                status = None  # unknown to the repository: in no history
+            except ValueError:
+                raise SourceUnavailable(f"{url} did not answer JSON") from None
+            if status in ("ahead", "identical"):  # head descends from the commit
+                return
+        raise RevisionNotFound(
+            f"commit {commit} is not in the history of {', '.join(channels)}: this registry "
+            "builds commits of its channels only")
 
     def describe(self):
         return f"the nixpkgs channel {self.channel}"
@@ -145,6 +230,7 @@ class GitSource(Source):
     default branch, 40 hex digits a commit, anything else a branch or tag."""
 
     tags_select_revision = True
+    tags_help = "The tag you pull picks the revision: latest, a branch, a tag or a commit."
 
     def __init__(self, url):
         self.url = url
@@ -219,4 +305,6 @@ def from_config(config) -> Source:
         return PathSource(config.pkgs_path)
     if config.pkgs_repo:
         return GitSource(config.pkgs_repo)
-    return ChannelSource(config.effective_channel, config.channel_url, config.archive_url)
+    return ChannelSource(config.effective_channel, config.channel_url, config.archive_url,
+                         allowed=config.channels, check_url=config.commit_check_url,
+                         any_commit=config.any_commit)

@@ -68,6 +68,9 @@ def test_gcs_values_from_the_environment(tmp_path):
     ({"NIXERY_PULL_WAIT": "a minute"}, "NIXERY_PULL_WAIT"),
     ({"NIXERY_FAILURE_TTL": "-5"}, "NIXERY_FAILURE_TTL"),
     ({"NIXERY_BUILD_LEASE": "1"}, "NIXERY_BUILD_LEASE"),
+    ({"NIXERY_STRICT_TAGS": "sometimes"}, "NIXERY_STRICT_TAGS"),
+    ({"NIXERY_CHANNELS": "nixos-24.05, bad channel"}, "NIXERY_CHANNELS"),
+    ({"NIXERY_COMMIT_CHECK_URL": "https://example.org/compare"}, "NIXERY_COMMIT_CHECK_URL"),
 ])
 def test_bad_values_name_the_variable(env, names):
     with pytest.raises(ConfigError) as info:

@@ -17,7 +17,8 @@ def test_landing_page(built):
     assert r.status_code == 200 and r.content_type.startswith("text/html")
     assert "docker pull registry.example:5000/shell/git/htop" in page
     assert "bashInteractive" in page and "arm64" in page
-    assert "the local package set at" in page and "Tags are ignored" in page
+    assert "the local package set at" in page
+    assert "The only tag is latest. Any other tag means latest." in page
     assert re.search(r'href="/builds/[^"]*git[^"]*:latest"', page)
     assert re.search(r"broken.*failed to build", page, re.S)
 

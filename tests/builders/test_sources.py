@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from builders.errors import SourceUnavailable
+from builders.errors import RevisionNotFound, SourceUnavailable
 from builders.sources import ChannelSource, PathSource, tree_hash
 
 
@@ -48,3 +48,66 @@ def test_git_tags_are_its_branches_and_tags(tmp_path):
     git("tag", "light")
     git("branch", "feature/x")
     assert GitSource(f"file://{tmp_path}").tags() == ["feature/x", "latest", "light", "main", "v1"]
+
+
+@pytest.fixture
+def channels(tmp_path):
+    """A local stand-in for channels.nixos.org and GitHub's compare API:
+    publish(channel, commit) and ancestor(commit, head)."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / "www"
+    (root / "compare").mkdir(parents=True)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_port}"
+
+    def publish(channel, commit):
+        (root / channel).mkdir(exist_ok=True)
+        (root / channel / "git-revision").write_text(commit + "\n")
+
+    def ancestor(commit, head):
+        (root / "compare" / f"{commit}...{head}").write_text('{"status": "ahead"}')
+
+    def source(**kw):
+        return ChannelSource("nixos-unstable", base, "http://archive/{rev}.tar.gz",
+                             check_url=base + "/compare/{base}...{head}", **kw)
+    yield publish, ancestor, source
+    httpd.shutdown()
+
+
+def test_a_channel_name_as_tag_picks_that_channel(channels):
+    publish, _, source = channels
+    publish("nixos-unstable", "a" * 40)
+    publish("nixos-24.05", "b" * 40)
+    src = source()
+    assert src.resolve("latest").nix["url"] == f"http://archive/{'a' * 40}.tar.gz"
+    picked = src.resolve("nixos-24.05")
+    assert picked.nix["url"] == f"http://archive/{'b' * 40}.tar.gz"
+    assert picked.description == f"nixos-24.05 at {'b' * 12}"
+    with pytest.raises(RevisionNotFound):
+        src.resolve("nixos-99.99")          # no such channel
+    assert src.selector("some-tag") is None  # the registry decides: latest, or 404 when strict
+    # the operator may allow only some channels
+    only = source(allowed=["nixos-unstable"])
+    assert only.selector("nixos-24.05") is None and only.tags() == ["latest", "nixos-unstable"]
+
+
+def test_a_commit_tag_is_built_only_from_an_allowed_channels_history(channels):
+    publish, ancestor, source = channels
+    head, old, fork = "a" * 40, "c" * 40, "f" * 40
+    publish("nixos-unstable", head)
+    ancestor(old, head)
+    src = source()
+    assert src.resolve(old).nix["url"] == f"http://archive/{old}.tar.gz"
+    with pytest.raises(RevisionNotFound) as info:
+        src.resolve(fork)                   # e.g. a fork's commit, served under nixpkgs' URL
+    assert "not in the history of nixos-unstable" in info.value.message
+    # unless the operator allows any commit
+    assert source(any_commit=True).resolve(fork).identity == f"nixpkgs@{fork}"

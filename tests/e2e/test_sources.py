@@ -145,15 +145,15 @@ def channel_host(tmp_path):
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
 
-    def publish(greeting):
+    def publish(greeting, channel="nixos-test"):
         commit = os.urandom(20).hex()
         src = tmp_path / f"nixpkgs-{commit}"
         write_pkgs(src, greeting)
         (root / "archive").mkdir(exist_ok=True)
         with tarfile.open(root / "archive" / f"{commit}.tar.gz", "w:gz") as tar:
             tar.add(src, arcname=f"nixpkgs-{commit}")
-        (root / "nixos-test").mkdir(exist_ok=True)
-        (root / "nixos-test" / "git-revision").write_text(commit + "\n")
+        (root / channel).mkdir(exist_ok=True)
+        (root / channel / "git-revision").write_text(commit + "\n")
         shutil.rmtree(src)
         return commit
 
@@ -194,3 +194,26 @@ def test_skopeo_lists_the_tags_of_a_git_source(git_server):
     done = run(["skopeo", "list-tags", "--tls-verify=false", f"docker://{git_server.host}/hello"])
     listed = json.loads(done.stdout)
     assert listed["Tags"] == ["feature", "latest", "main", "v1"]
+
+
+def test_channel_names_and_checked_commits_as_tags(channel_host, tmp_path):
+    base, publish = channel_host
+    old = publish("an older nixpkgs")
+    head = publish("from the channel")
+    publish("from another channel", channel="nixos-other")
+    fork = publish("from someone's fork", channel="not-a-channel")
+    # GitHub's compare API, as the check reads it: head is ahead of old
+    os.makedirs(tmp_path / "www" / "compare")
+    (tmp_path / "www" / "compare" / f"{old}...{head}").write_text('{"status": "ahead"}')
+    srv = Server(str(tmp_path / "srv"), NIXERY_CHANNEL="nixos-test", NIXERY_CHANNEL_URL=base,
+                 NIXERY_ARCHIVE_URL=base + "/archive/{rev}.tar.gz",
+                 NIXERY_COMMIT_CHECK_URL=base + "/compare/{base}...{head}").start()
+    try:
+        assert hello_says(srv, tmp_path, "latest") == "from the channel"
+        assert hello_says(srv, tmp_path, "nixos-other") == "from another channel"
+        assert hello_says(srv, tmp_path, old) == "an older nixpkgs"
+        r = requests.get(f"{srv.url}/v2/hello/manifests/{fork}")
+        assert r.status_code == 404
+        assert "not in the history of nixos-test" in error_of(r)["message"]
+    finally:
+        srv.stop()
