@@ -28,6 +28,7 @@ def make_images(config: Config, store, *, nix=None):
     from builders import sources
     from builders.claims import Claims
     from builders.failures import Failures
+    from builders.jobs import Jobs
     from builders.layerstore import LayerStore
     from builders.locks import BuildLocks
     from builders.nix import Nix
@@ -46,6 +47,7 @@ def make_images(config: Config, store, *, nix=None):
         layerstore=LayerStore(store, config.compression),
         popularity=Popularity(store, config.popularity_url),
         nix=nix or Nix(),
+        jobs=Jobs(),
         history=_history(config.history_path),
         nix_timeout=config.nix_timeout, max_layers=config.max_layers,
         pull_wait=config.pull_wait)

@@ -3,9 +3,10 @@
 Each piece it uses has a module of its own, made in `create_app` and
 handed in: the revisions of the package source (`revisions`), the memory
 of failures (`failures`), the build locks of this machine (`locks`), the
+claims that make one build per image across instances (`claims`), the
 layer store (`layerstore`), popularity for layering (`popularity`), Nix
-(`nix`), the pages' build history (`history`) and the jobs that outlive
-requests (`jobs`).
+(`nix`), the jobs that outlive requests (`jobs`) and the pages' build
+history (`history`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from . import forest, layers, manifest, metrics
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
                      PackagesNotFound, PackagesRefused)
 from .image import HOST_SYSTEM, Image
-from .jobs import Job, Jobs
+from .jobs import Job
 from .nix import Deadline
 from .records import ImageRecord, cache_key
 from .suggest import close_matches
@@ -52,7 +53,7 @@ class _Found(Exception):
 
 class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, claims, layerstore, popularity,
-                 nix, jobs=None, history=None, nix_timeout: float = 60.0, max_layers: int = 100,
+                 nix, jobs, history=None, nix_timeout: float = 60.0, max_layers: int = 100,
                  pull_wait: float = 25.0):
         self.storage = storage
         self.revisions = revisions
@@ -66,7 +67,7 @@ class ImageService:
         self.nix_timeout = nix_timeout
         self.max_layers = max_layers
         self.pull_wait = pull_wait
-        self.jobs = jobs or Jobs()
+        self.jobs = jobs
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
 
     @property

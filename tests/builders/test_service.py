@@ -16,6 +16,7 @@ from builders.image import Image
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.claims import Claims
 from builders.failures import Failures
+from builders.jobs import Jobs
 from builders.layerstore import LayerStore
 from builders.locks import BuildLocks
 from builders.nix import Nix
@@ -82,7 +83,7 @@ def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pk
         store, revisions=Revisions(PathSource(str(pkgs)), store, refresh=300),
         failures=Failures(store),
         locks=BuildLocks(os.path.join(state, "locks"), max_builds=2, queue_timeout=30),
-        claims=Claims(store),
+        claims=Claims(store), jobs=Jobs(),
         layerstore=LayerStore(store, workers=layer_workers),
         popularity=Popularity(store, popularity_url), nix=CountingNix(),
         nix_timeout=120, max_layers=max_layers, pull_wait=pull_wait)
