@@ -6,6 +6,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 import uuid
 
 import pytest
@@ -78,6 +79,23 @@ def drowsy_set(dest, seconds):
     and has not been built before (a salt of its own)."""
     return package_set(dest, [("sleep 25 # salt: none",
                                 f"sleep {seconds} # salt: {uuid.uuid4().hex}")])
+
+
+def at_once(n, fn):
+    """fn(0) ... fn(n - 1), each on a thread of its own, all let go at the
+    same moment; their results in that order."""
+    barrier = threading.Barrier(n)
+    results = [None] * n
+
+    def run(i):
+        barrier.wait()
+        results[i] = fn(i)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def need(*programs):

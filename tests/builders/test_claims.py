@@ -6,7 +6,7 @@ from builders.image import Image
 from builders.records import cache_key
 from storage import FilesystemStorage
 from tests.builders.test_service import service
-from tests.conftest import drowsy_set
+from tests.conftest import at_once, drowsy_set
 
 
 def test_a_claim_is_held_until_its_lease_ends_or_it_is_released(tmp_path):
@@ -30,19 +30,8 @@ def test_a_claim_is_held_until_its_lease_ends_or_it_is_released(tmp_path):
 
 def test_of_instances_claiming_at_once_one_wins(tmp_path):
     store = FilesystemStorage(tmp_path)
-    barrier = threading.Barrier(6)
-    won = []
-
-    def claim(i):
-        barrier.wait()
-        if Claims(store, owner=str(i)).acquire("k") is not None:
-            won.append(i)
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1
+    claims = at_once(6, lambda i: Claims(store, owner=str(i)).acquire("k"))
+    assert sum(claim is not None for claim in claims) == 1
 
 
 def two_instances(tmp_path, seconds):

@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from storage import FilesystemStorage, IntegrityError, ObjectNotFound, StorageError, keys
+from tests.conftest import at_once
 
 
 @pytest.fixture(params=["filesystem", "gcs"])
@@ -117,18 +118,8 @@ def test_conditional_writes_of_small_records(driver):
 
 
 def test_of_writers_racing_for_a_record_one_wins(driver):
-    import threading
-    wins = []
-    barrier = threading.Barrier(6)
-
-    def race(i):
-        barrier.wait()
-        if driver.put_if("claims/race", f"writer {i}".encode(), version=None):
-            wins.append(i)
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    written = at_once(6, lambda i: driver.put_if("claims/race", f"writer {i}".encode(),
+                                                 version=None))
+    wins = [i for i, version in enumerate(written) if version]
     assert len(wins) == 1
     assert driver.read("claims/race") == f"writer {wins[0]}".encode()
