@@ -103,7 +103,11 @@ class Job:
         if isinstance(self._error, dict):
             raise BuildError.from_dict(self._error)
         if self._error is not None:
-            raise self._error
+            try:
+                fresh = type(self._error)(*self._error.args)
+            except Exception:  # an exception that cannot be made again from its args
+                fresh = self._error
+            raise fresh
         return self._record
 
     @property

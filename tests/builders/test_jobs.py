@@ -80,3 +80,19 @@ def test_progress_counts_store_paths_and_layers(tmp_path):
     assert job.progress() == "making layers: 1 of 3 stored, 2.5 MB"
     release.set()
     assert job.wait(10)
+
+
+def test_a_storage_failure_reaches_each_waiter_as_its_own_exception():
+    from storage.errors import StorageUnavailable
+    jobs = Jobs()
+
+    def run(job):
+        raise StorageUnavailable("the bucket is unreachable")
+    job = jobs.start("k", "hello", "latest", run)
+    assert job.wait(10)
+    raised = []
+    for _ in range(2):
+        with pytest.raises(StorageUnavailable) as info:
+            job.outcome()
+        raised.append(info.value)
+    assert raised[0] is not raised[1] and str(raised[1]) == "the bucket is unreachable"
