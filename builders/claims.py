@@ -104,13 +104,3 @@ class Claims:
         if mine is None:
             return None  # another instance was quicker
         return Claim(self, key, mine)
-
-    def holder(self, key: str) -> str | None:
-        """Who holds a live claim on `key`, for messages."""
-        current = self.storage.read_versioned(keys.claim(key))
-        if current is None:
-            return None
-        held = json.loads(current[0])
-        if held.get("released") or held["expires"] <= self._clock():
-            return None
-        return held["owner"]

@@ -134,7 +134,6 @@ class ChannelSource(Source):
                  any_commit=False):
         self.channel = channel
         self.channel_url = channel_url.rstrip("/")
-        self.revision_url = self._revision_url(channel)
         self.archive_url = archive_url
         self.allowed = tuple(allowed) if allowed else None
         self.check_url = check_url
@@ -148,9 +147,9 @@ class ChannelSource(Source):
     def selector(self, tag):
         if tag == "latest" or COMMIT_RE.match(tag):
             return tag
-        if (tag in self.allowed) if self.allowed is not None else CHANNEL_TAG_RE.match(tag):
-            return tag
-        return None
+        if self.allowed is not None:
+            return tag if tag in self.allowed else None
+        return tag if CHANNEL_TAG_RE.match(tag) else None
 
     def immutable(self, tag):
         return bool(COMMIT_RE.match(tag))

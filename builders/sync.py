@@ -23,10 +23,6 @@ class LockedTTLCache:
         with self._lock:
             self._cache[key] = value
 
-    def pop(self, key, default=None):
-        with self._lock:
-            return self._cache.pop(key, default)
-
 
 class Once:
     """make() once per key at a time in this process: callers that come

@@ -277,7 +277,6 @@ def test_every_valid_name_has_its_tags_listed(client):
 def test_tags_are_paged_with_a_link_to_the_next_page(app, client, monkeypatch):
     tags = ["latest", "nixos-24.05", "nixos-unstable", "release-1", "v1", "has/slash"]
     monkeypatch.setattr(app.extensions["images"].revisions.source, "tags", lambda: sorted(tags))
-    app.extensions["images"].revisions._tags.pop("tags")
     pages, url = [], "/v2/hello/tags/list?n=2"
     while url:
         r = client.get(url)

@@ -1,12 +1,18 @@
 """One build per image across instances: claims with leases, in storage."""
+import json
 import threading
 
 from builders.claims import Claims
 from builders.image import Image
 from builders.records import cache_key
-from storage import FilesystemStorage
+from storage import FilesystemStorage, keys
 from tests.builders.test_service import service
 from tests.conftest import at_once, drowsy_set
+
+
+def owner(store, key="k"):
+    """Who the claim in storage names."""
+    return json.loads(store.read(keys.claim(key)))["owner"]
 
 
 def test_a_claim_is_held_until_its_lease_ends_or_it_is_released(tmp_path):
@@ -15,17 +21,18 @@ def test_a_claim_is_held_until_its_lease_ends_or_it_is_released(tmp_path):
     one = Claims(store, lease=60, owner="one", clock=lambda: now[0])
     two = Claims(store, lease=60, owner="two", clock=lambda: now[0])
     claim = one.acquire("k")
-    assert claim is not None and two.acquire("k") is None and two.holder("k") == "one"
+    assert claim is not None and two.acquire("k") is None and owner(store) == "one"
     now[0] += 50
     assert claim.renew()               # pushed out to 1110
     now[0] += 50
     assert two.acquire("k") is None    # still held
     now[0] += 11                       # one died and stopped renewing
     taken = two.acquire("k")
-    assert taken is not None and one.holder("k") == "two"
+    assert taken is not None and owner(store) == "two"
     assert not claim.renew()           # one cannot take it back
     taken.release()
-    assert one.holder("k") is None and one.acquire("k") is not None
+    assert json.loads(store.read(keys.claim("k")))["released"]
+    assert one.acquire("k") is not None and owner(store) == "one"
 
 
 def test_of_instances_claiming_at_once_one_wins(tmp_path):
