@@ -26,6 +26,7 @@ def _history(path):
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
     from builders import sources
+    from builders.build import ImageBuilder
     from builders.claims import Claims
     from builders.failures import Failures
     from builders.jobs import Jobs
@@ -36,6 +37,8 @@ def make_images(config: Config, store, *, nix=None):
     from builders.revisions import Revisions
     from builders.service import ImageService
 
+    nix = nix or Nix()
+    layerstore = LayerStore(store, config.compression)
     return ImageService(
         store,
         revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh,
@@ -44,13 +47,12 @@ def make_images(config: Config, store, *, nix=None):
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
         claims=Claims(store, lease=config.build_lease),
-        layerstore=LayerStore(store, config.compression),
-        popularity=Popularity(store, config.popularity_url),
-        nix=nix or Nix(),
-        jobs=Jobs(),
+        builder=ImageBuilder(store, nix=nix, popularity=Popularity(store, config.popularity_url),
+                             layerstore=layerstore, nix_timeout=config.nix_timeout,
+                             max_layers=config.max_layers),
+        layerstore=layerstore, nix=nix, jobs=Jobs(),
         history=_history(config.history_path),
-        nix_timeout=config.nix_timeout, max_layers=config.max_layers,
-        pull_wait=config.pull_wait)
+        nix_timeout=config.nix_timeout, pull_wait=config.pull_wait)
 
 
 def create_app(config: Config | None = None, *, nix=None):

@@ -89,7 +89,7 @@ def package_set_popularity(path):
 
 
 def run(grouping, max_layers, scratch, popularity_url=None):
-    layers.group = grouping  # the service groups through this module function
+    layers.group = grouping  # the builder groups through this module function
     try:
         with tempfile.TemporaryDirectory(dir=scratch) as root:
             config = Config(pkgs_path=PKGS, storage_path=root, nix_timeout=600,

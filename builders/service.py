@@ -1,12 +1,13 @@
-"""From an image name to a stored image: the orchestration of one build.
+"""From an image name to a stored image: the orchestration of its build.
 
 Each piece it uses has a module of its own, made in `create_app` and
 handed in: the revisions of the package source (`revisions`), the memory
 of failures (`failures`), the build locks of this machine (`locks`), the
 claims that make one build per image across instances (`claims`), the
-layer store (`layerstore`), popularity for layering (`popularity`), Nix
-(`nix`), the jobs that outlive requests (`jobs`) and the pages' build
-history (`history`).
+build itself (`builder`, builders/build.py), the jobs that outlive
+requests (`jobs`) and the pages' build history (`history`); the layer
+store (`layerstore`) and Nix (`nix`) for making a lost blob again and for
+package lookups.
 """
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ import logging
 import time
 
 from storage import keys
-from . import forest, layers, manifest, metrics
+from . import metrics
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
-                     PackagesNotFound, PackagesRefused)
+                     PackagesNotFound)
 from .image import HOST_SYSTEM, Image
 from .jobs import Job
 from .nix import Deadline
 from .records import ImageRecord, cache_key
-from .suggest import close_matches
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -52,20 +52,18 @@ class _Found(Exception):
 
 
 class ImageService:
-    def __init__(self, storage, *, revisions, failures, locks, claims, layerstore, popularity,
-                 nix, jobs, history=None, nix_timeout: float = 60.0, max_layers: int = 100,
-                 pull_wait: float = 25.0):
+    def __init__(self, storage, *, revisions, failures, locks, claims, builder, layerstore, nix,
+                 jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
         self.locks = locks
         self.claims = claims
+        self.builder = builder
         self.layerstore = layerstore
-        self.popularity = popularity
         self.nix = nix
         self.history = history
         self.nix_timeout = nix_timeout
-        self.max_layers = max_layers
         self.pull_wait = pull_wait
         self.jobs = jobs
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
@@ -73,6 +71,11 @@ class ImageService:
     @property
     def source(self):
         return self.revisions.source
+
+    @property
+    def max_layers(self) -> int:
+        """Part of every cache key: it shapes the layers the builder makes."""
+        return self.builder.max_layers
 
     def image(self, image: Image, tag: str, *, wait: float | None = None) -> ImageRecord:
         """The image's record: from memory, from storage, or made by a job.
@@ -206,7 +209,8 @@ class ImageService:
             raise
 
     def _tracked_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
-        """_build, with its history entry, its log file and its metrics."""
+        """The builder's build, with its history entry, its log file, its log
+        lines and its metrics."""
         build = self.history.start(image.label, tag, key) if self.history else None
         job.log_path = build and build.log_path
 
@@ -217,8 +221,17 @@ class ImageService:
         started = time.monotonic()
         outcome = "failed"
         try:
+            if not image.packages:
+                raise InvalidImage("the image name lists no packages")
+            metrics.MANIFEST_CACHE.labels("miss").inc()
+            logger.info("building %s for %s from %s, %s", image.name, image.system,
+                        self.source.describe(), revision.description)
             with metrics.BUILDS_IN_FLIGHT.track_inprogress():
-                record = self._build(image, revision, key, job, phase)
+                built = self.builder.build(image, revision, key, job, phase)
+            record = built.record
+            logger.info("built %s: %d store paths in %d layers, Nix %.1fs, total %.1fs",
+                        image.name, built.store_paths, len(record.layers), built.nix_seconds,
+                        time.monotonic() - started)
             outcome = "built"
             if build:
                 self.history.built(build, closure_size=record.closure_size, key=key,
@@ -239,73 +252,3 @@ class ImageService:
         finally:
             metrics.BUILDS.labels(outcome).inc()
             metrics.BUILD_SECONDS.labels(outcome).observe(time.monotonic() - started)
-
-    def _build(self, image: Image, revision, key: str, job: Job, phase) -> ImageRecord:
-        if not image.packages:
-            raise InvalidImage("the image name lists no packages")
-        metrics.MANIFEST_CACHE.labels("miss").inc()
-        started = time.monotonic()
-        deadline = Deadline(self.nix_timeout, log_path=job.log_path)
-        phase("evaluating")
-        source = revision.nix
-        paths = image.attribute_paths
-        logger.info("building %s for %s from %s, %s", image.name, image.system,
-                    self.source.describe(), revision.description)
-        resolved = self.nix.resolve(source, image.system, paths, deadline)
-
-        missing = [r for r in resolved if r.status == "missing"]
-        if missing:
-            raise PackagesNotFound([
-                (r.requested, close_matches(r.requested.split(".")[-1], r.siblings))
-                for r in missing])
-        refused = []
-        logs = []
-        for i, r in enumerate(resolved):
-            if r.status == "notDerivation":
-                refused.append(f"{r.requested} is not a package (it is not a derivation)")
-            elif r.status == "error":
-                why = self.nix.explain(source, image.system, paths, i, deadline)
-                logs.append(why)
-                reason = next((line[len("error: "):] for line in why.splitlines()
-                               if line.startswith("error: ")), why.splitlines()[-1] if why else "")
-                refused.append(f"{r.requested} cannot be built: {reason}")
-        if refused:
-            raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
-
-        phase("realising")
-        self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved}, deadline)
-        closure = self.nix.closure([r.out for r in resolved], deadline)
-        nix_seconds = time.monotonic() - started
-
-        roots = [r.out for r in resolved]
-        names = [p.name for p in closure]
-        counts, popular = self.popularity.for_layering(names)
-        groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
-        phase("making layers")
-        job.layers(len(groups) + 1)
-        stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
-                                              on_layer=job.layer_done)
-        self.popularity.record(names)
-
-        by_attr = {r.attr_path: r for r in resolved}
-        env = []
-        if "cacert" in by_attr:
-            env.append(f"SSL_CERT_FILE={by_attr['cacert'].out}/etc/ssl/certs/ca-bundle.crt")
-        cmd = ["bash"] if "bashInteractive" in by_attr else None
-        config = manifest.image_config(arch=image.arch, diff_ids=[l["diff_id"] for l in stored],
-                                       env=env, cmd=cmd)
-        phase("storing")
-        config_ref = self.layerstore.store_blob(config)
-        manifests = {}
-        for media_type in manifest.MANIFEST_TYPES:
-            body = manifest.render(media_type, config_ref, stored)
-            self.layerstore.store_blob(body, media_type)
-            manifests[media_type] = body.decode()
-        record = ImageRecord(
-            key=key, packages=list(image.packages), system=image.system,
-            manifests=manifests, config=config_ref, layers=stored,
-            closure_size=sum(p.nar_size for p in closure))
-        self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
-        logger.info("built %s: %d store paths in %d layers, Nix %.1fs, total %.1fs",
-                    image.name, len(closure), len(stored), nix_seconds, time.monotonic() - started)
-        return record

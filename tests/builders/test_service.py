@@ -14,6 +14,7 @@ from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildTime
                              PackagesNotFound, PackageUnbuildable, SourceUnavailable)
 from builders.image import Image
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from builders.build import ImageBuilder
 from builders.claims import Claims
 from builders.failures import Failures
 from builders.jobs import Jobs
@@ -79,14 +80,16 @@ def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pk
     `state` is its machine's own folder (the storage root's by default)."""
     store = CountingStorage(root)
     state = state or os.path.join(root, ".state")
+    nix = CountingNix()
+    layerstore = LayerStore(store, workers=layer_workers)
     return ImageService(
         store, revisions=Revisions(PathSource(str(pkgs)), store, refresh=300),
         failures=Failures(store),
         locks=BuildLocks(os.path.join(state, "locks"), max_builds=2, queue_timeout=30),
         claims=Claims(store), jobs=Jobs(),
-        layerstore=LayerStore(store, workers=layer_workers),
-        popularity=Popularity(store, popularity_url), nix=CountingNix(),
-        nix_timeout=120, max_layers=max_layers, pull_wait=pull_wait)
+        builder=ImageBuilder(store, nix=nix, popularity=Popularity(store, popularity_url),
+                             layerstore=layerstore, nix_timeout=120, max_layers=max_layers),
+        layerstore=layerstore, nix=nix, nix_timeout=120, pull_wait=pull_wait)
 
 
 def manifest_of(record, media_type=DOCKER_MANIFEST):
