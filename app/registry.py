@@ -4,7 +4,8 @@ Every request under /v2 is answered here, by one handler per endpoint:
 `base`, `manifest`, `blob` and `tags`.  `RegistryAPI` is their WSGI adapter: it
 parses the path once, calls the handler, and renders any error it raised
 with the one error renderer (app/errors.py).  Other paths go on to the
-Flask app (pages, operators' endpoints).
+Flask app (pages, operators' endpoints).  The HTTP details they share
+(negotiation, conditions, ranges, streaming) are in app/wire.py.
 
 The API sits below Flask because a pull is a run of small requests (a
 manifest, then blob after blob) and Flask's per-request work (contexts,
@@ -14,13 +15,10 @@ not here: app/scope.py gives them to every endpoint alike.
 """
 from __future__ import annotations
 
-import http
 import json
 import logging
 import os
 import urllib.parse
-
-from werkzeug.http import parse_etags, parse_range_header
 
 from builders import manifest
 from builders.errors import BuildError
@@ -28,52 +26,16 @@ from builders.image import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
 
-from . import errors, grammar, metrics
+from . import errors, grammar, metrics, wire
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
                      PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
 from .scope import ROUTE
+from .wire import Call, Reply
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/v2"
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
-CHUNK = 1 << 20
-REASON_MAX = 300
-_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
-
-
-class Reply:
-    """What a handler answers: status, headers and the body's chunks."""
-
-    __slots__ = ("status", "headers", "body", "reason")
-
-    def __init__(self, status, headers, body=(), reason=None):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.reason = reason  # the status line's words, when not the standard ones
-
-
-class Call:
-    """One request under /v2, as the handlers read it."""
-
-    __slots__ = ("environ", "method", "path")
-
-    def __init__(self, environ):
-        self.environ = environ
-        self.method = environ.get("REQUEST_METHOD", "GET")
-        # WSGI hands the path over as latin-1 code points of its bytes
-        self.path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-
-    def header(self, name: str) -> str | None:
-        """A request header by its WSGI key, e.g. HTTP_RANGE."""
-        return self.environ.get(name)
-
-    def url(self, path: str) -> str:
-        """An absolute URL on this registry, as the client addressed it."""
-        env = self.environ
-        host = env.get("HTTP_HOST") or f"{env.get('SERVER_NAME', 'localhost')}:{env.get('SERVER_PORT', '80')}"
-        return f"{env.get('wsgi.url_scheme', 'http')}://{host}{path}"
 
 
 class RegistryAPI:
@@ -94,12 +56,12 @@ class RegistryAPI:
         except Exception as exc:
             error = errors.for_exception(exc, call.method, call.path)
             status, headers, body = error.render()
-            reply = Reply(status, headers, [body], reason=_reason(error.message))
+            reply = Reply(status, headers, [body], reason=wire.reason(error.message))
         reply.headers.append(API_VERSION)
         start_response(f"{reply.status} {reply.reason}" if reply.reason
-                       else _STATUS_LINES[reply.status], reply.headers)
+                       else wire.STATUS_LINES[reply.status], reply.headers)
         if call.method == "HEAD":
-            _close(reply.body)
+            wire.close(reply.body)
             return []
         return reply.body
 
@@ -148,12 +110,12 @@ class RegistryAPI:
                 # with where people can read why: docker shows little of an error
                 raise errors.from_domain(e, build_page=call.url(f"/builds/{name}:{reference}"),
                                          subject=f"{name}:{reference}") from None
-            media_type = negotiate(call.header("HTTP_ACCEPT") or "")
+            media_type = wire.negotiate(call.header("HTTP_ACCEPT") or "")
             body = record.manifest(media_type)
             digest = manifest.digest_of(body)
         headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),
                    ("ETag", f'"{digest}"')]
-        if _not_modified(call, digest):
+        if wire.not_modified(call, digest):
             return Reply(304, headers)
         headers.append(("Content-Length", str(len(body))))
         if call.method == "GET":
@@ -196,12 +158,12 @@ class RegistryAPI:
             if url:
                 f.close()
                 return Reply(307, [*headers, ("Location", url), ("Content-Length", "0")])
-        if _not_modified(call, digest):
+        if wire.not_modified(call, digest):
             f.close()
             return Reply(304, headers)
         headers += [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes")]
         start, stop, status = 0, size, 200
-        span = _range(call, digest, size)
+        span = wire.requested_range(call, digest, size)
         if span is not None:
             start, stop = span
             if start >= stop:
@@ -214,7 +176,7 @@ class RegistryAPI:
         if call.method == "HEAD":
             f.close()
             return Reply(status, headers)
-        return Reply(status, headers, stream_blob(f, start, stop))
+        return Reply(status, headers, wire.stream_blob(f, start, stop))
 
     def _open_blob(self, digest):
         """The blob, checked against its digest; a missing or corrupt one is
@@ -246,77 +208,3 @@ def check_digest(reference):
         raise DigestInvalid(f"invalid digest {reference!r}: expected sha256:<64 hex digits>",
                             {"digest": reference})
     return reference
-
-
-def negotiate(accept: str) -> str:
-    """Docker schema 2 or OCI, whichever the client lists with the higher
-    quality (the earlier on a tie); Docker schema 2 when it names neither."""
-    best, best_q = manifest.DOCKER_MANIFEST, -1.0
-    for item in accept.split(","):
-        parts = [p.strip() for p in item.split(";")]
-        q = 1.0
-        for param in parts[1:]:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        if parts[0] in manifest.MANIFEST_TYPES and q > 0 and q > best_q:
-            best, best_q = parts[0], q
-    return best
-
-
-def _not_modified(call, digest) -> bool:
-    """Whether the client's If-None-Match already names this content."""
-    value = call.header("HTTP_IF_NONE_MATCH")
-    return bool(value) and parse_etags(value).contains_weak(digest)
-
-
-def _range(call, digest, size):
-    """[start, stop) of a single-range request the client may have, or None
-    for the whole blob; (0, 0) for a range outside it.  A range under an
-    If-Range for other content is ignored, as HTTP says."""
-    value = call.header("HTTP_RANGE")
-    if not value:
-        return None
-    if_range = call.header("HTTP_IF_RANGE")
-    if if_range and if_range.strip() != f'"{digest}"':
-        return None
-    rng = parse_range_header(value)
-    if rng is None or len(rng.ranges) != 1:
-        return None
-    return rng.range_for_length(size) or (0, 0)
-
-
-def stream_blob(f, start, stop):
-    """The blob's bytes [start, stop) in chunks; counts, once at the end, the
-    bytes the server took (a chunk it failed to send is not counted)."""
-    taken = 0
-    try:
-        with f:
-            f.seek(start)
-            left = stop - start
-            while left > 0:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                left -= len(chunk)
-                yield chunk
-                taken += len(chunk)
-    finally:
-        metrics.BLOB_BYTES.inc(taken)
-
-
-def _reason(message: str) -> str:
-    """An error's message as the words of its status line.  containerd
-    starts a pull with a HEAD, whose answer has no body, and shows only the
-    status line of an error: this is the one place its users can read why.
-    HTTP allows any visible ASCII there; the rest is replaced."""
-    words = "".join(c if " " <= c <= "~" else "?" for c in message)
-    return words[:REASON_MAX - 3] + "..." if len(words) > REASON_MAX else words
-
-
-def _close(body):
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()
