@@ -52,7 +52,7 @@ def make_images(config: Config, store, *, nix=None):
                              max_layers=config.max_layers),
         layerstore=layerstore, nix=nix, jobs=Jobs(),
         history=_history(config.history_path),
-        nix_timeout=config.nix_timeout, pull_wait=config.pull_wait)
+        nix_timeout=config.nix_timeout, pull_wait=config.pull_wait, platforms=config.platforms)
 
 
 def create_app(config: Config | None = None, *, nix=None):

@@ -10,7 +10,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from builders import compress
+from builders import compress, platforms as platforms_
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
 DEFAULT_CHANNEL = "nixos-unstable"
@@ -68,6 +68,10 @@ class Config:
     channels: tuple[str, ...] | None = None
     commit_check_url: str = "https://api.github.com/repos/NixOS/nixpkgs/compare/{base}...{head}"
     any_commit: bool = False
+    # The platforms every image name is built for, in order: with more than
+    # one, a pull by tag that accepts an index gets one; the first is what
+    # other clients get.
+    platforms: tuple[platforms_.Platform, ...] = (platforms_.HOST,)
     # This machine's own state: build locks, build history, metrics files.
     state_path: str | None = None
     # prometheus_client's multiprocess folder (its own variable name); set
@@ -209,6 +213,15 @@ class Config:
             except ValueError:
                 raise ConfigError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
 
+        def platform_list(name):
+            raw = get(name)
+            if raw is None:
+                return cls.platforms
+            try:
+                return platforms_.parse(raw)
+            except ValueError as e:
+                raise ConfigError(f"{name}: {e}") from None
+
         def flag(name):
             raw = (get(name) or "0").lower()
             if raw not in ("0", "1", "true", "false", "yes", "no"):
@@ -241,6 +254,7 @@ class Config:
             if get("NIXERY_CHANNELS") else None,
             commit_check_url=get("NIXERY_COMMIT_CHECK_URL") or cls.commit_check_url,
             any_commit=flag("NIXERY_ANY_COMMIT"),
+            platforms=platform_list("NIXERY_PLATFORMS"),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

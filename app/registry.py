@@ -104,13 +104,17 @@ class RegistryAPI:
                 raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, "
                                  "digits, '_', '.' and '-', not starting with '.' or '-'",
                                  {"tag": reference})
+            accept = call.header("HTTP_ACCEPT") or ""
             try:
-                record = self.images.image(Image.from_name(name), reference)
+                image = Image.from_name(name)
+                if not wire.admits_index(accept):
+                    image = self.images.pinned(image)
+                record = self.images.image(image, reference)
             except BuildError as e:
                 # with where people can read why: docker shows little of an error
                 raise errors.from_domain(e, build_page=call.url(f"/builds/{name}:{reference}"),
                                          subject=f"{name}:{reference}") from None
-            media_type = wire.negotiate(call.header("HTTP_ACCEPT") or "")
+            media_type = wire.negotiate(accept, record.media_types)
             body = record.manifest(media_type)
             digest = manifest.digest_of(body)
         headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),

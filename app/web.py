@@ -82,7 +82,7 @@ def build(ref):
                                host=request.host), 400
     images = _images()
     try:
-        image = Image.from_name(name)
+        image = images.pinned(Image.from_name(name))
     except BuildError as e:
         return render_template("build.html", name=name, tag=tag, packages=[], arch="",
                                status="failed", status_text=e.message, build=None,

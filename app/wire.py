@@ -50,10 +50,10 @@ class Call:
         return f"{env.get('wsgi.url_scheme', 'http')}://{host}{path}"
 
 
-def negotiate(accept: str) -> str:
-    """Docker schema 2 or OCI, whichever the client lists with the higher
-    quality (the earlier on a tie); Docker schema 2 when it names neither."""
-    best, best_q = manifest.DOCKER_MANIFEST, -1.0
+def _accepted(accept: str) -> dict[str, float]:
+    """Media type -> quality, as an Accept header lists them (the first
+    mention of a type counts)."""
+    found = {}
     for item in accept.split(","):
         parts = [p.strip() for p in item.split(";")]
         q = 1.0
@@ -63,8 +63,24 @@ def negotiate(accept: str) -> str:
                     q = float(param[2:])
                 except ValueError:
                     q = 0.0
-        if parts[0] in manifest.MANIFEST_TYPES and q > 0 and q > best_q:
-            best, best_q = parts[0], q
+        found.setdefault(parts[0], q)
+    return found
+
+
+def admits_index(accept: str) -> bool:
+    """Whether the client takes an image index or a manifest list."""
+    accepted = _accepted(accept)
+    return any(accepted.get(t, 0) > 0 for t in manifest.INDEX_TYPES)
+
+
+def negotiate(accept: str, offered=manifest.MANIFEST_TYPES) -> str:
+    """Of the `offered` media types, the one the client lists with the
+    higher quality (the earlier on a tie); the first offered when it names
+    none of them."""
+    best, best_q = offered[0], 0.0
+    for media_type, q in _accepted(accept).items():
+        if media_type in offered and q > best_q:
+            best, best_q = media_type, q
     return best
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from storage import keys
 from . import forest, layers, manifest
-from .errors import PackagesNotFound, PackagesRefused
+from .errors import PackagesNotFound, PackagesRefused, PlatformUnsupported
 from .image import Image
 from .nix import Deadline
 from .records import ImageRecord
@@ -51,13 +51,13 @@ class ImageBuilder:
         nix_seconds = time.monotonic() - started
 
         names = [p.name for p in closure]
-        counts, popular = self.popularity.for_layering(names)
+        counts, popular = self.popularity.for_layering(names, image.system)
         groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
         phase("making layers")
         job.layers(len(groups) + 1)
         stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
                                               on_layer=job.layer_done)
-        self.popularity.record(names)
+        self.popularity.record(names, image.system)
 
         phase("storing")
         config_ref = self.layerstore.store_blob(self._config(image, resolved, stored))
@@ -83,6 +83,13 @@ class ImageBuilder:
             raise PackagesNotFound([
                 (r.requested, close_matches(r.requested.split(".")[-1], r.siblings))
                 for r in missing])
+        unsupported = [r for r in resolved if r.status == "unsupported"]
+        if unsupported:
+            raise PlatformUnsupported("; ".join(
+                f"{r.requested} is not available on {image.platform.name} ({image.system})"
+                + (f": it is built for {', '.join(r.platforms[:6])}"
+                   + (", ..." if len(r.platforms) > 6 else "") if r.platforms else "")
+                for r in unsupported))
         refused = []
         logs = []
         for i, r in enumerate(resolved):
@@ -105,5 +112,5 @@ class ImageBuilder:
         if "cacert" in by_attr:
             env.append(f"SSL_CERT_FILE={by_attr['cacert'].out}/etc/ssl/certs/ca-bundle.crt")
         cmd = ["bash"] if "bashInteractive" in by_attr else None
-        return manifest.image_config(arch=image.arch, diff_ids=[l["diff_id"] for l in stored],
-                                     env=env, cmd=cmd)
+        return manifest.image_config(arch=image.arch, variant=image.platform.variant,
+                                     diff_ids=[l["diff_id"] for l in stored], env=env, cmd=cmd)

@@ -54,6 +54,11 @@ class PackagesRefused(PackageUnbuildable):
     """Nix evaluated the packages and refused them: the same at the same revision."""
 
 
+class PlatformUnsupported(PackagesRefused):
+    """A requested package is not available on the image's platform (its
+    meta.platforms): an index leaves that platform out."""
+
+
 class BuildFailed(BuildError):
     """Nix tried to build and the build failed."""
 

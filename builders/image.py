@@ -1,24 +1,16 @@
 """Image names: which packages, for which system."""
 from __future__ import annotations
 
-import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from . import platforms
 from .errors import InvalidImage
+from .platforms import Platform
 
 # Meta-packages, recognised as leading components of a name.
 SHELL_PACKAGES = ("bashInteractive", "cacert", "coreutils", "iana-etc", "moreutils", "nano")
 
-# name component -> (Nix system, OCI architecture)
-SYSTEMS = {
-    "arm64": ("aarch64-linux", "arm64"),
-}
-_HOST_SYSTEMS = {
-    "x86_64": ("x86_64-linux", "amd64"),
-    "aarch64": ("aarch64-linux", "arm64"),
-}
-HOST_SYSTEM = _HOST_SYSTEMS.get(platform.machine(), ("x86_64-linux", "amd64"))
-META_PACKAGES = ("shell", *SYSTEMS)
+META_PACKAGES = ("shell", *platforms.PREFIXES)
 
 
 def misplaced_meta(name: str) -> str | None:
@@ -40,11 +32,12 @@ def misplaced_meta(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Image:
-    """What one image name asks for: sorted, de-duplicated attribute paths."""
+    """What one image name asks for: sorted, de-duplicated attribute paths,
+    and the platform its name pins (`arm64/...`), or None for every
+    platform the registry serves (builders/service.py decides which)."""
 
     packages: tuple[str, ...]
-    system: str = HOST_SYSTEM[0]
-    arch: str = HOST_SYSTEM[1]
+    platform: Platform | None = None
 
     @classmethod
     def from_name(cls, name: str) -> "Image":
@@ -55,8 +48,8 @@ class Image:
             raise InvalidImage(misplaced)
         components = name.split("/")
         packages = []
-        system, arch = HOST_SYSTEM
-        while components and (components[0] == "shell" or components[0] in SYSTEMS):
+        pinned = None
+        while components and components[0] in META_PACKAGES:
             meta = components.pop(0)
             if meta == "shell":
                 # in the registry's lower case, as a user would type them, so
@@ -64,9 +57,27 @@ class Image:
                 # image's canonical name is a valid registry name
                 packages.extend(p.lower() for p in SHELL_PACKAGES)
             else:
-                system, arch = SYSTEMS[meta]
+                pinned = platforms.PREFIXES[meta]
         packages.extend(components)
-        return cls(tuple(sorted(set(packages))), system, arch)
+        return cls(tuple(sorted(set(packages))), pinned)
+
+    def on(self, platform: Platform) -> "Image":
+        """The same packages for `platform`."""
+        return replace(self, platform=platform)
+
+    @property
+    def system(self) -> str:
+        return self._platform.system
+
+    @property
+    def arch(self) -> str:
+        return self._platform.architecture
+
+    @property
+    def _platform(self) -> Platform:
+        if self.platform is None:
+            raise ValueError(f"{self.name} is not yet for one platform")
+        return self.platform
 
     @property
     def attribute_paths(self) -> list[list[str]]:

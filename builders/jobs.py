@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # What a job does, in order; /metrics counts jobs in each.
 PHASES = ("starting", "waiting for another worker", "waiting for a build slot",
-          "evaluating", "realising", "making layers", "storing")
+          "evaluating", "realising", "making layers", "storing", "waiting for its platforms")
 
 _WILL_BUILD = re.compile(r"^these (\d+) derivations will be built:|^this derivation will be built:")
 _WILL_FETCH = re.compile(r"^these (\d+) paths will be fetched|^this path will be fetched")
@@ -58,6 +58,7 @@ class Job:
         self.layers_total = 0
         self.layers_done = 0
         self.layer_bytes = 0
+        self.parts: dict[str, "Job"] = {}  # an index's jobs, by platform
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._record = None
@@ -72,6 +73,11 @@ class Job:
                 metrics.JOBS.labels(self.phase).dec()
             metrics.JOBS.labels(phase).inc()
             self.phase = phase
+
+    def watch(self, parts: dict[str, "Job"]) -> None:
+        """Wait on other jobs (an index's platforms), and say what they do."""
+        self.parts = parts
+        self.set_phase("waiting for its platforms")
 
     def layers(self, total: int) -> None:
         self.layers_total, self.layers_done, self.layer_bytes = total, 0, 0
@@ -118,6 +124,10 @@ class Job:
         """What the job is doing, for people, e.g. `realising: started 3 of
         10 store paths to build or fetch`."""
         phase = self.phase
+        running = [f"{name}: {part.progress()}" for name, part in self.parts.items()
+                   if not part.done]
+        if running:
+            return "; ".join(running)
         if phase == "realising" and self.log_path:
             try:
                 with open(self.log_path, errors="replace") as f:

@@ -11,7 +11,13 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
 MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
+INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
+# the manifests an index of each kind lists
+INDEX_MEMBERS = {DOCKER_LIST: DOCKER_MANIFEST, OCI_INDEX: OCI_MANIFEST}
 _FORMATS = {
     DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER),
     OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
@@ -30,17 +36,20 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def image_config(*, arch, diff_ids, env=(), cmd=None) -> bytes:
+def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None) -> bytes:
     config = {"Env": [f"PATH={PATH}", *env]}
     if cmd:
         config["Cmd"] = list(cmd)
-    return canonical({
+    doc = {
         "architecture": arch,
         "os": "linux",
         "created": CREATED,
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
-    })
+    }
+    if variant:
+        doc["variant"] = variant
+    return canonical(doc)
 
 
 def render(media_type, config: dict, layers: list[dict]) -> bytes:
@@ -56,12 +65,26 @@ def render(media_type, config: dict, layers: list[dict]) -> bytes:
     })
 
 
+def render_index(media_type, members: list[tuple[dict, bytes]]) -> bytes:
+    """An OCI image index or a Docker manifest list of `members`, each
+    (platform descriptor, manifest bytes of the kind the index lists)."""
+    member_type = INDEX_MEMBERS[media_type]
+    return canonical({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": [{"mediaType": member_type, "digest": digest_of(body), "size": len(body),
+                       "platform": platform} for platform, body in members],
+    })
+
+
 def media_type_of(data: bytes) -> str | None:
-    """The mediaType a stored manifest declares, or None if it is not one of ours."""
+    """The mediaType a stored manifest or index declares, or None if it is
+    not one of ours."""
     try:
         doc = json.loads(data)
     except ValueError:
         return None
-    if isinstance(doc, dict) and doc.get("schemaVersion") == 2 and doc.get("mediaType") in MANIFEST_TYPES:
+    if (isinstance(doc, dict) and doc.get("schemaVersion") == 2
+            and doc.get("mediaType") in MANIFEST_TYPES + INDEX_TYPES):
         return doc["mediaType"]
     return None

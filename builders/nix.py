@@ -35,6 +35,8 @@ _DOWNLOAD_RE = re.compile(r"unable to download '([^']+)': (.*)")
 _GIT_RE = re.compile(r"(?:fetching Git repository|program 'git' failed|fatal: ).*")
 _NIX_TIMEOUT_RE = re.compile(r"building of '[^']+' .*timed out after \d+ seconds")
 _BUILDER_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed(?: with exit code (\d+))?")
+_WRONG_SYSTEM_RE = re.compile(r"a '([^']+)' with features \{[^}]*\} is required to build "
+                              r"'[^']+', but I am a '([^']+)'")
 _NOISE = ("(use '--show-trace'", "warning: you did not specify '--add-root'")
 
 
@@ -55,7 +57,7 @@ class Resolved:
     """One requested attribute path as nix/image.nix reported it."""
 
     requested: str
-    status: str  # ok | missing | error | notDerivation
+    status: str  # ok | missing | error | notDerivation | unsupported
     attr_path: str
     drv: str | None = None
     out: str | None = None
@@ -64,6 +66,7 @@ class Resolved:
     name: str = ""
     version: str = ""
     description: str = ""
+    platforms: tuple[str, ...] = ()  # the systems it is limited to, when unsupported
 
 
 class Deadline:
@@ -188,6 +191,7 @@ class Nix:
                 name=entry.get("name", ""),
                 version=entry.get("version", ""),
                 description=entry.get("description", ""),
+                platforms=tuple(entry.get("platforms", ())),
             ))
         return results
 
@@ -217,6 +221,12 @@ class Nix:
         log = clean_log(done.stderr_tail)
         if _NIX_TIMEOUT_RE.search(log):
             raise BuildTimeout(deadline.limit, log_tail=log)
+        m = _WRONG_SYSTEM_RE.search(log)
+        if m:
+            raise BuildFailed(
+                f"this registry's Nix cannot build for {m.group(1)} (it is {m.group(2)}): "
+                f"its operator must give Nix a binary cache or a builder for {m.group(1)}",
+                log_tail=log)
         m = _BUILDER_RE.search(log)
         if m:
             drv = m.group(1)

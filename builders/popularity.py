@@ -5,6 +5,14 @@ name without its hash (`glibc-2.37-8`) to a count, fetched once per process
 (http(s):// or file://).  Otherwise derived from the images this registry
 has built: how many of them needed each path, kept in storage with the other
 state so every worker and every restart sees the same counts.
+
+Derived counts are kept per Nix system.  A store path's name is the same on
+every platform (`hello-1.0`), so one count for all would count an image
+built for two platforms twice, and make every path of it popular at once;
+and the builds of one index for two platforms, running side by side,
+would each see the other's count or not depending on which finished
+first.  Per system, each platform's layering depends only on the images
+built before for that platform.
 """
 from __future__ import annotations
 
@@ -53,7 +61,8 @@ class Popularity:
         self._failed_at: float | None = None
         self._lock = threading.Lock()
 
-    def for_layering(self, names: Iterable[str] = ()) -> tuple[Mapping[str, int], float]:
+    def for_layering(self, names: Iterable[str] = (), system: str = "x86_64-linux"
+                     ) -> tuple[Mapping[str, int], float]:
         """The counts to layer an image with, and the count from which a
         path is popular.  `names` are the store path names of the image
         being built, counted as one more image when the counts are derived
@@ -68,12 +77,12 @@ class Popularity:
             fetched = self._from_url()
             if fetched is not None:
                 return fetched, layers.popular_threshold(fetched)
-        counts = self.derived()
+        counts = self.derived(system)
         counts.update(set(names))
         return counts, layers.MIN_POPULAR
 
-    def derived(self) -> Counter:
-        data = self.storage.read(keys.popularity())
+    def derived(self, system: str = "x86_64-linux") -> Counter:
+        data = self.storage.read(keys.popularity(system))
         if data is None:
             return Counter()
         try:
@@ -82,18 +91,18 @@ class Popularity:
             logger.warning("ignoring unreadable popularity counts in storage")
             return Counter()
 
-    def record(self, names: Iterable[str]) -> None:
-        """Count one more image that needed `names`.
+    def record(self, names: Iterable[str], system: str = "x86_64-linux") -> None:
+        """Count one more image for `system` that needed `names`.
 
         A read-modify-write: two processes recording at the same moment can
         lose one count, which only nudges a ranking.
         """
         with self._lock:
-            counts = self.derived()
+            counts = self.derived(system)
             counts.update(set(names))
             body = json.dumps({"counts": dict(sorted(counts.items()))},
                               separators=(",", ":")).encode()
-            self.storage.put_bytes(keys.popularity(), body, "application/json")
+            self.storage.put_bytes(keys.popularity(system), body, "application/json")
 
     def _from_url(self):
         with self._lock:

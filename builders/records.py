@@ -1,13 +1,16 @@
-"""A built image's record, and the key it is cached and stored under."""
+"""A built image's record, an index's record, and the keys they are cached
+and stored under."""
 from __future__ import annotations
 
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from . import manifest
 from .image import Image
+from .platforms import Platform
 from .sources import Revision
 
 # Bump when what a cache key builds changes, so old records are not reused.
@@ -30,6 +33,8 @@ def cache_key(image: Image, revision: Revision, max_layers: int) -> str:
 class ImageRecord:
     """A built image: everything needed to serve it, stored as JSON."""
 
+    media_types: ClassVar = manifest.MANIFEST_TYPES  # Docker's first, for clients naming none
+
     key: str
     packages: list[str]
     system: str
@@ -47,4 +52,44 @@ class ImageRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> "ImageRecord":
+        return cls(**json.loads(data))
+
+
+def index_key(image: Image, revision: Revision, platforms: tuple[Platform, ...],
+              max_layers: int) -> str:
+    """One key per index: the packages at the revision, for these platforms
+    in this order (the keys of its images follow from the same inputs)."""
+    return hashlib.sha256(manifest.canonical({
+        "format": RECORD_FORMAT,
+        "kind": "index",
+        "source": revision.identity,
+        "systems": [p.system for p in platforms],
+        "packages": list(image.packages),
+        "max_layers": max_layers,
+    })).hexdigest()
+
+
+@dataclass
+class IndexRecord:
+    """One image for several platforms: the image keys it lists, by
+    platform, the platforms left out (their packages are not available
+    there), and the index in both formats, stored as JSON."""
+
+    media_types: ClassVar = manifest.INDEX_TYPES
+
+    key: str
+    packages: list[str]
+    members: dict[str, str]        # platform name -> its image's record key
+    left_out: dict[str, str]       # platform name -> why
+    manifests: dict[str, str]      # media type -> index JSON text
+    built_at: float = field(default_factory=time.time)
+
+    def manifest(self, media_type) -> bytes:
+        return self.manifests[media_type].encode()
+
+    def to_json(self) -> bytes:
+        return manifest.canonical(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "IndexRecord":
         return cls(**json.loads(data))

@@ -8,6 +8,11 @@ build itself (`builder`, builders/build.py), the jobs that outlive
 requests (`jobs`) and the pages' build history (`history`); the layer
 store (`layerstore`) and Nix (`nix`) for making a lost blob again and for
 package lookups.
+
+An image name that pins no platform is made for every platform the
+registry serves (NIXERY_PLATFORMS): with one, that platform's image; with
+several, an index whose job starts one job per platform, so the platforms
+build side by side, each exactly as a pull pinned to that platform would.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ import time
 
 from storage import keys
 from . import metrics
+from . import manifest, platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
-                     PackagesNotFound)
-from .image import HOST_SYSTEM, Image
+                     PackagesNotFound, PlatformUnsupported)
+from .image import Image
 from .jobs import Job
 from .nix import Deadline
-from .records import ImageRecord, cache_key
+from .records import ImageRecord, IndexRecord, cache_key, index_key
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -53,7 +59,8 @@ class _Found(Exception):
 
 class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, claims, builder, layerstore, nix,
-                 jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0):
+                 jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0,
+                 platforms=(platforms_.HOST,)):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
@@ -66,6 +73,7 @@ class ImageService:
         self.nix_timeout = nix_timeout
         self.pull_wait = pull_wait
         self.jobs = jobs
+        self.platforms = tuple(platforms)
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
 
     @property
@@ -77,8 +85,16 @@ class ImageService:
         """Part of every cache key: it shapes the layers the builder makes."""
         return self.builder.max_layers
 
-    def image(self, image: Image, tag: str, *, wait: float | None = None) -> ImageRecord:
-        """The image's record: from memory, from storage, or made by a job.
+    def pinned(self, image: Image) -> Image:
+        """`image` for one platform: the one its name pins, else the first
+        the registry serves (what a client that takes no index gets)."""
+        return image if image.platform is not None else image.on(self.platforms[0])
+
+    def image(self, image: Image, tag: str, *, wait: float | None = None
+              ) -> ImageRecord | IndexRecord:
+        """The image's record (an index's, for a name that pins no platform
+        when the registry serves several): from memory, from storage, or
+        made by a job.
 
         A job runs whether or not anyone waits for it; this waits for it at
         most `wait` seconds (NIXERY_PULL_WAIT by default) and then raises
@@ -98,8 +114,16 @@ class ImageService:
         """The image's record when this process holds it, else the job that
         finds or builds it (started now, or already running); raises a
         failure it remembers."""
-        revision = self.revisions.resolve(tag)
-        key = cache_key(image, revision, self.max_layers)
+        return self._start(image, tag, self.revisions.resolve(tag))
+
+    def _start(self, image: Image, tag: str, revision):
+        if image.platform is None and len(self.platforms) > 1:
+            key = index_key(image, revision, self.platforms, self.max_layers)
+            run = lambda job: self._find_or_make_index(image, tag, revision, key, job)  # noqa: E731
+        else:
+            image = self.pinned(image)
+            key = cache_key(image, revision, self.max_layers)
+            run = lambda job: self._find_or_build(image, tag, revision, key, job)  # noqa: E731
         record = self._records.get(key)
         if record is not None:
             metrics.MANIFEST_CACHE.labels("memory").inc()
@@ -108,18 +132,17 @@ class ImageService:
         if error is not None:
             metrics.MANIFEST_CACHE.labels("failure").inc()
             raise error
-        return self.jobs.start(key, image.name, tag, lambda job: self._find_or_build(
-            image, tag, revision, key, job))
+        return self.jobs.start(key, image.name, tag, run)
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds (for pages)."""
-        key = cache_key(image, self.revisions.resolve(tag), self.max_layers)
+        key = cache_key(self.pinned(image), self.revisions.resolve(tag), self.max_layers)
         return self._records.get(key) or self._load(key)
 
     def lookup(self, name: str, tag="latest"):
         """What the package source says of one attribute path (for people)."""
         revision = self.revisions.resolve(tag)
-        return self.nix.resolve(revision.nix, HOST_SYSTEM[0], [name.split(".")],
+        return self.nix.resolve(revision.nix, self.platforms[0].system, [name.split(".")],
                                 Deadline(self.nix_timeout))[0]
 
     def _find_or_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
@@ -133,6 +156,58 @@ class ImageService:
                 record = self._build_once(image, tag, revision, key, job)
             except _Found as found:
                 record = found.record
+        self._records[key] = record
+        return record
+
+    def _find_or_make_index(self, image, tag, revision, key, job: Job) -> IndexRecord:
+        """The index of `image` on every platform, from storage or made from
+        each platform's image, whose jobs run side by side.  A platform
+        its packages are not available on is left out; one that fails
+        fails the index, with the platform named."""
+        data = self.storage.read(keys.manifest(key))
+        if data is not None:
+            metrics.MANIFEST_CACHE.labels("storage").inc()
+            record = IndexRecord.from_json(data)
+            self._records[key] = record
+            return record
+        parts = {}
+        for platform in self.platforms:
+            try:
+                parts[platform] = self._start(image.on(platform), tag, revision)
+            except BuildError as e:  # remembered: it is known already
+                parts[platform] = e
+        job.watch({p.name: part for p, part in parts.items() if isinstance(part, Job)})
+        members, left_out = [], {}
+        for platform, part in parts.items():
+            if isinstance(part, Job):
+                part.wait(None)  # every job ends, within NIX_TIMEOUT and its uploads
+                try:
+                    part = part.outcome()
+                except BuildError as e:
+                    part = e
+            if isinstance(part, PlatformUnsupported):
+                left_out[platform.name] = part.message
+            elif isinstance(part, BuildError):
+                raise _on_platform(part, platform)
+            else:
+                members.append((platform, part))
+        if not members:
+            raise PlatformUnsupported(
+                f"{image.name} is available on none of this registry's platforms: "
+                + "; ".join(left_out.values()))
+        manifests = {}
+        for media_type in manifest.INDEX_TYPES:
+            member_type = manifest.INDEX_MEMBERS[media_type]
+            body = manifest.render_index(media_type, [
+                (p.descriptor(), record.manifest(member_type)) for p, record in members])
+            self.layerstore.store_blob(body, media_type)
+            manifests[media_type] = body.decode()
+        record = IndexRecord(key=key, packages=list(image.packages),
+                             members={p.name: r.key for p, r in members}, left_out=left_out,
+                             manifests=manifests)
+        self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
+        if left_out:
+            logger.info("index of %s leaves out %s", image.name, ", ".join(left_out))
         self._records[key] = record
         return record
 
@@ -252,3 +327,11 @@ class ImageService:
         finally:
             metrics.BUILDS.labels(outcome).inc()
             metrics.BUILD_SECONDS.labels(outcome).observe(time.monotonic() - started)
+
+
+def _on_platform(error: BuildError, platform) -> BuildError:
+    """A platform's build error, for a pull of the index: the same error,
+    its message naming the platform."""
+    data = error.to_dict()
+    data["attrs"]["message"] = f"{platform.name} ({platform.system}): {error.message}"
+    return BuildError.from_dict(data)

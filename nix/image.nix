@@ -7,7 +7,9 @@
 #
 #   sourceJson   {"type":"path","path":"/abs"} | {"type":"tarball","url":...}
 #                | {"type":"git","url":...,"rev":...,"ref"?:...,"allRefs"?:true}
-#   system       e.g. "x86_64-linux"
+#   system       e.g. "x86_64-linux"; a package whose meta.platforms leaves
+#                it out (or whose meta.badPlatforms names it) is reported
+#                as "unsupported" rather than evaluated
 #   packagesJson list of attribute paths, each a list of names
 #   explainIndex index into packages, for the `explain` attribute
 { sourceJson, system, packagesJson, explainIndex ? "0" }:
@@ -75,10 +77,25 @@ let
       drvPath = builtins.tryEval w.value.drvPath;
       outPath = builtins.tryEval w.value.outPath;
       base = { requested = path; attrPath = w.attrPath or path; };
+      # meta.platforms and meta.badPlatforms where they list systems by name
+      # (nixpkgs' patterns are left to Nix itself); null when not known
+      systems = attr:
+        let v = builtins.tryEval (
+          let x = w.value.meta.${attr} or null; in
+          if builtins.isList x && builtins.all builtins.isString x then x else null);
+        in if v.success then v.value else null;
+      only = systems "platforms";
+      bad = systems "badPlatforms";
+      unsupported = (only != null && !(builtins.elem system only))
+        || (bad != null && builtins.elem system bad);
     in
       if w.status == "missing" then base // { status = "missing"; siblings = w.siblings; }
       else if w.status == "error" || !forced.success || !isDrv.success then base // { status = "error"; }
       else if !isDrv.value then base // { status = "notDerivation"; }
+      else if unsupported then base // {
+        status = "unsupported";
+        platforms = if only != null then only else [];
+      }
       else if !drvPath.success || !outPath.success then base // { status = "error"; }
       else base // {
         status = "ok";

@@ -48,6 +48,10 @@ def blob_sha256(key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def popularity() -> str:
-    """How many built images needed each store path name (layering's popularity)."""
-    return "state/popularity.json"
+def popularity(system: str = "x86_64-linux") -> str:
+    """How many images built for a Nix system needed each store path name
+    (layering's popularity); x86_64-linux keeps the key it had before
+    images were built for several platforms."""
+    if system == "x86_64-linux":
+        return "state/popularity.json"
+    return f"state/popularity-{system}.json"

@@ -18,7 +18,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PKGS = ROOT / "tests" / "pkgs"
 
 # No binary cache is reachable here: build everything from the test set.
-os.environ["NIX_CONFIG"] = "substituters ="
+# aarch64-linux derivations of the test set build here too (their builder
+# is the static x86 busybox), for images of several platforms.
+os.environ["NIX_CONFIG"] = "substituters =\nextra-platforms = aarch64-linux"
 
 
 def pytest_unconfigure(config):

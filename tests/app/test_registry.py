@@ -289,3 +289,60 @@ def test_strict_tags_answer_404_for_a_tag_that_names_nothing(tmp_path):
 def test_lenient_tags_mean_latest_as_in_nixery(client):
     assert client.get("/v2/hello/manifests/anything").data == \
         client.get("/v2/hello/manifests/latest").data
+
+
+def test_several_platforms_give_an_index_to_clients_that_take_one(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.manifest import DOCKER_LIST, OCI_INDEX
+    from builders.platforms import AMD64, ARM64
+    from tests.conftest import PKGS
+    client = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
+                               platforms=(AMD64, ARM64))).test_client()
+    r = client.get("/v2/hello/manifests/latest",
+                   headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}"})
+    assert r.status_code == 200 and r.content_type == OCI_INDEX
+    index = r.get_json()
+    assert r.headers["Docker-Content-Digest"] == "sha256:" + hashlib.sha256(r.data).hexdigest()
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    # the index and each manifest it lists, by digest, GET and HEAD alike
+    by_digest = client.get(f"/v2/hello/manifests/{r.headers['Docker-Content-Digest']}")
+    assert by_digest.data == r.data and by_digest.content_type == OCI_INDEX
+    for m in index["manifests"]:
+        member = client.get(f"/v2/hello/manifests/{m['digest']}")
+        assert member.content_type == OCI_MANIFEST and len(member.data) == m["size"]
+        head = client.head(f"/v2/hello/manifests/{m['digest']}")
+        assert head.status_code == 200 and head.headers["Content-Length"] == str(m["size"])
+    arm64 = client.get(f"/v2/hello/manifests/{index['manifests'][1]['digest']}").get_json()
+    config = json.loads(client.get(f"/v2/hello/blobs/{arm64['config']['digest']}").data)
+    assert (config["architecture"], config["variant"]) == ("arm64", "v8")
+
+    # Docker's Accept gets the manifest list; a client that takes no index,
+    # the first platform's manifest, which is the index's first entry
+    docker = client.head("/v2/hello/manifests/latest", headers={
+        "Accept": f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, {OCI_INDEX}"})
+    assert docker.content_type == DOCKER_LIST
+    plain = client.get("/v2/hello/manifests/latest", headers={"Accept": OCI_MANIFEST})
+    assert plain.content_type == OCI_MANIFEST
+    assert plain.headers["Docker-Content-Digest"] == index["manifests"][0]["digest"]
+    # the arm64/ prefix still pins one platform, index or not
+    pinned = client.get("/v2/arm64/hello/manifests/latest",
+                        headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"})
+    assert pinned.content_type == OCI_MANIFEST
+    assert pinned.headers["Docker-Content-Digest"] == index["manifests"][1]["digest"]
+
+
+def test_a_platform_that_fails_is_named_in_the_error(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.manifest import OCI_INDEX
+    from builders.platforms import AMD64, ARM64
+    from tests.conftest import PKGS
+    client = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
+                               platforms=(AMD64, ARM64))).test_client()
+    r = client.get("/v2/no-arm/manifests/latest", headers={"Accept": OCI_INDEX})
+    assert r.status_code == 422
+    error = r.get_json()["errors"][0]
+    assert error["message"].startswith("linux/arm64 (aarch64-linux): package no-arm failed to build")
+    # a client that takes no index still gets the platform that built
+    assert client.get("/v2/no-arm/manifests/latest").status_code == 200

@@ -78,7 +78,7 @@ def test_package_lookup(client):
 def test_build_in_progress_shows_its_log(app, client, monkeypatch):
     images = app.extensions["images"]
     from builders.image import Image
-    build = images.history.start(Image.from_name("hello").label, "latest", "k")
+    build = images.history.start(images.pinned(Image.from_name("hello")).label, "latest", "k")
     with open(build.log_path, "w") as f:
         f.write("building '/nix/store/abc-hello.drv'...\n")
     page = client.get("/builds/hello:latest").get_data(as_text=True)

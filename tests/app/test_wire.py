@@ -1,8 +1,9 @@
 """HTTP details of answers: negotiation and status lines."""
 import pytest
 
-from app.wire import REASON_MAX, negotiate, reason
-from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from app.wire import REASON_MAX, admits_index, negotiate, reason
+from builders.manifest import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX,
+                               OCI_MANIFEST)
 
 
 @pytest.mark.parametrize("headers,expected", [
@@ -17,6 +18,28 @@ from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 def test_negotiate(headers, expected):
     # a WSGI server joins repeated headers with commas
     assert negotiate(", ".join(headers)) == expected
+
+
+# what the clients send (docker 20.10, containerd 1.6, containers/image 5)
+DOCKER_ACCEPT = f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, {OCI_INDEX}"
+CONTAINERD_ACCEPT = f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, {OCI_INDEX}, */*"
+SKOPEO_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
+
+
+@pytest.mark.parametrize("accept,index,expected", [
+    (DOCKER_ACCEPT, True, DOCKER_LIST),
+    (CONTAINERD_ACCEPT, True, DOCKER_LIST),
+    (SKOPEO_ACCEPT, True, OCI_INDEX),
+    (f"{OCI_MANIFEST}, {OCI_INDEX}", True, OCI_INDEX),
+    (f"{DOCKER_MANIFEST}, {OCI_MANIFEST}", False, None),
+    (f"{OCI_INDEX};q=0, {DOCKER_MANIFEST}", False, None),
+    ("*/*", False, None),
+    ("", False, None),
+])
+def test_an_index_goes_to_clients_that_take_one(accept, index, expected):
+    assert admits_index(accept) is index
+    if index:
+        assert negotiate(accept, INDEX_TYPES) == expected
 
 
 def test_an_error_message_as_a_status_line():

@@ -67,7 +67,7 @@ def test_the_claim_of_an_instance_that_died_is_taken_over(tmp_path, caplog):
     one, two = two_instances(tmp_path, 1)
     two.claims.lease = 2
     image = Image.from_name("drowsy")
-    key = cache_key(image, two.revisions.resolve("latest"), two.max_layers)
+    key = cache_key(two.pinned(image), two.revisions.resolve("latest"), two.max_layers)
     # an instance claimed the image, then died without a word
     Claims(one.storage, lease=2, owner="died mid-build").acquire(key)
     record = two.image(image, "latest", wait=60)

@@ -1,7 +1,8 @@
 import pytest
 
 from builders.errors import InvalidImage
-from builders.image import HOST_SYSTEM, SHELL_PACKAGES, Image
+from builders import platforms
+from builders.image import SHELL_PACKAGES, Image
 
 
 def test_order_and_duplicates_do_not_matter():
@@ -13,14 +14,26 @@ def test_shell_adds_its_packages():
     image = Image.from_name("shell/git")
     assert set(image.packages) == {p.lower() for p in SHELL_PACKAGES} | {"git"}
     assert Image.from_name("shell/bashinteractive/git") == image
-    assert image.system == HOST_SYSTEM[0]
+    # no platform of its own: the registry's platforms decide
+    assert image.platform is None
+    assert image.on(platforms.AMD64).system == "x86_64-linux"
 
 
 def test_arm64_builds_for_aarch64():
     image = Image.from_name("arm64/shell/hello")
     assert (image.system, image.arch) == ("aarch64-linux", "arm64")
+    assert image.platform == platforms.ARM64
     assert "hello" in image.packages and "bashinteractive" in image.packages
     assert Image.from_name("shell/arm64/hello").arch == "arm64"
+
+
+def test_platforms_parse_in_order():
+    assert platforms.parse("linux/arm64, linux/amd64") == (platforms.ARM64, platforms.AMD64)
+    with pytest.raises(ValueError, match="unknown platform 'linux/s390x'.*linux/amd64, linux/arm64"):
+        platforms.parse("linux/amd64,linux/s390x")
+    with pytest.raises(ValueError, match="twice"):
+        platforms.parse("linux/amd64,linux/amd64")
+    assert platforms.ARM64.descriptor() == {"architecture": "arm64", "os": "linux", "variant": "v8"}
 
 
 def test_dots_make_attribute_paths():

@@ -13,6 +13,7 @@ from builders import tarball
 from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildTimeout, InvalidImage,
                              PackagesNotFound, PackageUnbuildable, SourceUnavailable)
 from builders.image import Image
+from builders.platforms import AMD64
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.build import ImageBuilder
 from builders.claims import Claims
@@ -75,7 +76,7 @@ class CountingNix(Nix):
 
 
 def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pkgs=PKGS,
-            pull_wait=120, state=None):
+            pull_wait=120, state=None, platforms=(AMD64,)):
     """An image service on the test package set, as create_app wires one;
     `state` is its machine's own folder (the storage root's by default)."""
     store = CountingStorage(root)
@@ -89,7 +90,8 @@ def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pk
         claims=Claims(store), jobs=Jobs(),
         builder=ImageBuilder(store, nix=nix, popularity=Popularity(store, popularity_url),
                              layerstore=layerstore, nix_timeout=120, max_layers=max_layers),
-        layerstore=layerstore, nix=nix, nix_timeout=120, pull_wait=pull_wait)
+        layerstore=layerstore, nix=nix, nix_timeout=120, pull_wait=pull_wait,
+        platforms=platforms)
 
 
 def manifest_of(record, media_type=DOCKER_MANIFEST):

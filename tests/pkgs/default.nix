@@ -269,6 +269,24 @@ let
       sleep 25 # salt: none
     '';
 
+    # For x86_64-linux only, as its meta says: an index for several
+    # platforms leaves the others out.
+    amd64-only = script "amd64-only" "amd64-only" ''echo "x86_64 only"'' "" // {
+      meta = { description = "test package amd64-only"; platforms = [ "x86_64-linux" ]; };
+    };
+    # Builds on every platform but aarch64-linux.
+    no-arm = mk {
+      pname = "no-arm";
+      script = ''
+        if [ "$system" = aarch64-linux ]; then
+          echo "no-arm: this package does not build on aarch64-linux" >&2
+          exit 1
+        fi
+        mkdir -p $out/bin
+        ln -s ${bb} $out/bin/no-arm
+      '';
+    };
+
     # Refusals the way nixpkgs throws them.
     unfree-tool = throw "Package ‘unfree-tool-1.0’ has an unfree license (‘unfree’), refusing to evaluate.";
     insecure-tool = throw "Package ‘insecure-tool-0.1’ is marked as broken, refusing to evaluate.";
