@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, render_template, request
 from werkzeug.routing import PathConverter
 
 from builders.errors import BuildError
+from builders import platforms
 from builders.image import META_PACKAGES, SHELL_PACKAGES, Image
 from builders.suggest import close_matches
 
@@ -48,8 +49,13 @@ def _images():
 
 
 def _with_name(builds):
+    """Builds with the image name that shows each: a platform other than
+    the default one is named by its prefix (arm64/hello)."""
+    default = _images().platforms[0].architecture
     for b in builds:
-        b.image_name = b.image.split(":", 1)[1]
+        arch, b.image_name = b.image.split(":", 1)
+        if arch != default and arch in platforms.PREFIXES:
+            b.image_name = f"{arch}/{b.image_name}"
     return builds
 
 
@@ -62,6 +68,7 @@ def index():
         source=images.source.describe(), revision=images.revisions.known(),
         tags_select=images.source.tags_select_revision, tags_help=images.source.tags_help,
         strict_tags=images.revisions.strict,
+        platforms=[p.name for p in images.platforms],
         recent=_with_name(history.recent(RECENT)) if history else [],
         failures=_with_name(history.recent(RECENT // 2, failed=True)) if history else [])
 

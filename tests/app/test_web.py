@@ -137,3 +137,27 @@ def test_meta_packages_out_of_place_are_explained(client):
     assert "put it first: shell/hello" in page.get_data(as_text=True)
     lookup = client.get("/packages?name=shell").get_data(as_text=True)
     assert "shell is a meta-package, not a package: put it first" in lookup
+
+
+def test_an_index_in_progress_says_what_each_platform_does(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.image import Image
+    from builders.manifest import OCI_INDEX
+    from builders.platforms import AMD64, ARM64
+    from tests.conftest import drowsy_set
+    app = create_app(Config(pkgs_path=drowsy_set(tmp_path / "pkgs", 4),
+                            storage_path=str(tmp_path / "s"), pull_wait=0.5,
+                            platforms=(AMD64, ARM64)))
+    client = app.test_client()
+    r = client.get("/v2/drowsy/manifests/latest", headers={"Accept": OCI_INDEX})
+    assert r.status_code == 429
+    message = r.get_json()["errors"][0]["message"]
+    assert re.search(r"still building \(linux/amd64: [a-z ]+.*; linux/arm64: [a-z ]+", message)
+    app.extensions["images"].image(Image.from_name("drowsy"), "latest", wait=120)
+    page = client.get("/").get_data(as_text=True)
+    assert "Every image is built for linux/amd64, linux/arm64" in page
+    # each platform's build links to the name that shows it
+    assert 'href="/builds/arm64/drowsy:latest"' in page and 'href="/builds/drowsy:latest"' in page
+    arm = client.get("/builds/arm64/drowsy:latest").get_data(as_text=True)
+    assert 'id="status">built<' in arm and "(arm64)" in arm

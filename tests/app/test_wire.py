@@ -23,13 +23,14 @@ def test_negotiate(headers, expected):
 # what the clients send (docker 20.10, containerd 1.6, containers/image 5)
 DOCKER_ACCEPT = f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, {OCI_INDEX}"
 CONTAINERD_ACCEPT = f"{DOCKER_MANIFEST}, {DOCKER_LIST}, {OCI_MANIFEST}, {OCI_INDEX}, */*"
-SKOPEO_ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_LIST}, {DOCKER_MANIFEST}"
+SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+SKOPEO_ACCEPT = f"{OCI_MANIFEST}, {DOCKER_MANIFEST}, {SCHEMA1}, {DOCKER_LIST}, {OCI_INDEX}"
 
 
 @pytest.mark.parametrize("accept,index,expected", [
     (DOCKER_ACCEPT, True, DOCKER_LIST),
     (CONTAINERD_ACCEPT, True, DOCKER_LIST),
-    (SKOPEO_ACCEPT, True, OCI_INDEX),
+    (SKOPEO_ACCEPT, True, DOCKER_LIST),
     (f"{OCI_MANIFEST}, {OCI_INDEX}", True, OCI_INDEX),
     (f"{DOCKER_MANIFEST}, {OCI_MANIFEST}", False, None),
     (f"{OCI_INDEX};q=0, {DOCKER_MANIFEST}", False, None),
