@@ -5,6 +5,11 @@ only once its answer is older than NIXERY_SOURCE_REFRESH.  The answer is
 shared through storage with every worker and instance, so they all switch
 to a new revision together instead of serving different images for one
 name.  An immutable tag (a commit) is never looked up at all.
+
+A folder's earlier contents cannot be fetched again, but the images built
+from them can still be served: each content hash images were built from is
+kept in storage (`keys.kept_revisions`) and stays a tag, whose images are
+served while their records are kept and never built again.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import time
 from storage import keys
 from . import manifest
 from .errors import RevisionNotFound
-from .sources import Revision, Source
+from .sources import FOLDER_TAG_RE, Revision, Source
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -33,13 +38,60 @@ class Revisions:
         # selector id -> (revision, when it was resolved, wall clock)
         self._memory = LockedTTLCache(maxsize=256, ttl=max(refresh, 0.001))
         self._tags = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
+        self._kept = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
 
     def tags(self) -> list[str]:
         """The tags that name revisions, asked of the source once per interval."""
         tags = self._tags.get("tags")
         if tags is None:
-            tags = self._tags["tags"] = self.source.tags()
+            tags = self.source.tags()
+            if self.source.keeps_revisions:
+                tags = sorted({*tags, *self._kept_revisions()})
+            self._tags["tags"] = tags
         return tags
+
+    def _kept_revisions(self, fresh=False) -> dict:
+        """Tag -> revision dict, of the revisions images were built from."""
+        kept = None if fresh else self._kept.get("kept")
+        if kept is None:
+            data = self.storage.read(keys.kept_revisions())
+            kept = self._kept["kept"] = json.loads(data)["revisions"] if data else {}
+        return kept
+
+    def built(self, revision: Revision) -> None:
+        """Keep `revision` as a tag, now that an image was built from it
+        (for sources that keep revisions: a folder's)."""
+        if not self.source.keeps_revisions:
+            return
+        tag = self.source.revision_tag(revision)
+        if tag in (self._kept.get("kept") or {}):
+            return
+        for _ in range(10):  # another process may add one at the same moment
+            found = self.storage.read_versioned(keys.kept_revisions())
+            data, version = found if found else (None, None)
+            kept = json.loads(data)["revisions"] if data else {}
+            if tag in kept:
+                break
+            kept[tag] = revision.to_dict()
+            if self.storage.put_if(keys.kept_revisions(), manifest.canonical(
+                    {"revisions": kept}), version=version) is not None:
+                break
+        self._kept["kept"] = kept
+        self._tags.discard("tags")
+
+    def _kept_revision(self, tag: str) -> Revision | None:
+        if not (self.source.keeps_revisions and FOLDER_TAG_RE.fullmatch(tag)):
+            return None
+        stored = self._kept_revisions().get(tag)
+        if stored is None:
+            stored = self._kept_revisions(fresh=True).get(tag)
+        if stored is None:
+            return None
+        latest = self.resolve("latest")
+        revision = Revision(**stored)
+        if revision.identity == latest.identity:
+            return latest
+        return self.source.earlier(revision)
 
     def _selector_id(self, tag):
         selector = self.source.selector(tag) or "latest"
@@ -50,6 +102,9 @@ class Revisions:
         from the source (then written to storage for the others)."""
         if self.source.immutable(tag):
             return self.source.resolve(tag)
+        kept = self._kept_revision(tag)
+        if kept is not None:
+            return kept
         if self.source.selector(tag) is None:
             if self.strict:
                 raise RevisionNotFound(

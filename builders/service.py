@@ -24,7 +24,7 @@ from storage import keys
 from . import metrics
 from . import manifest, platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
-                     PackagesNotFound, PlatformUnsupported)
+                     PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image import Image
 from .jobs import Job
 from .nix import Deadline
@@ -147,6 +147,10 @@ class ImageService:
 
     def _find_or_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
         record = self._load(key)  # built by another worker or instance
+        if record is None and not revision.buildable:
+            raise RevisionNotFound(
+                f"{image.name} was not built from {revision.description}, which can no "
+                "longer be built from: pull latest, or a tag it was built at")
         if record is None:
             error = self.failures.recall(key)
             if error is not None:
@@ -308,6 +312,10 @@ class ImageService:
                         image.name, built.store_paths, len(record.layers), built.nix_seconds,
                         time.monotonic() - started)
             outcome = "built"
+            try:
+                self.revisions.built(revision)
+            except Exception as e:  # the image is stored: only its revision's tag is missed
+                logger.warning("could not keep %s as a tag: %s", revision.description, e)
             if build:
                 self.history.built(build, closure_size=record.closure_size, key=key,
                                    layers=[{k: l[k] for k in ("digest", "size", "paths")}

@@ -14,7 +14,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import process
 from .errors import RevisionNotFound, SourceUnavailable
@@ -33,6 +33,9 @@ class Revision:
     identity: str     # recorded in the manifest cache key
     nix: dict         # the `sourceJson` argument of nix/image.nix
     description: str  # for people
+    # False for a revision that can no longer be built from (a folder's
+    # earlier contents): only images built from it are served
+    buildable: bool = True
 
     def to_dict(self):
         return asdict(self)
@@ -45,6 +48,8 @@ class Source(abc.ABC):
     tags_select_revision = False
     #: what tags mean here, for the landing page
     tags_help = "The only tag is latest."
+    #: whether the revisions images were built from stay tags (a folder's)
+    keeps_revisions = False
 
     def selector(self, tag: str) -> str | None:
         """What of `tag` matters to this source; None when it names nothing
@@ -99,11 +104,32 @@ def tree_hash(root: str) -> str:
     return h.hexdigest()
 
 
+FOLDER_TAG_RE = re.compile(r"^[0-9a-f]{12}$")
+
+
 class PathSource(Source):
-    """A local folder; tags are ignored, the folder's contents are the revision."""
+    """A local folder: its contents are the revision.  `latest` is the
+    folder as it is now; the short content hash of a revision images were
+    built from names that revision (builders/revisions.py keeps them)."""
+
+    keeps_revisions = True
+    tags_help = ("The tag latest is the folder as it is now; the content hash of a revision "
+                 "images were built from (e.g. efc650e0f34d) pulls those images again.")
 
     def __init__(self, path):
         self.path = path
+
+    @staticmethod
+    def revision_tag(revision: Revision) -> str:
+        """The tag that names `revision`: its content hash, shortened."""
+        return revision.identity.rpartition("@")[2][:12]
+
+    @staticmethod
+    def earlier(revision: Revision) -> Revision:
+        """`revision` once the folder no longer holds it."""
+        return replace(revision, buildable=False,
+                       description=revision.description.replace(
+                           "(contents ", "(earlier contents ", 1))
 
     def _resolve(self, tag):
         digest = tree_hash(self.path)

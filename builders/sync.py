@@ -23,6 +23,10 @@ class LockedTTLCache:
         with self._lock:
             self._cache[key] = value
 
+    def discard(self, key):
+        with self._lock:
+            self._cache.pop(key, None)
+
 
 class Once:
     """make() once per key at a time in this process: callers that come

@@ -42,6 +42,11 @@ def revision(selector_id: str) -> str:
     return f"sources/{selector_id}"
 
 
+def kept_revisions() -> str:
+    """The revisions of a folder source images were built from, by tag."""
+    return "state/kept-revisions.json"
+
+
 def blob_sha256(key: str) -> str | None:
     """The sha256 hex a key must hold, for content-addressed keys."""
     m = BLOB_KEY_RE.match(key)

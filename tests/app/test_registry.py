@@ -283,7 +283,8 @@ def test_strict_tags_answer_404_for_a_tag_that_names_nothing(tmp_path):
     assert error["code"] == "MANIFEST_UNKNOWN"
     assert "whose tags are latest" in error["message"] and "NIXERY_STRICT_TAGS" in error["message"]
     assert strict.get("/v2/hello/manifests/latest").status_code == 200
-    assert "The only tag is latest. Other tags are refused." in strict.get("/").get_data(as_text=True)
+    assert "(e.g. efc650e0f34d) pulls those images again. Other tags are refused." in \
+        strict.get("/").get_data(as_text=True)
 
 
 def test_lenient_tags_mean_latest_as_in_nixery(client):

@@ -18,7 +18,8 @@ def test_landing_page(built):
     assert "docker pull registry.example:5000/shell/git/htop" in page
     assert "bashInteractive" in page and "arm64" in page
     assert "the local package set at" in page
-    assert "The only tag is latest. Any other tag means latest." in page
+    assert "The tag latest is the folder as it is now;" in page
+    assert "pulls those images again. Any other tag means latest." in page
     assert re.search(r'href="/builds/[^"]*git[^"]*:latest"', page)
     assert re.search(r"broken.*failed to build", page, re.S)
 

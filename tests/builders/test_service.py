@@ -304,7 +304,9 @@ def test_every_storage_call_of_a_cold_pull_has_a_reason(tmp_path):
         ("read", "manifests"): 1,   # another instance may have built it
         ("read", "failures"): 1,    # ... or found that it cannot be built
         ("read", "claims"): 1, ("put", "claims"): 2,  # one build across instances: claimed, released
-        ("read", "state"): 2, ("put", "state"): 1,  # popularity for layering, then counted
+        # popularity for layering, then counted (2 + 1); the folder's
+        # revision kept as a tag, once per revision (1 + 1)
+        ("read", "state"): 3, ("put", "state"): 2,
         ("read", "layerinfo"): n,   # each layer may be stored already
         ("put", "layers"): n + 3,   # the layers, the config, the two manifests
         ("put", "blobsources"): n + 3,  # how to make each blob again if it is lost

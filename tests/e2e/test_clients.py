@@ -6,7 +6,8 @@ import os
 import shutil
 import stat
 
-from tests.conftest import need
+from builders.sources import tree_hash
+from tests.conftest import PKGS, need
 from tests.e2e.conftest import run
 
 CHROOT_ENV = {"PATH": "/bin:/usr/bin"}
@@ -103,7 +104,14 @@ def test_skopeo_inspect_and_list_tags(server):
     need("skopeo")
     done = run(["skopeo", "inspect", "--tls-verify=false", f"docker://{server.host}/shell/hello"])
     info = json.loads(done.stdout)
-    assert info["RepoTags"] == ["latest"] and info["Architecture"] == "amd64"
+    # the folder's revision that images were built from is a tag too
+    revision = tree_hash(str(PKGS))[:12]
+    assert "latest" in info["RepoTags"] and set(info["RepoTags"]) <= {"latest", revision}
+    assert info["Architecture"] == "amd64"
     assert info["Name"] == f"{server.host}/shell/hello"
     done = run(["skopeo", "list-tags", "--tls-verify=false", f"docker://{server.host}/hello"])
-    assert json.loads(done.stdout)["Tags"] == ["latest"]
+    assert json.loads(done.stdout)["Tags"] == sorted(["latest", revision])
+    # and pulls the images built from it
+    pinned = run(["skopeo", "inspect", "--tls-verify=false",
+                  f"docker://{server.host}/shell/hello:{revision}"])
+    assert json.loads(pinned.stdout)["Digest"] == info["Digest"]
