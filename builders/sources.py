@@ -7,11 +7,14 @@ again is the image service's business (builders/service.py).
 from __future__ import annotations
 
 import abc
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +29,9 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 CHANNEL_TAG_RE = re.compile(r"^(nixos|nixpkgs)-[0-9a-z.-]+$")
 # Resolving a revision is a small network call; it must never hang a pull.
 RESOLVE_TIMEOUT = 30
+# Fetching the commits of a large repository's branches (nixpkgs: some
+# hundreds of MB without trees) takes a while the first time.
+MIRROR_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -252,19 +258,33 @@ class ChannelSource(Source):
 
 class GitSource(Source):
     """A git repository; the tag picks the revision: `latest` is the remote's
-    default branch, 40 hex digits a commit, anything else a branch or tag."""
+    default branch, 40 hex digits a commit, anything else a branch or tag.
+
+    A commit tag is built only when one of the remote's branches or tags
+    holds it.  Remotes advertise other refs too (GitHub serves every pull
+    request, forks' included, as `refs/pull/*`), and a commit of those
+    would be anyone's package set built under this registry's name.  A
+    commit at a branch's or tag's tip is seen in `git ls-remote`; any other
+    is looked for in a mirror of the branches and tags holding commits only
+    (no trees, no files), kept in `mirror_root` and fetched again for each
+    commit not found there yet.
+    """
 
     tags_select_revision = True
     tags_help = "The tag you pull picks the revision: latest, a branch, a tag or a commit."
 
-    def __init__(self, url):
+    def __init__(self, url, mirror_root=None):
         self.url = url
+        self.mirror_root = mirror_root
+        self._checked: set[str] = set()  # commits found on a branch or tag
+        self._lock = threading.Lock()
 
     def immutable(self, tag):
         return bool(COMMIT_RE.match(tag))
 
     def _resolve(self, tag):
         if self.immutable(tag):
+            self._check_commit(tag)
             return Revision(f"git:{self.url}@{tag}",
                             {"type": "git", "url": self.url, "rev": tag, "allRefs": True},
                             f"commit {tag[:12]}")
@@ -286,6 +306,56 @@ class GitSource(Source):
         return Revision(f"git:{self.url}@{commit}",
                         {"type": "git", "url": self.url, "rev": commit, "ref": ref},
                         f"{ref} at {commit[:12]}")
+
+    def _check_commit(self, commit):
+        """Return when a branch or tag of the remote holds `commit`; else
+        RevisionNotFound."""
+        if commit in self._checked:
+            return
+        tips = self._ls_remote("--heads", "--tags")
+        if commit in tips.values() or self._in_mirror(commit):
+            self._checked.add(commit)
+            return
+        raise RevisionNotFound(
+            f"commit {commit} is on no branch or tag of {self.url}: only commits that the "
+            "repository's branches and tags hold are built (not those of pull requests or "
+            "forks)")
+
+    def _in_mirror(self, commit) -> bool:
+        if not self.mirror_root:
+            return False
+        path = os.path.join(self.mirror_root,
+                            hashlib.sha256(self.url.encode()).hexdigest()[:16] + ".git")
+        os.makedirs(self.mirror_root, exist_ok=True)
+        with self._lock, open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch at a time, across processes too
+            if not os.path.isdir(path):
+                shutil.rmtree(path + ".new", ignore_errors=True)
+                self._git("clone", "--bare", "--quiet", "--filter=tree:0", "--", self.url,
+                          path + ".new")
+                os.rename(path + ".new", path)
+            elif self._contains(path, commit):
+                return True
+            # by the remote's name, so that its filter applies: commits only
+            self._git("-C", path, "fetch", "--quiet", "--prune", "--force", "origin",
+                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+            return self._contains(path, commit)
+
+    def _contains(self, path, commit) -> bool:
+        done = process.run(["git", "-C", path, "for-each-ref", "--count=1", "--contains", commit,
+                            "--", "refs/heads", "refs/tags"], timeout=MIRROR_TIMEOUT)
+        return done.returncode == 0 and bool(done.stdout.strip())
+
+    def _git(self, *args):
+        try:
+            done = process.run(["git", *args], timeout=MIRROR_TIMEOUT)
+        except process.Timeout:
+            raise SourceUnavailable(
+                f"looking for a commit in {self.url} took longer than {MIRROR_TIMEOUT}s") from None
+        if done.returncode != 0:
+            last = done.stderr_tail.strip().splitlines()[-1:] or ["no output"]
+            raise SourceUnavailable(f"cannot read the git repository {self.url}: {last[0]}",
+                                    log_tail=done.stderr_tail)
 
     def tags(self):
         """`latest`, and the remote's branches and tags by name."""
@@ -329,7 +399,7 @@ def from_config(config) -> Source:
     if config.pkgs_path:
         return PathSource(config.pkgs_path)
     if config.pkgs_repo:
-        return GitSource(config.pkgs_repo)
+        return GitSource(config.pkgs_repo, mirror_root=os.path.join(config.state_path, "git"))
     return ChannelSource(config.effective_channel, config.channel_url, config.archive_url,
                          allowed=config.channels, check_url=config.commit_check_url,
                          any_commit=config.any_commit)

@@ -50,6 +50,49 @@ def test_git_tags_are_its_branches_and_tags(tmp_path):
     assert GitSource(f"file://{tmp_path}").tags() == ["feature/x", "latest", "light", "main", "v1"]
 
 
+def test_a_git_commit_tag_must_be_on_a_branch_or_tag(tmp_path):
+    """GitHub advertises pull requests (forks' too) as refs/pull/*: a commit
+    only they hold is not built; one deep in a branch's history is."""
+    import subprocess
+    from builders.errors import RevisionNotFound
+    from builders.sources import GitSource
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
+                               *args], check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q", "-b", "main")
+    (repo / "default.nix").write_text("{ ... }: {}")
+    git("add", "default.nix")
+    git("commit", "-qm", "one")
+    old = git("rev-parse", "HEAD")
+    git("commit", "-q", "--allow-empty", "-m", "two")
+    git("checkout", "-q", "-b", "fork")
+    git("commit", "-q", "--allow-empty", "-m", "from a fork")
+    forked = git("rev-parse", "HEAD")
+    git("update-ref", "refs/pull/1/head", forked)
+    git("checkout", "-q", "main")
+    git("branch", "-D", "fork")
+    git("tag", "-a", "v0", "-m", "an old release", old)
+    git("reset", "-q", "--hard", old)  # main: one; tag v0: one; nothing else holds two
+    git("commit", "-q", "--allow-empty", "-m", "three")
+    deep = old
+    mirrors = tmp_path / "mirrors"
+    source = GitSource(f"file://{repo}", mirror_root=str(mirrors))
+    with pytest.raises(RevisionNotFound) as e:
+        source.resolve(forked)
+    assert e.value.message.startswith(f"commit {forked} is on no branch or tag of file://{repo}")
+    assert "pull requests or forks" in e.value.message
+    # below a branch's tip: found in the mirror of branches and tags
+    git("tag", "-d", "v0")
+    assert source.resolve(deep).nix["rev"] == deep
+    assert list(mirrors.glob("*.git"))
+    # a commit the branches gain later is found by fetching again
+    git("merge", "-q", "--no-edit", forked)
+    assert source.resolve(forked).nix["rev"] == forked
+
+
 @pytest.fixture
 def channels(tmp_path):
     """A local stand-in for channels.nixos.org and GitHub's compare API:

@@ -54,10 +54,17 @@ def repo(tmp_path_factory):
     write_pkgs(path, "feature")
     git(path, "commit", "-qam", "feature")
     feature = git(path, "rev-parse", "HEAD")
+    # a pull request from a fork, as GitHub advertises it: refs/pull/<n>/head
+    git(path, "checkout", "-q", "-b", "fork")
+    write_pkgs(path, "anyone's")
+    git(path, "commit", "-qam", "fork")
+    forked = git(path, "rev-parse", "HEAD")
+    git(path, "update-ref", "refs/pull/7/head", forked)
     git(path, "checkout", "-q", "main")
+    git(path, "branch", "-D", "fork")
     write_pkgs(path, "two")
     git(path, "commit", "-qam", "two")
-    return {"path": path, "one": one, "feature": feature}
+    return {"path": path, "one": one, "feature": feature, "forked": forked}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +103,15 @@ def test_git_unknown_ref_is_a_clean_404(git_server, tag):
     err = error_of(r)
     assert err["code"] == "MANIFEST_UNKNOWN"
     assert tag in err["message"]
+
+
+def test_a_commit_only_a_pull_request_holds_is_refused(git_server, repo):
+    r = requests.get(f"{git_server.url}/v2/hello/manifests/{repo['forked']}")
+    assert r.status_code == 404
+    err = error_of(r)
+    assert err["code"] == "MANIFEST_UNKNOWN"
+    assert f"commit {repo['forked']} is on no branch or tag" in err["message"]
+    assert "built hello" not in git_server.read_log()[-2000:]
 
 
 @pytest.mark.parametrize("tag", ["a;b", "$(id)", "${builtins.abort}", "x'y", ".hidden", "-branch", "a b"])
