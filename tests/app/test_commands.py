@@ -32,3 +32,20 @@ def test_prebuild_refuses_what_is_no_image_name(app):
     assert result.exit_code == 2 and "not an image name: Not/Valid" in result.output
     result = app.test_cli_runner().invoke(args=["prebuild"])
     assert result.exit_code == 2
+
+
+def test_prebuild_makes_every_platform(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.platforms import AMD64, ARM64
+    from builders.records import IndexRecord
+    from tests.conftest import PKGS
+    app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
+                            platforms=(AMD64, ARM64)))
+    result = app.test_cli_runner().invoke(args=["prebuild", "curl", "no-arm"])
+    assert result.exit_code == 1
+    assert "curl:latest: built in" in result.output
+    assert "no-arm:latest: failed: linux/arm64 (aarch64-linux): package no-arm failed" \
+        in result.output
+    index = app.extensions["images"].start(Image.from_name("curl"), "latest")
+    assert isinstance(index, IndexRecord) and set(index.members) == {"linux/amd64", "linux/arm64"}
