@@ -90,4 +90,5 @@ def create_app(config: Config | None = None, *, nix=None):
     app.register_blueprint(ops.bp)
     errors.register(app)
     app.cli.add_command(commands.prebuild)
+    app.cli.add_command(commands.sbom)
     return app

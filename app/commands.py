@@ -17,18 +17,8 @@ from . import grammar
 POLL_SECONDS = 0.5
 
 
-@click.command("prebuild")
-@click.argument("names", nargs=-1)
-@click.option("--file", "-f", "names_file", type=click.File(),
-              help="Image names, one per line (# starts a comment).")
-@click.option("--tag", default="latest", show_default=True, help="The tag to build them at.")
-@with_appcontext
-def prebuild(names, names_file, tag):
-    """Build images before anyone pulls them, e.g. after a channel moved.
-
-    NAMES are image names as pulled: shell/git, htop, arm64/hello, ...
-    Exits 1 when any of them cannot be built.
-    """
+def _image_names(names, names_file, tag) -> list[str]:
+    """The image names of the arguments and the file, checked, once each."""
     names = list(names)
     if names_file is not None:
         names += [line.split("#", 1)[0].strip() for line in names_file]
@@ -39,6 +29,25 @@ def prebuild(names, names_file, tag):
     if bad or not grammar.TAG_RE.fullmatch(tag):
         raise click.UsageError("not an image name: " + ", ".join(bad) if bad
                                else f"not a tag: {tag!r}")
+    return names
+
+
+_NAMES_FILE = click.option("--file", "-f", "names_file", type=click.File(),
+                           help="Image names, one per line (# starts a comment).")
+
+
+@click.command("prebuild")
+@click.argument("names", nargs=-1)
+@_NAMES_FILE
+@click.option("--tag", default="latest", show_default=True, help="The tag to build them at.")
+@with_appcontext
+def prebuild(names, names_file, tag):
+    """Build images before anyone pulls them, e.g. after a channel moved.
+
+    NAMES are image names as pulled: shell/git, htop, arm64/hello, ...
+    Exits 1 when any of them cannot be built.
+    """
+    names = _image_names(names, names_file, tag)
     images = current_app.extensions["images"]
     outcomes: dict[str, str] = {}
     jobs: dict[str, Job] = {}
@@ -77,5 +86,34 @@ def prebuild(names, names_file, tag):
     for name in names:
         click.echo(f"{name}:{tag}: {outcomes[name]}")
         failed += outcomes[name].startswith("failed")
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command("sbom")
+@click.argument("names", nargs=-1)
+@_NAMES_FILE
+@click.option("--tag", default="latest", show_default=True,
+              help="The tag the images were pulled by.")
+@with_appcontext
+def sbom(names, names_file, tag):
+    """Make the SBOMs of images built before the registry made them.
+
+    Their records, manifests and digests stay as they are; Nix resolves
+    their packages again at the same revision, and the SBOM is stored and
+    listed in the referrers API.  Images not built yet are left alone.
+    Exits 1 when any of them failed.
+    """
+    images = current_app.extensions["images"]
+    failed = 0
+    for name in _image_names(names, names_file, tag):
+        try:
+            outcomes = images.add_sboms(Image.from_name(name), tag)
+        except Exception as e:  # say it, go on with the rest
+            click.echo(f"{name}:{tag}: failed: {getattr(e, 'message', e)}")
+            failed += 1
+            continue
+        for platform, outcome in outcomes.items():
+            click.echo(f"{name}:{tag} ({platform}): {outcome}")
     if failed:
         raise SystemExit(1)

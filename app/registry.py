@@ -1,7 +1,7 @@
 """The pull side of the Docker Registry HTTP API V2 / OCI distribution spec.
 
 Every request under /v2 is answered here, by one handler per endpoint:
-`base`, `manifest`, `blob` and `tags`.  `RegistryAPI` is their WSGI adapter: it
+`base`, `manifest`, `blob`, `referrers` and `tags`.  `RegistryAPI` is their WSGI adapter: it
 parses the path once, calls the handler, and renders any error it raised
 with the one error renderer (app/errors.py).  Other paths go on to the
 Flask app (pages, operators' endpoints).  The HTTP details they share
@@ -81,13 +81,15 @@ class RegistryAPI:
                 check_name(tags.group("name"))
                 return self.tags(call, tags.group("name"))
             raise NameUnknown(f"no such endpoint: {call.path}; this registry serves "
-                              "/v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest> "
-                              "and /v2/<name>/tags/list")
+                              "/v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest>, "
+                              "/v2/<name>/referrers/<digest> and /v2/<name>/tags/list")
         name, kind, reference = m.group("name", "kind", "reference")
         call.environ[ROUTE] = f"registry.{kind}"
         check_name(name)
         if kind == "manifests":
             return self.manifest(call, name, reference)
+        if kind == "referrers":
+            return self.referrers(call, check_digest(reference))
         return self.blob(call, check_digest(reference))
 
     def manifest(self, call: Call, name: str, reference: str) -> Reply:
@@ -99,6 +101,12 @@ class RegistryAPI:
             if media_type is None:
                 raise ManifestUnknown(f"manifest {digest} is unknown to this registry",
                                       {"digest": digest})
+        elif grammar.REFERRERS_TAG_RE.fullmatch(reference):
+            # the referrers tag schema, for clients that predate the API: the
+            # same index, and the package source is not asked
+            media_type = manifest.OCI_INDEX
+            body = self._referrers_index(f"sha256:{reference[7:]}")
+            digest = manifest.digest_of(body)
         else:
             if not grammar.TAG_RE.fullmatch(reference):
                 raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, "
@@ -125,6 +133,29 @@ class RegistryAPI:
         if call.method == "GET":
             metrics.MANIFEST_BYTES.inc(len(body))
         return Reply(200, headers, [body])
+
+    def referrers(self, call: Call, digest: str) -> Reply:
+        """The manifests whose subject is `digest` (an image's SBOM), as an
+        OCI image index; an empty one for a digest with none, or unknown
+        here, as the distribution spec says.  `artifactType` filters."""
+        query = urllib.parse.parse_qs(call.environ.get("QUERY_STRING", ""))
+        wanted = query.get("artifactType")
+        headers = [("Content-Type", manifest.OCI_INDEX)]
+        if wanted:
+            headers.append(("OCI-Filters-Applied", "artifactType"))
+        # a query decodes `+` as a space, and `application/vnd.cyclonedx+json`
+        # typed as it is would never match: media types hold no spaces
+        body = self._referrers_index(
+            digest, {w.replace(" ", "+") for w in wanted} if wanted else None)
+        headers.append(("Content-Length", str(len(body))))
+        return Reply(200, headers, [body])
+
+    def _referrers_index(self, digest, artifact_types=None) -> bytes:
+        data = self.storage.read(keys.referrers(digest))
+        descriptors = json.loads(data)["manifests"] if data else []
+        if artifact_types is not None:
+            descriptors = [d for d in descriptors if d.get("artifactType") in artifact_types]
+        return manifest.render_referrers(descriptors)
 
     def tags(self, call: Call, name: str) -> Reply:
         """The tags every image name may be pulled by, `n` at a time after

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, Response, current_app, render_template, request
 from werkzeug.routing import PathConverter
 
 from builders.errors import BuildError
-from builders import platforms
+from builders import manifest, platforms
+from builders.sbom import MEDIA_TYPE as SBOM_MEDIA_TYPE
+from storage import keys
 from builders.image import META_PACKAGES, SHELL_PACKAGES, Image
 from builders.suggest import close_matches
 
@@ -111,10 +113,33 @@ def build(ref):
     log = history.log_tail(build) if build is not None and status != "built" else ""
     sharing = history.sharing([l["digest"] for l in record.layers]) if record and history else {}
     code = 404 if status == "not built" else 200
+    subject = manifest.digest_of(record.manifest(manifest.OCI_MANIFEST)) if record else None
     return render_template(
         "build.html", name=name, tag=tag, packages=image.packages, arch=image.arch,
         status=status, status_text=STATUS_TEXT[status], build=build, record=record,
-        log=log, sharing=sharing, host=request.host), code
+        log=log, sharing=sharing, host=request.host, subject=subject), code
+
+
+@bp.route("/sbom/<anypath:ref>")
+def sbom(ref):
+    """The SBOM of a built image, by its name and tag, to read or save."""
+    name, _, tag = ref.rpartition(":")
+    if not name:
+        name, tag = tag, "latest"
+    record = None
+    if grammar.NAME_RE.fullmatch(name) and grammar.TAG_RE.fullmatch(tag):
+        images = _images()
+        try:
+            record = images.cached(images.pinned(Image.from_name(name)), tag)
+        except BuildError:
+            record = None
+    body = (current_app.extensions["storage"].read(keys.blob(record.sbom["digest"]))
+            if record is not None and record.sbom else None)
+    if body is None:
+        return Response(f"no SBOM of {name}:{tag} here: pull the image first\n", 404,
+                        mimetype="text/plain")
+    return Response(body, mimetype=SBOM_MEDIA_TYPE, headers={
+        "Content-Disposition": "inline; filename=sbom.cdx.json"})
 
 
 @bp.route("/packages")

@@ -1,18 +1,21 @@
 """One image made: from its packages at a pinned revision to a stored record.
 
 Nix resolves, builds and reports the closure; the closure is grouped into
-layers and stored; the config and both manifest formats are written, and
-the record that serves the image.  Who builds, when, and what happens to
+layers and stored; the config and both manifest formats are written, with
+the image's provenance in labels and annotations; then its SBOM, with one
+artifact manifest per manifest format for the referrers API; and last the
+record that serves the image.  Who builds, when, and what happens to
 the outcome is builders/service.py's business.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
 from storage import keys
-from . import forest, layers, manifest
-from .errors import PackagesNotFound, PackagesRefused, PlatformUnsupported
+from . import forest, layers, manifest, sbom
+from .errors import BuildFailed, PackagesNotFound, PackagesRefused, PlatformUnsupported
 from .image import Image
 from .nix import Deadline
 from .records import ImageRecord
@@ -37,9 +40,11 @@ class ImageBuilder:
         self.nix_timeout = nix_timeout
         self.max_layers = max_layers
 
-    def build(self, image: Image, revision: Revision, key: str, job, phase) -> Built:
+    def build(self, image: Image, revision: Revision, key: str, job, phase,
+              source: str = "") -> Built:
         """Make and store the image; `phase(name)` is told each step, and
-        `job` the Nix log's path and the layers as they are stored."""
+        `job` the Nix log's path and the layers as they are stored.
+        `source` describes the package source, for the SBOM."""
         started = time.monotonic()
         deadline = Deadline(self.nix_timeout, log_path=job.log_path)
         phase("evaluating")
@@ -60,16 +65,21 @@ class ImageBuilder:
         self.popularity.record(names, image.system)
 
         phase("storing")
-        config_ref = self.layerstore.store_blob(self._config(image, resolved, stored))
+        labels = provenance(image, revision)
+        config_ref = self.layerstore.store_blob(self._config(image, resolved, stored, labels))
         manifests = {}
         for media_type in manifest.MANIFEST_TYPES:
-            body = manifest.render(media_type, config_ref, stored)
+            body = manifest.render(media_type, config_ref, stored, annotations=labels)
             self.layerstore.store_blob(body, media_type)
             manifests[media_type] = body.decode()
+        bom = sbom.make(image_name=image.name, platform=image.platform, revision=revision,
+                        source=source, closure=closure, requested=resolved,
+                        seed=config_ref["digest"])
         record = ImageRecord(
             key=key, packages=list(image.packages), system=image.system,
             manifests=manifests, config=config_ref, layers=stored,
-            closure_size=sum(p.nar_size for p in closure))
+            closure_size=sum(p.nar_size for p in closure),
+            sbom=self.store_sbom(bom, manifests), licenses=_licenses(resolved))
         self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
         return Built(record, len(closure), nix_seconds)
 
@@ -105,12 +115,81 @@ class ImageBuilder:
             raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
         return resolved
 
+    def add_sbom(self, image: Image, revision: Revision, record: ImageRecord,
+                 source: str = "") -> ImageRecord:
+        """The record of an image built before SBOMs were made, with its SBOM
+        made and stored now (its manifests and config stay as they are).
+        Nix resolves the packages again at the record's revision; the SBOM
+        is made only if that gives the store paths the image's layers hold."""
+        deadline = Deadline(self.nix_timeout)
+        resolved = self._resolve(image, revision.nix, deadline)
+        self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved}, deadline)
+        closure = self.nix.closure([r.out for r in resolved], deadline)
+        held = set()
+        for layer in record.layers:
+            data = self.storage.read(keys.blob_source(layer["digest"]))
+            held.update(json.loads(data).get("paths", ()) if data else ())
+        if held != {p.path for p in closure}:
+            raise BuildFailed(f"{image.name}: the package source no longer gives the store "
+                              "paths this image holds; pull it again to build it anew")
+        bom = sbom.make(image_name=image.name, platform=image.platform, revision=revision,
+                        source=source, closure=closure, requested=resolved,
+                        seed=record.config["digest"])
+        record.sbom = self.store_sbom(bom, record.manifests)
+        record.licenses = _licenses(resolved)
+        self.storage.put_bytes(keys.manifest(record.key), record.to_json(), "application/json")
+        return record
+
+    def store_sbom(self, bom: bytes, manifests: dict[str, str]) -> dict:
+        """Store the SBOM, and for each manifest an artifact manifest whose
+        subject it is, listed under the manifest's referrers; {digest,
+        size, referrers: {manifest digest: artifact descriptor}}."""
+        blob = self.layerstore.store_blob(bom, sbom.MEDIA_TYPE)
+        self.layerstore.store_constant(manifest.EMPTY, manifest.EMPTY_TYPE)
+        referrers = {}
+        for media_type, text in sorted(manifests.items()):
+            body = text.encode()
+            subject = {"mediaType": media_type, "digest": manifest.digest_of(body),
+                       "size": len(body)}
+            artifact = manifest.render_artifact(
+                sbom.MEDIA_TYPE, {"mediaType": sbom.MEDIA_TYPE, **blob}, subject,
+                title="sbom.cdx.json")
+            ref = self.layerstore.store_blob(artifact, manifest.OCI_MANIFEST)
+            descriptor = {"mediaType": manifest.OCI_MANIFEST, **ref,
+                          "artifactType": sbom.MEDIA_TYPE}
+            self.storage.put_bytes(keys.referrers(subject["digest"]),
+                                   manifest.canonical({"manifests": [descriptor]}),
+                                   "application/json")
+            referrers[subject["digest"]] = descriptor
+        return {**blob, "referrers": referrers}
+
     @staticmethod
-    def _config(image, resolved, stored) -> bytes:
+    def _config(image, resolved, stored, labels) -> bytes:
         by_attr = {r.attr_path: r for r in resolved}
         env = []
         if "cacert" in by_attr:
             env.append(f"SSL_CERT_FILE={by_attr['cacert'].out}/etc/ssl/certs/ca-bundle.crt")
         cmd = ["bash"] if "bashInteractive" in by_attr else None
         return manifest.image_config(arch=image.arch, variant=image.platform.variant,
-                                     diff_ids=[l["diff_id"] for l in stored], env=env, cmd=cmd)
+                                     diff_ids=[l["diff_id"] for l in stored], env=env, cmd=cmd,
+                                     labels=labels)
+
+
+def _licenses(resolved) -> dict[str, list[str]]:
+    """Requested attribute path -> its licences (SPDX id, else name), for pages."""
+    return {r.attr_path: [l.get("spdxId") or l.get("fullName") or l.get("shortName")
+                          for l in r.licenses] for r in resolved}
+
+
+def provenance(image: Image, revision: Revision) -> dict[str, str]:
+    """The `org.opencontainers.image.*` labels and annotations of an image:
+    where its package set comes from, at which revision, and what it holds;
+    nothing that changes from one build of it to the next."""
+    source = revision.nix.get("url") or f"file://{revision.nix.get('path', '')}"
+    return {
+        "org.opencontainers.image.title": image.name,
+        "org.opencontainers.image.description":
+            f"Nix packages {', '.join(image.packages)} for {image.platform.name}",
+        "org.opencontainers.image.source": source,
+        "org.opencontainers.image.revision": revision.identity.rpartition("@")[2],
+    }

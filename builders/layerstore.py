@@ -71,6 +71,20 @@ class LayerStore:
         self._record_source(digest, {"data": data.decode()})
         return {"digest": digest, "size": len(data)}
 
+    def store_constant(self, data: bytes, content_type: str) -> dict:
+        """A blob many images need with the same bytes (the empty config of
+        artifacts): stored once per process."""
+        digest = manifest.digest_of(data)
+        key = ("constant", digest)
+
+        def put():
+            if self._seen.get(key) is None:
+                self.store_blob(data, content_type)
+                self._seen[key] = True
+        if self._seen.get(key) is None:
+            self._once(key, put)
+        return {"digest": digest, "size": len(data)}
+
     def restore_blob(self, digest) -> bool:
         """Make a missing or corrupt blob again from what made it; False when
         that is not possible (unknown digest, store paths gone)."""

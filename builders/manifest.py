@@ -14,6 +14,10 @@ OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
+# The config of an artifact that has none (OCI image spec 1.1).
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY = b"{}"
+
 MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 # the manifests an index of each kind lists
@@ -36,10 +40,12 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None) -> bytes:
+def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None, labels=None) -> bytes:
     config = {"Env": [f"PATH={PATH}", *env]}
     if cmd:
         config["Cmd"] = list(cmd)
+    if labels:
+        config["Labels"] = dict(labels)
     doc = {
         "architecture": arch,
         "os": "linux",
@@ -52,17 +58,45 @@ def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None) -> bytes:
     return canonical(doc)
 
 
-def render(media_type, config: dict, layers: list[dict]) -> bytes:
+def render(media_type, config: dict, layers: list[dict], annotations=None) -> bytes:
     """The manifest of `media_type` for a config {digest, size} and layers
-    [{digest, size}, ...]; the same inputs always give the same bytes."""
+    [{digest, size}, ...]; the same inputs always give the same bytes.
+    `annotations` go into the OCI manifest (Docker's format has none)."""
     config_type, layer_type = _FORMATS[media_type]
-    return canonical({
+    doc = {
         "schemaVersion": 2,
         "mediaType": media_type,
         "config": {"mediaType": config_type, "digest": config["digest"], "size": config["size"]},
         "layers": [{"mediaType": layer_type, "digest": l["digest"], "size": l["size"]}
                    for l in layers],
+    }
+    if annotations and media_type == OCI_MANIFEST:
+        doc["annotations"] = dict(annotations)
+    return canonical(doc)
+
+
+def empty_descriptor() -> dict:
+    return {"mediaType": EMPTY_TYPE, "digest": digest_of(EMPTY), "size": len(EMPTY)}
+
+
+def render_artifact(artifact_type: str, blob: dict, subject: dict, title: str) -> bytes:
+    """An OCI artifact manifest (OCI image spec 1.1): one blob {mediaType,
+    digest, size} of `artifact_type`, the empty config, and `subject` the
+    descriptor of the manifest it is about; `title` names the blob's file
+    for clients that save it."""
+    return canonical({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": empty_descriptor(),
+        "layers": [{**blob, "annotations": {"org.opencontainers.image.title": title}}],
+        "subject": subject,
     })
+
+
+def render_referrers(descriptors: list[dict]) -> bytes:
+    """The OCI image index the referrers API answers."""
+    return canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors})
 
 
 def render_index(media_type, members: list[tuple[dict, bytes]]) -> bytes:

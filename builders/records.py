@@ -43,6 +43,11 @@ class ImageRecord:
     layers: list[dict]             # [{digest, size, diff_id, paths}]
     closure_size: int = 0
     built_at: float = field(default_factory=time.time)
+    # {digest, size, referrers}: the SBOM and its artifact manifests, by the
+    # digest of the manifest each is about (None for images built before)
+    sbom: dict | None = None
+    # requested attribute path -> its licences (SPDX id or name), as nixpkgs says
+    licenses: dict[str, list[str]] | None = None
 
     def manifest(self, media_type) -> bytes:
         return self.manifests[media_type].encode()

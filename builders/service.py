@@ -139,6 +139,27 @@ class ImageService:
         key = cache_key(self.pinned(image), self.revisions.resolve(tag), self.max_layers)
         return self._records.get(key) or self._load(key)
 
+    def add_sboms(self, image: Image, tag: str) -> dict[str, str]:
+        """Make the SBOMs of an image built before SBOMs were made, for
+        each platform it names (its own, or all the registry serves):
+        platform name -> what happened.  Never builds an image."""
+        revision = self.revisions.resolve(tag)
+        targets = [image] if image.platform is not None else [image.on(p) for p in self.platforms]
+        outcomes = {}
+        for one in targets:
+            key = cache_key(one, revision, self.max_layers)
+            record = self._load(key)
+            if record is None:
+                outcomes[one.platform.name] = "not built"
+            elif record.sbom:
+                outcomes[one.platform.name] = "has one"
+            else:
+                with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN):
+                    self._records[key] = self.builder.add_sbom(
+                        one, revision, record, source=self.source.describe())
+                outcomes[one.platform.name] = "made"
+        return outcomes
+
     def lookup(self, name: str, tag="latest"):
         """What the package source says of one attribute path (for people)."""
         revision = self.revisions.resolve(tag)
@@ -306,7 +327,8 @@ class ImageService:
             logger.info("building %s for %s from %s, %s", image.name, image.system,
                         self.source.describe(), revision.description)
             with metrics.BUILDS_IN_FLIGHT.track_inprogress():
-                built = self.builder.build(image, revision, key, job, phase)
+                built = self.builder.build(image, revision, key, job, phase,
+                                           source=self.source.describe())
             record = built.record
             logger.info("built %s: %d store paths in %d layers, Nix %.1fs, total %.1fs",
                         image.name, built.store_paths, len(record.layers), built.nix_seconds,

@@ -109,6 +109,22 @@ let
           if v.success && builtins.isString v.value then v.value else "";
         description = let d = builtins.tryEval (w.value.meta.description or ""); in
           if d.success && builtins.isString d.value then d.value else "";
+        # meta.license, one attribute set or a list of them (or names): the
+        # string fields of each, for the image's SBOM; [] when unknown
+        licenses = let
+          fields = x:
+            if builtins.isString x then { shortName = x; }
+            else if builtins.isAttrs x then builtins.listToAttrs (builtins.concatMap (k:
+              let v = x.${k} or null; in
+              if builtins.isString v then [ { name = k; value = v; } ] else [])
+              [ "spdxId" "shortName" "fullName" ])
+            else {};
+          l = builtins.tryEval (
+            let raw = w.value.meta.license or null;
+                all = map fields (if builtins.isList raw then raw
+                                  else if raw == null then [] else [ raw ]);
+            in builtins.deepSeq all all);
+        in if l.success then builtins.filter (x: x != {}) l.value else [];
       };
 in {
   report = map describe requested;

@@ -42,6 +42,12 @@ def revision(selector_id: str) -> str:
     return f"sources/{selector_id}"
 
 
+def referrers(digest: str) -> str:
+    """The descriptors of the manifests whose subject is `digest` (an
+    image's SBOMs)."""
+    return f"referrers/{digest}"
+
+
 def kept_revisions() -> str:
     """The revisions of a folder source images were built from, by tag."""
     return "state/kept-revisions.json"

@@ -49,3 +49,40 @@ def test_prebuild_makes_every_platform(tmp_path):
         in result.output
     index = app.extensions["images"].start(Image.from_name("curl"), "latest")
     assert isinstance(index, IndexRecord) and set(index.members) == {"linux/amd64", "linux/arm64"}
+
+
+def test_sbom_backfills_images_built_before_sboms(tmp_path):
+    import json
+    import os
+    from app import create_app
+    from app.config import Config
+    from storage import keys
+    from tests.conftest import PKGS
+    config = Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"))
+    first = create_app(config)
+    images = first.extensions["images"]
+    record = images.image(Image.from_name("hello"), "latest")
+    # as a record of the registry before SBOMs: no SBOM, no referrers
+    store = first.extensions["storage"]
+    old = json.loads(record.to_json())
+    del old["sbom"], old["licenses"]
+    store.put_bytes(keys.manifest(record.key), json.dumps(old).encode(), "application/json")
+    for subject in record.sbom["referrers"]:
+        os.remove(store._path(keys.referrers(subject)))
+
+    app = create_app(config)  # another process, which reads the old record
+    client = app.test_client()
+    subject = client.get("/v2/hello/manifests/latest").headers["Docker-Content-Digest"]
+    assert client.get(f"/v2/hello/referrers/{subject}").get_json()["manifests"] == []
+    assert "built before the registry made SBOMs" in client.get("/builds/hello").get_data(
+        as_text=True)
+    result = app.test_cli_runner().invoke(args=["sbom", "hello", "git"])
+    assert result.exit_code == 0, result.output
+    assert "hello:latest (linux/amd64): made" in result.output
+    assert "git:latest (linux/amd64): not built" in result.output
+    listed = client.get(f"/v2/hello/referrers/{subject}").get_json()["manifests"]
+    assert [m["digest"] for m in listed] == [record.sbom["referrers"][subject]["digest"]]
+    # the image is served as it was
+    assert client.get("/v2/hello/manifests/latest").headers["Docker-Content-Digest"] == subject
+    again = app.test_cli_runner().invoke(args=["sbom", "hello"])
+    assert "hello:latest (linux/amd64): has one" in again.output

@@ -312,6 +312,9 @@ def test_several_platforms_give_an_index_to_clients_that_take_one(tmp_path):
     for m in index["manifests"]:
         member = client.get(f"/v2/hello/manifests/{m['digest']}")
         assert member.content_type == OCI_MANIFEST and len(member.data) == m["size"]
+        # each platform's manifest has its own SBOM among its referrers
+        [sbom] = client.get(f"/v2/hello/referrers/{m['digest']}").get_json()["manifests"]
+        assert sbom["artifactType"] == "application/vnd.cyclonedx+json"
         head = client.head(f"/v2/hello/manifests/{m['digest']}")
         assert head.status_code == 200 and head.headers["Content-Length"] == str(m["size"])
     arm64 = client.get(f"/v2/hello/manifests/{index['manifests'][1]['digest']}").get_json()
@@ -347,3 +350,69 @@ def test_a_platform_that_fails_is_named_in_the_error(tmp_path):
     assert error["message"].startswith("linux/arm64 (aarch64-linux): package no-arm failed to build")
     # a client that takes no index still gets the platform that built
     assert client.get("/v2/no-arm/manifests/latest").status_code == 200
+
+
+CYCLONEDX = "application/vnd.cyclonedx+json"
+
+
+def test_an_images_sbom_is_found_through_the_referrers_api(client):
+    from builders.manifest import OCI_INDEX
+    sboms = set()
+    for media_type in (DOCKER_MANIFEST, OCI_MANIFEST):
+        image = client.get("/v2/shell/hello/manifests/latest", headers={"Accept": media_type})
+        subject = image.headers["Docker-Content-Digest"]
+        r = client.get(f"/v2/shell/hello/referrers/{subject}")
+        assert r.status_code == 200 and r.content_type == OCI_INDEX
+        assert "OCI-Filters-Applied" not in r.headers
+        index = r.get_json()
+        assert (index["schemaVersion"], index["mediaType"]) == (2, OCI_INDEX)
+        [entry] = index["manifests"]
+        assert (entry["mediaType"], entry["artifactType"]) == (OCI_MANIFEST, CYCLONEDX)
+        artifact = client.get(f"/v2/shell/hello/manifests/{entry['digest']}")
+        assert artifact.content_type == OCI_MANIFEST and len(artifact.data) == entry["size"]
+        doc = json.loads(artifact.data)
+        assert doc["subject"] == {"mediaType": media_type, "digest": subject,
+                                  "size": len(image.data)}
+        assert client.get(f"/v2/shell/hello/blobs/{doc['config']['digest']}").data == b"{}"
+        bom = client.get(f"/v2/shell/hello/blobs/{doc['layers'][0]['digest']}")
+        assert json.loads(bom.data)["bomFormat"] == "CycloneDX"
+        sboms.add(doc["layers"][0]["digest"])
+
+        # the filter, and the header that says it was applied
+        kept = client.get(f"/v2/shell/hello/referrers/{subject}?artifactType={CYCLONEDX}")
+        assert kept.headers["OCI-Filters-Applied"] == "artifactType"
+        assert kept.get_json()["manifests"] == [entry]
+        other = client.get(f"/v2/shell/hello/referrers/{subject}"
+                           "?artifactType=application/vnd.example.signature")
+        assert other.headers["OCI-Filters-Applied"] == "artifactType"
+        assert other.get_json()["manifests"] == []
+
+        # the referrers tag schema answers the same index
+        tag = client.get(f"/v2/shell/hello/manifests/sha256-{subject[7:]}")
+        assert tag.status_code == 200 and tag.content_type == OCI_INDEX
+        assert tag.data == r.data
+    assert len(sboms) == 1  # one SBOM, about both formats of one image
+
+
+@pytest.mark.parametrize("digest", ["sha256:" + "0" * 64])
+def test_a_digest_without_referrers_has_an_empty_index(client, digest):
+    r = client.get(f"/v2/hello/referrers/{digest}")
+    assert r.status_code == 200
+    assert r.get_json() == {"manifests": [], "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "schemaVersion": 2}
+    # and the config of an image, a blob that is no manifest, has none either
+    config = json.loads(client.get("/v2/hello/manifests/latest").data)["config"]["digest"]
+    assert client.get(f"/v2/hello/referrers/{config}").get_json()["manifests"] == []
+    bad = client.get("/v2/hello/referrers/sha256:nothex")
+    assert bad.status_code == 400 and bad.get_json()["errors"][0]["code"] == "DIGEST_INVALID"
+
+
+def test_the_referrers_tag_never_asks_the_package_source(app, client, monkeypatch):
+    image = client.get("/v2/hello/manifests/latest", headers={"Accept": OCI_MANIFEST})
+    subject = image.headers["Docker-Content-Digest"]
+
+    def unreachable(tag):
+        raise AssertionError("the package source was asked")
+    monkeypatch.setattr(app.extensions["images"].revisions, "resolve", unreachable)
+    r = client.get(f"/v2/hello/manifests/sha256-{subject[7:]}")
+    assert r.status_code == 200 and len(r.get_json()["manifests"]) == 1

@@ -162,3 +162,17 @@ def test_an_index_in_progress_says_what_each_platform_does(tmp_path):
     assert 'href="/builds/arm64/drowsy:latest"' in page and 'href="/builds/drowsy:latest"' in page
     arm = client.get("/builds/arm64/drowsy:latest").get_data(as_text=True)
     assert 'id="status">built<' in arm and "(arm64)" in arm
+
+
+def test_the_build_page_lists_licences_and_links_the_sbom(client):
+    assert client.get("/v2/git/hello/manifests/latest").status_code == 200
+    page = client.get("/builds/git/hello:latest").get_data(as_text=True)
+    assert "<td><code>git</code></td><td>GPL-2.0-only, LGPL-2.1-or-later</td>" in page
+    assert "<td><code>hello</code></td><td>GPL-3.0-or-later</td>" in page
+    assert 'href="/sbom/git/hello:latest"' in page
+    assert re.search(r"curl -s 'http://localhost/v2/git/hello/referrers/sha256:[0-9a-f]{64}"
+                     r"\?artifactType=application/vnd.cyclonedx%2Bjson'", page)
+    sbom = client.get("/sbom/git/hello:latest")
+    assert sbom.status_code == 200 and sbom.content_type == "application/vnd.cyclonedx+json"
+    assert sbom.get_json()["metadata"]["component"]["name"] == "git/hello"
+    assert client.get("/sbom/never/built:latest").status_code == 404

@@ -308,8 +308,11 @@ def test_every_storage_call_of_a_cold_pull_has_a_reason(tmp_path):
         # revision kept as a tag, once per revision (1 + 1)
         ("read", "state"): 3, ("put", "state"): 2,
         ("read", "layerinfo"): n,   # each layer may be stored already
-        ("put", "layers"): n + 3,   # the layers, the config, the two manifests
-        ("put", "blobsources"): n + 3,  # how to make each blob again if it is lost
+        # the layers, the config, the two manifests; the SBOM, the empty
+        # config of artifacts, and an SBOM artifact manifest per manifest
+        ("put", "layers"): n + 3 + 4,
+        ("put", "blobsources"): n + 3 + 4,  # how to make each blob again if it is lost
+        ("put", "referrers"): 2,    # each manifest's referrers: its SBOM artifact
         ("put", "layerinfo"): n,    # what each group of store paths was stored as
         ("put", "manifests"): 1,    # the image's record
     }

@@ -13,6 +13,16 @@ let
   };
   bb = "${busybox}/busybox";
 
+  licenses = {
+    gpl3Plus = { spdxId = "GPL-3.0-or-later"; shortName = "gpl3Plus";
+                 fullName = "GNU General Public License v3.0 or later"; free = true; };
+    gpl2Only = { spdxId = "GPL-2.0-only"; shortName = "gpl2Only";
+                 fullName = "GNU General Public License v2.0 only"; free = true; };
+    lgpl21Plus = { spdxId = "LGPL-2.1-or-later"; shortName = "lgpl21Plus";
+                   fullName = "GNU Lesser General Public License v2.1 or later"; free = true; };
+    testOnly = { shortName = "testOnly"; fullName = "The test set's own licence"; free = true; };
+  };
+
   # mk: a derivation whose build script runs in busybox sh with every
   # applet on PATH.
   mk = { pname, version ? "1.0", script, passthru ? {} }:
@@ -109,7 +119,11 @@ let
   self = {
     inherit bench;
 
-    hello = script "hello" "hello" ''echo "Hello, world!"'' "";
+    # Licences as nixpkgs' lib.licenses writes them: with an SPDX id, a
+    # list of them, and one SPDX does not know.
+    hello = script "hello" "hello" ''echo "Hello, world!"'' "" // {
+      meta = { description = "test package hello"; license = licenses.gpl3Plus; };
+    };
 
     bashInteractive = script "bash-interactive" "bash" ''exec ${bb} sh "$@"''
       "ln -s ${bb} $out/bin/sh";
@@ -141,9 +155,13 @@ let
 
     nano = script "nano" "nano" ''echo "GNU nano (test package set) 1.0"'' "";
 
-    git = script "git" "git" ''echo "git version 2.0.0 (test, ${libshared}/lib/libshared.so)"'' "";
+    git = script "git" "git" ''echo "git version 2.0.0 (test, ${libshared}/lib/libshared.so)"'' "" // {
+      meta = { description = "test package git"; license = [ licenses.gpl2Only licenses.lgpl21Plus ]; };
+    };
 
-    htop = script "htop" "htop" ''echo "htop 3.0.0 (test, ${libshared}/lib/libshared.so)"'' "";
+    htop = script "htop" "htop" ''echo "htop 3.0.0 (test, ${libshared}/lib/libshared.so)"'' "" // {
+      meta = { description = "test package htop"; license = licenses.testOnly; };
+    };
 
     curl = script "curl" "curl" ''echo "curl 8.0.0 (test, ${libshared}/lib/libshared.so)"'' "";
 
