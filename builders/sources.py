@@ -294,7 +294,9 @@ class GitSource(Source):
             ref = refs.get("symref:HEAD", "HEAD")
         else:
             # the tag is data: an argument to git, never part of a command line string
-            refs = self._ls_remote(f"refs/heads/{tag}", f"refs/tags/{tag}")
+            # an annotated tag's own object, and (`^{}`) the commit it names
+            refs = self._ls_remote(f"refs/heads/{tag}", f"refs/tags/{tag}",
+                                   f"refs/tags/{tag}^{{}}")
             ref, commit = next(
                 ((r, refs[r + "^{}"] if r + "^{}" in refs else refs[r])
                  for r in (f"refs/heads/{tag}", f"refs/tags/{tag}") if r in refs),
