@@ -5,9 +5,20 @@ import abc
 import hashlib
 import io
 import typing
+from dataclasses import dataclass
 
 from . import keys
 from .errors import ObjectNotFound
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object, as a listing sees it."""
+
+    key: str
+    size: int
+    used: float     # when it was last written or marked used (seconds since the epoch)
+    version: str    # what a conditional delete compares with
 
 
 class Storage(abc.ABC):
@@ -59,9 +70,32 @@ class Storage(abc.ABC):
         (None: only if there is no object); the new version, or None when it
         was not written."""
 
+    # What garbage collection needs: listing, marking an object as used
+    # (so that a collection running now sees it as live), and deleting an
+    # object only if it is still as the collection judged it.
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> typing.Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (a folder, `layers/`)."""
+
+    @abc.abstractmethod
+    def mark_used(self, key: str) -> bool:
+        """Record that the object is in use now (it changes its version);
+        False when there is no such object."""
+
+    @abc.abstractmethod
+    def delete_if(self, key: str, version: str) -> bool:
+        """Delete the object only if it is still at `version` (not written
+        or marked used since it was listed); whether it was deleted."""
+
     def url(self, key: str) -> str | None:
         """A URL clients may fetch the object from directly, or None to stream it."""
         return None
+
+    def check(self) -> None:
+        """Raise StorageUnavailable when the storage does not answer now
+        (for readiness probes: quickly, without the retries of a pull)."""
+        self.exists("readyz/probe")  # any answer, even "no", means it is reachable
 
     def read(self, key: str) -> bytes | None:
         """The whole (small) object, or None when there is none."""

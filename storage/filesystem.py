@@ -12,7 +12,7 @@ import time
 
 from cachetools import LRUCache
 
-from .base import Storage
+from .base import ObjectInfo, Storage
 from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,43 @@ class FilesystemStorage(Storage):
                 return None
             self.put_bytes(key, data, "application/json")
             return self._version(path)
+
+    def list(self, prefix):
+        """Walks the folders under `prefix`; the driver's own folders (`.tmp`,
+        `.locks`, `.corrupt`, `.state`) are not objects."""
+        top = self._path(prefix.rstrip("/") or ".") if prefix.strip("/") else self.root
+        if not os.path.isdir(top):
+            return
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                key = os.path.relpath(path, self.root)
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    continue  # deleted while we walked
+                yield ObjectInfo(key, st.st_size, st.st_mtime, f"{st.st_ino}:{st.st_mtime_ns}")
+
+    def mark_used(self, key):
+        """Its modification time, under the key's lock (as a delete takes it)."""
+        path = self._path(key)
+        with self._locked(key):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return False
+        return True
+
+    def delete_if(self, key, version):
+        path = self._path(key)
+        with self._locked(key):
+            if self._version(path) != version:
+                return False
+            _unlink(path)
+        return True
 
     def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
         path = self._path(key)

@@ -31,7 +31,7 @@ from google.api_core import exceptions as api
 from google.cloud import storage as gcs
 from google.cloud.storage import exceptions as media
 
-from .base import Storage
+from .base import ObjectInfo, Storage
 from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -356,6 +356,66 @@ class GCSStorage(Storage):
             return None
         except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
             raise self._failed(what, e) from e
+
+    def check(self):
+        try:
+            self._bucket.get_blob("readyz/probe", timeout=(3, 5), retry=None)
+        except Exception as e:  # one try: a probe asks again soon
+            raise self.unavailable(f"not answering: {_short(e)}") from e
+
+    # -- collection -------------------------------------------------------------
+
+    def list(self, prefix):
+        what = f"listing {prefix}"
+        try:
+            pages = _Attempts(self, what).call(
+                lambda: self._client.list_blobs(self._bucket, prefix=prefix, timeout=TIMEOUT,
+                                                retry=None).pages)
+            for page in pages:
+                for blob in page:
+                    used = max(t.timestamp() for t in (blob.updated, blob.custom_time,
+                                                       blob.time_created) if t is not None)
+                    yield ObjectInfo(blob.name, blob.size or 0, used,
+                                     f"{blob.generation}:{blob.metageneration}")
+        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
+            raise self._failed(what, e) from e
+
+    def mark_used(self, key):
+        """Sets the object's customTime to now: a metadata update, which a
+        bucket lifecycle rule on daysSinceCustomTime reads too."""
+        _check_key(key)
+        what = f"marking {key} used"
+        blob = self._bucket.blob(key)
+        blob.custom_time = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            _Attempts(self, what).call(blob.patch, timeout=TIMEOUT, retry=None)
+        except api.NotFound:
+            return False
+        except api.BadRequest as e:
+            # customTime may not go back: an object marked later than our
+            # clock says now is in use anyway
+            if "customTime" in str(e) or "custom time" in str(e).lower():
+                return True
+            raise self._failed(what, e) from e
+        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
+            raise self._failed(what, e) from e
+        return True
+
+    def delete_if(self, key, version):
+        """Conditional on the generation (not rewritten) and metageneration
+        (not marked used) the listing saw."""
+        _check_key(key)
+        generation, metageneration = (int(v) for v in version.split(":"))
+        what = f"deleting {key}"
+        try:
+            _Attempts(self, what).call(
+                self._bucket.blob(key).delete, if_generation_match=generation,
+                if_metageneration_match=metageneration, timeout=TIMEOUT, retry=None)
+        except (api.NotFound, api.PreconditionFailed):
+            return False
+        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
+            raise self._failed(what, e) from e
+        return True
 
     # -- signed URLs ----------------------------------------------------------
 

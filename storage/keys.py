@@ -48,6 +48,11 @@ def referrers(digest: str) -> str:
     return f"referrers/{digest}"
 
 
+def gc_state() -> str:
+    """What the last garbage collection or scan found stored, and freed."""
+    return "state/gc.json"
+
+
 def kept_revisions() -> str:
     """The revisions of a folder source images were built from, by tag."""
     return "state/kept-revisions.json"
