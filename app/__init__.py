@@ -25,7 +25,7 @@ def _history(path):
 
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
-    from builders import sources
+    from builders import gc, sources
     from builders.build import ImageBuilder
     from builders.claims import Claims
     from builders.failures import Failures
@@ -52,7 +52,8 @@ def make_images(config: Config, store, *, nix=None):
                              max_layers=config.max_layers),
         layerstore=layerstore, nix=nix, jobs=Jobs(),
         history=_history(config.history_path),
-        nix_timeout=config.nix_timeout, pull_wait=config.pull_wait, platforms=config.platforms)
+        nix_timeout=config.nix_timeout, pull_wait=config.pull_wait, platforms=config.platforms,
+        mark_every=gc.mark_every(config.retention))
 
 
 def create_app(config: Config | None = None, *, nix=None):
@@ -62,7 +63,7 @@ def create_app(config: Config | None = None, *, nix=None):
     import storage as storage_mod
     from builders.sync import LockedTTLCache
 
-    from . import commands, errors, logs, ops, web
+    from . import commands, errors, logs, metrics, ops, web
     from .proxy import TrustedProxyFix
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
@@ -75,10 +76,11 @@ def create_app(config: Config | None = None, *, nix=None):
     images = app.extensions["images"] = make_images(config, store, nix=nix)
     app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
     app.extensions["nix_check"] = ops.NixCheck()
+    app.extensions["stored"] = metrics.StoredCollector(store)
     # /v2 is answered below Flask (app/registry.py says why); pages and
     # operators' endpoints by Flask; both within one request scope
-    app.wsgi_app = TrustedProxyFix(RequestScope(RegistryAPI(app.wsgi_app, store, images)),
-                                   config.forwarded_allow_ips)
+    api = RegistryAPI(app.wsgi_app, store, images, blob_accel=config.blob_accel)
+    app.wsgi_app = TrustedProxyFix(RequestScope(api), config.forwarded_allow_ips)
 
     @app.before_request
     def name_route():
@@ -91,4 +93,5 @@ def create_app(config: Config | None = None, *, nix=None):
     errors.register(app)
     app.cli.add_command(commands.prebuild)
     app.cli.add_command(commands.sbom)
+    app.cli.add_command(commands.gc)
     return app

@@ -1,6 +1,8 @@
 """Operators' commands, in the Flask CLI: `flask --app app prebuild ...`."""
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import click
@@ -10,6 +12,7 @@ from flask.cli import with_appcontext
 from builders.errors import BuildError
 from builders.image import Image
 from builders.jobs import Job
+from storage import keys
 
 from . import grammar
 
@@ -117,3 +120,53 @@ def sbom(names, names_file, tag):
             click.echo(f"{name}:{tag} ({platform}): {outcome}")
     if failed:
         raise SystemExit(1)
+
+
+@click.command("gc")
+@click.option("--dry-run", is_flag=True,
+              help="Say what would be deleted, and how many bytes; delete nothing.")
+@with_appcontext
+def gc(dry_run):
+    """Delete what storage no longer needs.
+
+    Images not pulled (by tag or by digest) within NIXERY_RETENTION days,
+    and the layers, configs, manifests and SBOMs that only they use; expired
+    failure verdicts, build claims and source resolutions; this machine's
+    build logs older than the retention.  Safe to run while instances serve
+    and build: what is used meanwhile is kept.
+    """
+    from builders import gc as collection
+
+    config = current_app.config["REGISTRY"]
+    images = current_app.extensions["images"]
+    store = current_app.extensions["storage"]
+    before = json.loads(store.read(keys.gc_state()) or b"{}")
+    expected = sum(t["objects"] for t in before.get("stored", {}).values()) or 1
+    with click.progressbar(length=expected, label="listing storage", file=sys.stderr) as bar:
+        collector = collection.Collector(
+            store, retention=config.retention, grace=collection.grace_seconds(config.nix_timeout),
+            failure_ttl=config.failure_ttl, history=images.history,
+            on_listed=lambda info: bar.update(1))
+        report = collector.run(dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for info in sorted(report.doomed, key=lambda i: i.key):
+        click.echo(f"{verb} {info.key} ({_mb(info.size)})")
+    if dry_run:
+        total = collection.Tally()
+        by_kind = {}
+        for info in report.doomed:
+            total.add(info.size)
+            by_kind.setdefault(collection.kind_of(info.key), collection.Tally()).add(info.size)
+    else:
+        total, by_kind = report.freed, report.deleted
+    for kind, tally in sorted(by_kind.items()):
+        click.echo(f"{kind}: {verb} {tally.objects} objects, {_mb(tally.bytes)}")
+    click.echo(f"{verb} {total.objects} objects, {_mb(total.bytes)} in all"
+               + (f"; {report.survived} kept, used while they were judged"
+                  if report.survived else ""))
+    if report.logs.objects:
+        click.echo(f"build logs: {verb} {report.logs.objects}, {_mb(report.logs.bytes)}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"

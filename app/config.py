@@ -72,6 +72,13 @@ class Config:
     # one, a pull by tag that accepts an index gets one; the first is what
     # other clients get.
     platforms: tuple[platforms_.Platform, ...] = (platforms_.HOST,)
+    # The internal location of the web server in front (deploy/nginx.conf)
+    # that serves the storage folder: blob GETs then answer with an
+    # X-Accel-Redirect there, and the web server sends the bytes.
+    blob_accel: str | None = None
+    # How long an image nobody pulls is kept, in days, when garbage is
+    # collected (`flask --app app gc`).
+    retention_days: float = 30.0
     # This machine's own state: build locks, build history, metrics files.
     state_path: str | None = None
     # prometheus_client's multiprocess folder (its own variable name); set
@@ -121,6 +128,16 @@ class Config:
             raise ConfigError(f"NIXERY_FAILURE_TTL must be 0 or more seconds, not {self.failure_ttl}")
         if not self.build_lease >= 3:
             raise ConfigError(f"NIXERY_BUILD_LEASE must be at least 3 seconds, not {self.build_lease}")
+        if self.blob_accel is not None:
+            if self.storage_backend != "filesystem":
+                raise ConfigError("NIXERY_BLOB_ACCEL needs the filesystem backend (GCS blobs "
+                                  "are redirected to signed URLs already)")
+            if not (self.blob_accel.startswith("/") and self.blob_accel.endswith("/")):
+                raise ConfigError(f"NIXERY_BLOB_ACCEL must be a location like /_registry_blobs/, "
+                                  f"not {self.blob_accel!r}")
+        if not self.retention_days > 0:
+            raise ConfigError(f"NIXERY_RETENTION must be a positive number of days, "
+                              f"not {self.retention_days}")
         if self.max_layers < 2:
             raise ConfigError(f"NIXERY_MAX_LAYERS must be at least 2, not {self.max_layers}")
         if self.compressor not in compress.KINDS:
@@ -150,6 +167,10 @@ class Config:
             object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+
+    @property
+    def retention(self) -> float:
+        return self.retention_days * 24 * 3600
 
     @property
     def lock_path(self) -> str:
@@ -255,6 +276,8 @@ class Config:
             commit_check_url=get("NIXERY_COMMIT_CHECK_URL") or cls.commit_check_url,
             any_commit=flag("NIXERY_ANY_COMMIT"),
             platforms=platform_list("NIXERY_PLATFORMS"),
+            retention_days=number("NIXERY_RETENTION", float, cls.retention_days),
+            blob_accel=get("NIXERY_BLOB_ACCEL"),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

@@ -43,8 +43,7 @@ def healthz():
 
 
 def _check_storage():
-    storage = current_app.extensions["storage"]
-    storage.exists("readyz/probe")  # any answer, even "no", means it is reachable
+    current_app.extensions["storage"].check()
     return "ok"
 
 
@@ -58,11 +57,17 @@ def readyz():
             checks[name] = f"failing: {e}"
             logger.warning("readiness check %s failed: %s", name, e)
     ready = all(v == "ok" for v in checks.values())
-    return Response(json.dumps({"ready": ready, "checks": checks}) + "\n",
-                    status=200 if ready else 503, mimetype="application/json")
+    # the package source is reported, not required: cached images still
+    # pull without it, and an outage of it would otherwise take every
+    # instance out of the load balancer at once
+    source = current_app.extensions["images"].revisions.state.report()
+    source["describe"] = current_app.extensions["images"].source.describe()
+    return Response(json.dumps({"ready": ready, "checks": checks, "package_source": source})
+                    + "\n", status=200 if ready else 503, mimetype="application/json")
 
 
 @bp.route("/metrics")
 def metrics_page():
-    body, content_type = metrics.exposition(current_app.config["REGISTRY"].metrics_path)
+    body, content_type = metrics.exposition(current_app.config["REGISTRY"].metrics_path,
+                                            extra=[current_app.extensions["stored"]])
     return Response(body, content_type=content_type)

@@ -41,10 +41,13 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 class RegistryAPI:
     """WSGI: /v2 requests to their handler, everything else to `app`."""
 
-    def __init__(self, app, storage, images):
+    def __init__(self, app, storage, images, blob_accel=None):
         self.app = app
         self.storage = storage
         self.images = images
+        # the web server's internal location of the storage folder, when it
+        # sends blobs (deploy/nginx.conf)
+        self.blob_accel = blob_accel
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -101,6 +104,8 @@ class RegistryAPI:
             if media_type is None:
                 raise ManifestUnknown(f"manifest {digest} is unknown to this registry",
                                       {"digest": digest})
+            # a pull by digest keeps its image as a pull by tag does
+            self.images.mark_pulled(keys.blob(digest))
         elif grammar.REFERRERS_TAG_RE.fullmatch(reference):
             # the referrers tag schema, for clients that predate the API: the
             # same index, and the package source is not asked
@@ -197,6 +202,13 @@ class RegistryAPI:
             f.close()
             return Reply(304, headers)
         headers += [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes")]
+        if self.blob_accel and call.method == "GET":
+            # checked (and made again if it was missing) above: the web
+            # server in front sends the file, ranges included
+            f.close()
+            metrics.BLOB_BYTES.inc(size)
+            return Reply(200, [*headers, ("X-Accel-Redirect",
+                                          f"{self.blob_accel}{keys.blob(digest)}")])
         start, stop, status = 0, size, 200
         span = wire.requested_range(call, digest, size)
         if span is not None:

@@ -163,6 +163,27 @@ class BuildHistory:
             list(digests)).fetchall()
         return {d: n for d, n in rows}
 
+    def prune(self, before: float, *, dry_run=False):
+        """Forget builds that started before `before`, and remove their logs;
+        a Tally (builders/gc.py) of the logs."""
+        from .gc import Tally
+        db = self._db()
+        rows = db.execute("SELECT id FROM builds WHERE started < ? AND status != 'building'",
+                          (before,)).fetchall()
+        tally = Tally()
+        for (build_id,) in rows:
+            path = self.log_path(build_id)
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                continue
+            tally.add(size)
+            if not dry_run:
+                os.unlink(path)
+        if not dry_run and rows:
+            db.execute("DELETE FROM builds WHERE started < ? AND status != 'building'", (before,))
+        return tally
+
     def log_tail(self, build: Build, limit=LOG_TAIL_BYTES) -> str:
         try:
             with open(build.log_path, "rb") as f:

@@ -18,14 +18,15 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from storage import keys
-from . import layers, manifest, metrics, tarball
+from . import gc, layers, manifest, metrics, tarball
 from .compress import Compression
 from .sync import LockedTTLCache, Once
 
 logger = logging.getLogger(__name__)
 
-# How long this process believes a layer it has seen stored is still there.
-SEEN_SECONDS = 24 * 3600
+# How long this process believes a layer it has seen stored is still there
+# (garbage collection's grace period exceeds it).
+SEEN_SECONDS = gc.CACHES_SECONDS
 
 
 class LayerStore:
@@ -128,7 +129,9 @@ class LayerStore:
         data = self.storage.read(keys.layer(ident))
         if data is not None:
             known = json.loads(data)
-            if self.storage.exists(keys.blob(known["digest"])):
+            # marked as used, so that a garbage collection judging it now
+            # keeps it (builders/gc.py); False when it is gone
+            if self.storage.mark_used(keys.blob(known["digest"])):
                 self._seen[ident] = known
                 return known
         logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))

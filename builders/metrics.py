@@ -17,5 +17,8 @@ BUILDS_QUEUED = Gauge("registry_builds_queued", "Builds waiting for a build slot
 MANIFEST_CACHE = Counter("registry_manifest_cache", "Manifest lookups by tag, by where "
                          "they were answered from", ["result"])
 BYTES_STORED = Counter("registry_stored_bytes", "Bytes of blobs written to storage")
+SOURCE_UP = Gauge("registry_package_source_up",
+                  "Whether the package source answered the last time it was asked (1) or not (0)",
+                  multiprocess_mode="livemostrecent")
 JOBS = Gauge("registry_build_jobs", "Image jobs running now, by phase", ["phase"],
              multiprocess_mode="livesum")

@@ -16,15 +16,84 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 
 from storage import keys
-from . import manifest
-from .errors import RevisionNotFound
+from . import manifest, metrics
+from .errors import RevisionNotFound, SourceUnavailable
 from .sources import FOLDER_TAG_RE, Revision, Source
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
+
+
+class SourceState:
+    """Whether the package source answers: as the lookups of pulls found it,
+    and as a check in the background finds it when they have not asked for
+    a while (for /readyz and /metrics)."""
+
+    def __init__(self, source: Source, *, clock=time.time, check_every: float = 60.0):
+        self.source = source
+        self.check_every = check_every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.reachable: bool | None = None   # None: not asked yet
+        self.since: float | None = None      # in this state since
+        self.checked_at: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._checking = False
+
+    def watch(self, fn, *args):
+        """fn(*args), noting whether the source answered."""
+        try:
+            result = fn(*args)
+        except SourceUnavailable as e:
+            self._note(False, e.message)
+            raise
+        self._note(True)
+        return result
+
+    def _note(self, reachable: bool, error: str | None = None):
+        now = self._clock()
+        with self._lock:
+            if self.reachable is not reachable:
+                self.since = now
+                self.reachable = reachable
+            self.checked_at = now
+            if error is not None:
+                self.last_error, self.last_error_at = error, now
+        metrics.SOURCE_UP.set(1 if reachable else 0)
+
+    def report(self) -> dict:
+        """The state for people; starts a check in the background when the
+        last one is older than `check_every` (readiness probes must not wait
+        for a network call)."""
+        with self._lock:
+            stale = self.checked_at is None or self._clock() - self.checked_at >= self.check_every
+            start = stale and not self._checking
+            if start:
+                self._checking = True
+        if start:
+            threading.Thread(target=self._check, name="source-check", daemon=True).start()
+        with self._lock:
+            return {"reachable": self.reachable, "since": _iso(self.since),
+                    "checked_at": _iso(self.checked_at), "last_error": self.last_error,
+                    "last_error_at": _iso(self.last_error_at)}
+
+    def _check(self):
+        try:
+            self.watch(self.source.check)
+        except Exception:  # noted by watch, or not the source's fault
+            pass
+        finally:
+            with self._lock:
+                self._checking = False
+
+
+def _iso(ts):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else None
 
 
 class Revisions:
@@ -39,12 +108,13 @@ class Revisions:
         self._memory = LockedTTLCache(maxsize=256, ttl=max(refresh, 0.001))
         self._tags = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
         self._kept = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
+        self.state = SourceState(source, clock=clock)
 
     def tags(self) -> list[str]:
         """The tags that name revisions, asked of the source once per interval."""
         tags = self._tags.get("tags")
         if tags is None:
-            tags = self.source.tags()
+            tags = self.state.watch(self.source.tags)
             if self.source.keeps_revisions:
                 tags = sorted({*tags, *self._kept_revisions()})
             self._tags["tags"] = tags
@@ -101,7 +171,7 @@ class Revisions:
         """What `tag` names now: from memory, from storage while fresh, or
         from the source (then written to storage for the others)."""
         if self.source.immutable(tag):
-            return self.source.resolve(tag)
+            return self.state.watch(self.source.resolve, tag)
         kept = self._kept_revision(tag)
         if kept is not None:
             return kept
@@ -124,7 +194,7 @@ class Revisions:
                 revision = Revision(**stored["revision"])
                 self._memory[ident] = (revision, stored["resolved_at"])
                 return revision
-        revision = self.source.resolve(tag)
+        revision = self.state.watch(self.source.resolve, tag)
         self.storage.put_bytes(keys.revision(ident), manifest.canonical(
             {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
         self._memory[ident] = (revision, now)

@@ -22,7 +22,7 @@ import time
 
 from storage import keys
 from . import metrics
-from . import manifest, platforms as platforms_
+from . import gc, manifest, platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
                      PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image import Image
@@ -33,8 +33,9 @@ from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
 
-# How long this process keeps an image's record in memory.
-RECORD_SECONDS = 24 * 3600
+# How long this process keeps an image's record in memory (garbage
+# collection's grace period exceeds it).
+RECORD_SECONDS = gc.CACHES_SECONDS
 # Time beyond NIX_TIMEOUT a build may take to make and store its layers,
 # and so how long a request waits for another process's build.
 UPLOAD_MARGIN = 300
@@ -60,7 +61,7 @@ class _Found(Exception):
 class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, claims, builder, layerstore, nix,
                  jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0,
-                 platforms=(platforms_.HOST,)):
+                 platforms=(platforms_.HOST,), mark_every: float = gc.MARK_EVERY):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
@@ -75,6 +76,7 @@ class ImageService:
         self.jobs = jobs
         self.platforms = tuple(platforms)
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
+        self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
 
     @property
     def source(self):
@@ -100,15 +102,31 @@ class ImageService:
         most `wait` seconds (NIXERY_PULL_WAIT by default) and then raises
         BuildInProgress, saying what the job is doing.  One job per image at
         a time in this process (and one build per image on the machine);
-        an image that failed answers with its remembered error.
+        an image that failed answers with its remembered error.  A pull
+        marks the record used (for garbage collection), at most once per
+        `mark_every` seconds.
         """
         record_or_job = self.start(image, tag)
-        if not isinstance(record_or_job, Job):
-            return record_or_job
-        job = record_or_job
-        if not job.wait(self.pull_wait if wait is None else wait):
-            raise BuildInProgress(job.progress(), job.seconds, retry_after=RETRY_AFTER)
-        return job.outcome()
+        if isinstance(record_or_job, Job):
+            job = record_or_job
+            if not job.wait(self.pull_wait if wait is None else wait):
+                raise BuildInProgress(job.progress(), job.seconds, retry_after=RETRY_AFTER)
+            record_or_job = job.outcome()
+        self.mark_pulled(keys.manifest(record_or_job.key))
+        return record_or_job
+
+    def mark_pulled(self, key: str) -> None:
+        """Mark a record, or a manifest pulled by digest, as pulled now: a
+        storage write at most once per `mark_every` seconds per object in
+        this process, so a busy image costs no more."""
+        if self._marked.get(key) is not None:
+            return
+        self._marked[key] = True
+        try:
+            self.storage.mark_used(key)
+        except Exception as e:  # the pull goes on; the next one marks it
+            self._marked.discard(key)
+            logger.warning("could not mark %s as pulled: %s", key, e)
 
     def start(self, image: Image, tag: str):
         """The image's record when this process holds it, else the job that
@@ -334,6 +352,7 @@ class ImageService:
                         image.name, built.store_paths, len(record.layers), built.nix_seconds,
                         time.monotonic() - started)
             outcome = "built"
+            self._marked[keys.manifest(key)] = True  # just written: as good as marked
             try:
                 self.revisions.built(revision)
             except Exception as e:  # the image is stored: only its revision's tag is missed

@@ -73,6 +73,10 @@ class Source(abc.ABC):
         too, unless the registry is strict about tags)."""
         return ["latest"]
 
+    def check(self) -> None:
+        """Raise SourceUnavailable when the source does not answer now."""
+        self._resolve("latest")
+
     def resolve(self, tag: str) -> Revision:
         """The revision `tag` names now."""
         revision = self._resolve(self.selector(tag) or "latest")
@@ -124,6 +128,12 @@ class PathSource(Source):
 
     def __init__(self, path):
         self.path = path
+
+    def check(self):
+        # hashing a whole folder (nixpkgs: tens of thousands of files) is
+        # what a pull does; that the folder is there is enough here
+        if not os.path.isfile(os.path.join(self.path, "default.nix")):
+            raise SourceUnavailable(f"{self.path}/default.nix is not there")
 
     @staticmethod
     def revision_tag(revision: Revision) -> str:

@@ -86,3 +86,38 @@ def test_sbom_backfills_images_built_before_sboms(tmp_path):
     assert client.get("/v2/hello/manifests/latest").headers["Docker-Content-Digest"] == subject
     again = app.test_cli_runner().invoke(args=["sbom", "hello"])
     assert "hello:latest (linux/amd64): has one" in again.output
+
+
+def test_gc_says_what_would_go_then_deletes_it(tmp_path):
+    import os
+    import time
+    from app import create_app
+    from app.config import Config
+    from storage import keys
+    from tests.conftest import PKGS
+    app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s")))
+    store = app.extensions["storage"]
+    kept = app.extensions["images"].image(Image.from_name("hello"), "latest")
+    junk = b"z" * 300_000
+    digest = "sha256:" + __import__("hashlib").sha256(junk).hexdigest()
+    store.put_bytes(keys.blob(digest), junk)
+    old = time.time() - 3 * 24 * 3600  # older than the grace period
+    os.utime(store._path(keys.blob(digest)), (old, old))
+
+    dry = app.test_cli_runner().invoke(args=["gc", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would delete layers/{digest} (0.3 MB)" in dry.output
+    assert "would delete 1 objects, 0.3 MB in all" in dry.output
+    assert store.exists(keys.blob(digest))
+    assert "listing storage" in dry.stderr  # the progress bar
+
+    run = app.test_cli_runner().invoke(args=["gc"])
+    assert run.exit_code == 0, run.output
+    assert f"deleted layers/{digest} (0.3 MB)" in run.output
+    assert "layers: deleted 1 objects, 0.3 MB" in run.output
+    assert not store.exists(keys.blob(digest))
+    assert store.exists(keys.manifest(kept.key))
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "registry_gc_runs_total 1.0" in metrics
+    assert "registry_gc_freed_bytes_total 300000.0" in metrics
+    assert 'registry_stored_objects{kind="manifests"} 1.0' in metrics

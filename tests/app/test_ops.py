@@ -18,8 +18,11 @@ def test_healthz(client):
 
 def test_readyz(client):
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.get_json() == {"ready": True,
-                                                     "checks": {"storage": "ok", "nix": "ok"}}
+    body = r.get_json()
+    assert r.status_code == 200 and body["ready"] is True
+    assert body["checks"] == {"storage": "ok", "nix": "ok"}
+    assert set(body["package_source"]) == {"reachable", "since", "checked_at", "last_error",
+                                            "last_error_at", "describe"}
 
 
 def test_readyz_fails_when_storage_does(app, client, monkeypatch):
@@ -50,3 +53,65 @@ def test_request_id_is_echoed_or_made(client):
     assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     made = client.get("/healthz", headers={"X-Request-ID": "bad id\x01"}).headers["X-Request-ID"]
     assert made != "bad id\x01" and len(made) == 32
+
+
+def _source_report(client, timeout=30):
+    """/readyz once the background check of the source has answered."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get("/readyz")
+        source = r.get_json()["package_source"]
+        if source["checked_at"] or time.monotonic() > deadline:
+            return r, source
+        time.sleep(0.1)
+
+
+def test_readiness_reports_the_package_source(client):
+    r, source = _source_report(client)
+    assert r.status_code == 200 and r.get_json()["ready"] is True
+    assert source["reachable"] is True and source["since"] and source["last_error"] is None
+    assert "the local package set" in source["describe"]
+
+
+def test_an_unreachable_source_is_reported_but_does_not_fail_readiness(tmp_path):
+    import re
+    from app import create_app
+    from app.config import Config
+    app = create_app(Config(channel="nixos-unstable", channel_url="http://127.0.0.1:9",
+                            storage_path=str(tmp_path / "s")))
+    client = app.test_client()
+    r, source = _source_report(client)
+    assert r.status_code == 200 and r.get_json()["ready"] is True
+    assert source["reachable"] is False
+    assert "http://127.0.0.1:9/nixos-unstable/git-revision" in source["last_error"]
+    assert source["since"] and source["last_error_at"]
+    # a pull says why it cannot be built, and /metrics has the gauge
+    assert client.get("/v2/hello/manifests/latest").status_code == 502
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert re.search(r"^registry_package_source_up(\{[^}]*\})? 0\.0$", metrics, re.M)
+
+
+def test_readiness_fails_at_once_when_gcs_does_not_answer(tmp_path, gcs_key):
+    import os
+    import time
+    from app import create_app
+    from app.config import Config
+    from tests.conftest import PKGS
+    from tests.gcs import Emulator
+    os.makedirs(tmp_path / "gcs")
+    emulator = Emulator(str(tmp_path / "gcs")).start()
+    bucket = emulator.create_bucket()
+    app = create_app(Config(pkgs_path=str(PKGS), storage_backend="gcs", gcs_bucket=bucket,
+                            gcs_endpoint=emulator.url, google_credentials=gcs_key,
+                            storage_path=str(tmp_path / "unused"), gcs_retry_seconds=30))
+    client = app.test_client()
+    assert client.get("/readyz").status_code == 200
+    emulator.stop()
+    started = time.monotonic()
+    r = client.get("/readyz")
+    assert r.status_code == 503 and time.monotonic() - started < 15
+    body = r.get_json()
+    assert body["ready"] is False and body["checks"]["storage"].startswith("failing: ")
+    assert body["checks"]["nix"] == "ok"
+    assert client.get("/healthz").status_code == 200  # alive all the same

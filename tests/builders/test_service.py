@@ -61,6 +61,7 @@ class CountingStorage(FilesystemStorage):
     read_versioned = _noted("read", FilesystemStorage.read_versioned)
     put = _noted("put", FilesystemStorage.put)
     put_if = _noted("put", FilesystemStorage.put_if)
+    mark_used = _noted("mark", FilesystemStorage.mark_used)
 
 
 class CountingNix(Nix):
@@ -319,7 +320,9 @@ def test_every_storage_call_of_a_cold_pull_has_a_reason(tmp_path):
     # another worker serves it with two reads, and no Nix
     other = service(tmp_path)
     assert other.image(Image.from_name("shell/hello"), "latest").manifests == record.manifests
-    assert kinds(other.storage.calls) == {("read", "sources"): 1, ("read", "manifests"): 1}
+    assert kinds(other.storage.calls) == {("read", "sources"): 1, ("read", "manifests"): 1,
+                                          # pulled: marked for GC, once a day
+                                          ("mark", "manifests"): 1}
     assert other.nix.runs == 0
     # and from then on from memory, with no storage call at all
     before = len(other.storage.calls)
