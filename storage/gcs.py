@@ -373,8 +373,9 @@ class GCSStorage(Storage):
                                                 retry=None).pages)
             for page in pages:
                 for blob in page:
-                    used = max(t.timestamp() for t in (blob.updated, blob.custom_time,
-                                                       blob.time_created) if t is not None)
+                    # written (this generation created) or, later, marked used;
+                    # not `updated`, which any change of metadata moves
+                    used = (blob.custom_time or blob.time_created or blob.updated).timestamp()
                     yield ObjectInfo(blob.name, blob.size or 0, used,
                                      f"{blob.generation}:{blob.metageneration}")
         except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
