@@ -9,8 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What serving needs: Nix (with its build users), git for git sources and
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
-# What the end-to-end tests drive.
-TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver
+# What the end-to-end tests drive (nginx: deploy/nginx.conf in front).
+TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx
 # What the benchmarks measure against and load with (bench/, by hand only).
 BENCH_DEBS := wrk nginx docker-registry skopeo
 
