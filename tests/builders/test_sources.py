@@ -3,7 +3,7 @@ import os
 import pytest
 
 from builders.errors import RevisionNotFound, SourceUnavailable
-from builders.sources import ChannelSource, PathSource, tree_hash
+from builders.sources import ChannelSource, tree_hash
 
 
 def test_tree_hash_follows_contents_not_git_metadata(tmp_path):

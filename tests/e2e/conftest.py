@@ -21,22 +21,23 @@ def run(cmd, *, check=True, timeout=300, **kwargs):
     return done
 
 
-def _registry(tmp_path_factory, folder, nix_timeout):
+def registry(tmp_path_factory, folder, **env):
+    """A registry on the test package set, for a fixture to yield from."""
     srv = Server(str(tmp_path_factory.mktemp(folder)),
-                 NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT=nix_timeout).start()
+                 **{"NIXERY_PKGS_PATH": str(PKGS), "NIX_TIMEOUT": "120", **env}).start()
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    yield from _registry(tmp_path_factory, "registry", "120")
+    yield from registry(tmp_path_factory, "registry")
 
 
 @pytest.fixture(scope="session")
 def slow_server(tmp_path_factory):
     """A registry whose NIX_TIMEOUT is short enough to hit on purpose."""
-    yield from _registry(tmp_path_factory, "registry-timeout", "4")
+    yield from registry(tmp_path_factory, "registry-timeout", NIX_TIMEOUT="4")
 
 
 class Daemon:

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from tests.conftest import PKGS, drowsy_set
-from tests.e2e.conftest import run
+from tests.conftest import drowsy_set
+from tests.e2e.conftest import registry, run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.server import Server
 
@@ -91,10 +91,7 @@ def wait_built(server, name, timeout=120):
 @pytest.fixture(scope="module")
 def short_server(tmp_path_factory):
     """A registry whose NIX_TIMEOUT is shorter than its pull wait."""
-    srv = Server(str(tmp_path_factory.mktemp("short")), NIXERY_PKGS_PATH=str(PKGS),
-                 NIX_TIMEOUT="10", NIXERY_PULL_WAIT="30").start()
-    yield srv
-    srv.stop()
+    yield from registry(tmp_path_factory, "short", NIX_TIMEOUT="10", NIXERY_PULL_WAIT="30")
 
 
 def test_docker_timeout_costs_one_build_and_names_nix_timeout(short_server, dockerd):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -99,7 +98,7 @@ def test_clients_pull_through_nginx(fronted, tmp_path, podman):
                         "--ulimit", "nproc=1024:1024", image, "hello"]).stdout
     assert out == "Hello, world!\n"
     # the blobs went out through nginx, as the registry's access log says
-    assert f'"GET /v2/shell/hello/blobs/sha256:' in server.read_log()
+    assert '"GET /v2/shell/hello/blobs/sha256:' in server.read_log()
 
 
 def _largest_layer(nginx, name):

@@ -13,18 +13,15 @@ import json
 
 import pytest
 
-from tests.conftest import PKGS, need
-from tests.e2e.conftest import run
+from tests.conftest import need
+from tests.e2e.conftest import registry, run
 from tests.e2e.test_clients import in_root, unpack
-from tests.server import Server
 
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-    srv = Server(str(tmp_path_factory.mktemp("registry-platforms")), NIXERY_PKGS_PATH=str(PKGS),
-                 NIX_TIMEOUT="120", NIXERY_PLATFORMS="linux/amd64,linux/arm64").start()
-    yield srv
-    srv.stop()
+    yield from registry(tmp_path_factory, "registry-platforms",
+                        NIXERY_PLATFORMS="linux/amd64,linux/arm64")
 
 
 def raw_index(server, name):
