@@ -9,8 +9,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What serving needs: Nix (with its build users), git for git sources and
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
-# What the end-to-end tests drive (nginx: deploy/nginx.conf in front).
-TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx
+# What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
+# apache2-utils: htpasswd, as the README makes the users' file with it).
+TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
+	apache2-utils
 # What the benchmarks measure against and load with (bench/, by hand only).
 BENCH_DEBS := wrk nginx docker-registry skopeo
 

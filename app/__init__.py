@@ -63,7 +63,7 @@ def create_app(config: Config | None = None, *, nix=None):
     import storage as storage_mod
     from builders.sync import LockedTTLCache
 
-    from . import commands, errors, logs, metrics, ops, web
+    from . import auth, commands, errors, logs, metrics, ops, web
     from .proxy import TrustedProxyFix
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
@@ -80,6 +80,8 @@ def create_app(config: Config | None = None, *, nix=None):
     # /v2 is answered below Flask (app/registry.py says why); pages and
     # operators' endpoints by Flask; both within one request scope
     api = RegistryAPI(app.wsgi_app, store, images, blob_accel=config.blob_accel)
+    if config.authenticates:
+        api = auth.Authenticate(api, auth.from_config(config))
     app.wsgi_app = TrustedProxyFix(RequestScope(api), config.forwarded_allow_ips)
 
     @app.before_request

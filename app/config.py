@@ -5,6 +5,7 @@ value stops the server at start with a message naming the variable.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -15,6 +16,20 @@ from builders import compress, platforms as platforms_
 STORAGE_BACKENDS = ("filesystem", "gcs")
 DEFAULT_CHANNEL = "nixos-unstable"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def parse_peers(spec: str) -> tuple:
+    """Addresses and CIDR ranges, comma-separated; `*` is refused."""
+    nets = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part == "*":
+            raise ValueError("`*` would let any client name any user; list the proxy's "
+                             "addresses or ranges")
+        nets.append(ipaddress.ip_network(part, strict=False))
+    return tuple(nets)
+
 
 
 class ConfigError(Exception):
@@ -76,6 +91,14 @@ class Config:
     # that serves the storage folder: blob GETs then answer with an
     # X-Accel-Redirect there, and the web server sends the bytes.
     blob_accel: str | None = None
+    # Who may pull: an htpasswd file of bcrypt entries; and/or the header an
+    # authenticating proxy names the user in, believed only from its
+    # addresses (CIDR ranges).  tls_in_front says TLS ends in front of the
+    # registry (else a warning at start: Basic credentials travel in clear).
+    htpasswd: str | None = None
+    user_header: str | None = None
+    user_header_peers: str | None = None
+    tls_in_front: bool = False
     # How long an image nobody pulls is kept, in days, when garbage is
     # collected (`flask --app app gc`).
     retention_days: float = 30.0
@@ -135,6 +158,16 @@ class Config:
             if not (self.blob_accel.startswith("/") and self.blob_accel.endswith("/")):
                 raise ConfigError(f"NIXERY_BLOB_ACCEL must be a location like /_registry_blobs/, "
                                   f"not {self.blob_accel!r}")
+        if self.htpasswd and not os.path.isfile(self.htpasswd):
+            raise ConfigError(f"NIXERY_HTPASSWD {self.htpasswd!r} is not a file")
+        if bool(self.user_header) != bool(self.user_header_peers):
+            raise ConfigError("NIXERY_USER_HEADER and NIXERY_USER_HEADER_PEERS go together: "
+                              "the header is believed only from those addresses")
+        if self.user_header_peers:
+            try:
+                parse_peers(self.user_header_peers)
+            except ValueError as e:
+                raise ConfigError(f"NIXERY_USER_HEADER_PEERS: {e}") from None
         if not self.retention_days > 0:
             raise ConfigError(f"NIXERY_RETENTION must be a positive number of days, "
                               f"not {self.retention_days}")
@@ -167,6 +200,10 @@ class Config:
             object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+
+    @property
+    def authenticates(self) -> bool:
+        return bool(self.htpasswd or self.user_header)
 
     @property
     def retention(self) -> float:
@@ -278,6 +315,10 @@ class Config:
             platforms=platform_list("NIXERY_PLATFORMS"),
             retention_days=number("NIXERY_RETENTION", float, cls.retention_days),
             blob_accel=get("NIXERY_BLOB_ACCEL"),
+            htpasswd=get("NIXERY_HTPASSWD"),
+            user_header=get("NIXERY_USER_HEADER"),
+            user_header_peers=get("NIXERY_USER_HEADER_PEERS"),
+            tls_in_front=flag("NIXERY_TLS_IN_FRONT"),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

@@ -79,6 +79,7 @@ class AccessLogger(GunicornLogger):
         client = forwarded.split(",")[0].strip() if forwarded and trusted else peer
         event = {
             "client": client,
+            "user": environ.get("REMOTE_USER") or "-",
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("RAW_URI") or environ.get("PATH_INFO"),
             "status": resp.status_code,
@@ -91,7 +92,7 @@ class AccessLogger(GunicornLogger):
             line = json.dumps(dict(event, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                    logger="access"), ensure_ascii=False)
         else:
-            line = ('{client} "{method} {path}" {status} {bytes} {duration_ms}ms '
+            line = ('{client} {user} "{method} {path}" {status} {bytes} {duration_ms}ms '
                     '[{request_id}] "{user_agent}"').format(**event)
         try:
             self.access_log.info(line)

@@ -14,6 +14,8 @@ from storage import keys
 
 REQUESTS = Counter("registry_http_requests", "HTTP requests, by route, method and status",
                    ["route", "method", "status"])
+REFUSALS = Counter("registry_refusals", "Requests refused, by reason (auth, quota)",
+                   ["reason"])
 BYTES_SERVED = Counter("registry_served_bytes", "Bytes of blobs and manifests sent to clients",
                        ["kind"])
 # Children made once: looking a child up by its labels is a good share of

@@ -89,7 +89,7 @@ class Server:
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         # a worker still importing the app accepts but answers late
-        if wait_ready(self.proc, lambda: answers(self.url + "/v2/", 200), timeout):
+        if wait_ready(self.proc, lambda: answers(self.url + "/healthz", 200), timeout):
             return self
         exited = self.proc.poll()
         self.stop()

@@ -1,0 +1,223 @@
+"""Who may pull: HTTP Basic credentials checked against an htpasswd file of
+bcrypt entries (NIXERY_HTPASSWD), or the user an authenticating proxy in
+front names in a header, believed only from that proxy's addresses.
+
+Every request needs it, on every path (the /v2 API below Flask, the pages,
+/metrics), except the probes /healthz and /readyz.  A refusal is a 401 with
+`WWW-Authenticate: Basic` and the registry's JSON `UNAUTHORIZED` error,
+whichever endpoint it hit: containerd starts a pull with a HEAD of a
+manifest, and docker, podman, skopeo and crane log in by answering that
+challenge.
+
+Basic auth sends the password with every request, and a pull is dozens of
+requests, while bcrypt is slow on purpose: a successful check is
+remembered for a minute, keyed by a hash of the credentials and of the
+file's state (a changed password or file is noticed at once).  Failures
+are counted per client address, and past a few a minute the client is
+refused without a check, so bcrypt cannot be used to burn the CPU.  An
+unknown user costs a check against a dummy hash, as a known one does.
+Credentials are never logged.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections import deque
+
+import bcrypt
+
+from builders.sync import LockedTTLCache
+
+from . import metrics, wire
+from .config import parse_peers
+from .errors import RegistryError, TooManyRequests
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = ("/healthz", "/readyz")
+CACHE_SECONDS = 60
+# Failed checks one address may make in FAIL_WINDOW seconds before it is
+# refused without one.
+FAIL_LIMIT = 10
+FAIL_WINDOW = 60
+BCRYPT_MAX = 72
+# the cost of a check of an unknown user, as of a known one
+_DUMMY = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=10))
+
+
+class Unauthorized(RegistryError):
+    code, status = "UNAUTHORIZED", 401
+
+
+class Htpasswd:
+    """An htpasswd file of bcrypt entries (`htpasswd -B`), read again when
+    it changes (looked at no more than once a second)."""
+
+    def __init__(self, path, clock=time.monotonic):
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._looked_at = None
+        self._signature = None
+        self._entries: dict[str, bytes] = {}
+        self.signature  # read it now: a bad file stops the server at start
+
+    @property
+    def signature(self) -> str:
+        """What identifies the file's current contents."""
+        with self._lock:
+            now = self._clock()
+            if self._looked_at is None or now - self._looked_at >= 1:
+                self._looked_at = now
+                st = os.stat(self.path)
+                signature = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+                if signature != self._signature:
+                    self._entries = _parse(self.path)
+                    self._signature = signature
+                    logger.info("read %d users from %s", len(self._entries), self.path)
+            return self._signature
+
+    def verify(self, user: str, password: str) -> bool:
+        self.signature  # noqa: B018 - reread the file if it changed
+        with self._lock:
+            hashed = self._entries.get(user)
+        secret = password.encode()
+        if len(secret) > BCRYPT_MAX:
+            return False  # bcrypt would not look past 72 bytes: refused, not truncated
+        ok = bcrypt.checkpw(secret, hashed or _DUMMY)
+        return ok and hashed is not None
+
+
+def _parse(path) -> dict[str, bytes]:
+    entries = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, sep, hashed = line.partition(":")
+            if not sep or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
+                # only bcrypt: MD5 and SHA1 htpasswd entries are too weak to accept
+                raise ValueError(f"{path}, line {number}: not a bcrypt entry (make it with "
+                                 "htpasswd -B)")
+            entries[user] = hashed.encode()
+    return entries
+
+
+def peer_of(environ) -> str:
+    """The TCP peer, before any X-Forwarded-For rewrite (app/proxy.py)."""
+    orig = environ.get("werkzeug.proxy_fix.orig") or {}
+    return orig.get("REMOTE_ADDR") or environ.get("REMOTE_ADDR", "")
+
+
+class Authenticator:
+    def __init__(self, *, htpasswd: Htpasswd | None = None, user_header: str | None = None,
+                 trusted_peers=(), realm="registry", clock=time.monotonic):
+        self.htpasswd = htpasswd
+        self.user_header = ("HTTP_" + user_header.upper().replace("-", "_")
+                            if user_header else None)
+        self.trusted_peers = trusted_peers
+        self.realm = realm
+        self._clock = clock
+        self._ok = LockedTTLCache(maxsize=4096, ttl=CACHE_SECONDS)
+        self._failures: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def user_of(self, environ) -> str:
+        """The user this request is from; Unauthorized or TooManyRequests."""
+        if self.user_header and self._trusted(peer_of(environ)):
+            user = environ.get(self.user_header, "").strip()
+            if user:
+                return user
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if not self.htpasswd or not header:
+            raise self._challenge("authentication required: log in (docker login, podman "
+                                  "login, skopeo login) with a user of this registry")
+        scheme, _, token = header.partition(" ")
+        try:
+            user, sep, password = base64.b64decode(token.strip(), validate=True).decode(
+                "utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            sep = ""
+        if scheme.lower() != "basic" or not sep:
+            raise self._challenge("authentication required: send HTTP Basic credentials")
+        key = hashlib.sha256(f"{self.htpasswd.signature}\0{user}\0{password}".encode()).digest()
+        if self._ok.get(key):
+            return user
+        client = environ.get("REMOTE_ADDR", "")
+        self._refuse_if_failing(client)
+        if self.htpasswd.verify(user, password):
+            self._ok[key] = True
+            return user
+        self._failed(client)
+        raise self._challenge("wrong user name or password")
+
+    def _trusted(self, peer) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted_peers)
+
+    def _challenge(self, message):
+        return Unauthorized(message, headers={
+            "WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"'})
+
+    def _refuse_if_failing(self, client):
+        now = self._clock()
+        with self._lock:
+            failures = self._failures.get(client)
+            while failures and now - failures[0] > FAIL_WINDOW:
+                failures.popleft()
+            if failures is not None and len(failures) >= FAIL_LIMIT:
+                wait = int(FAIL_WINDOW - (now - failures[0])) + 1
+                raise TooManyRequests(
+                    f"too many failed logins from {client}: try again in {wait}s",
+                    headers={"Retry-After": str(wait)})
+
+    def _failed(self, client):
+        with self._lock:
+            if len(self._failures) > 10000:  # bounded: forget the oldest clients
+                self._failures.pop(next(iter(self._failures)))
+            self._failures.setdefault(client, deque()).append(self._clock())
+
+
+class Authenticate:
+    """WSGI: every request authenticated, but the probes; the user goes into
+    REMOTE_USER (for the access log and build quotas)."""
+
+    def __init__(self, app, authenticator: Authenticator):
+        self.app = app
+        self.authenticator = authenticator
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "") in OPEN_PATHS:
+            return self.app(environ, start_response)
+        try:
+            environ["REMOTE_USER"] = self.authenticator.user_of(environ)
+        except RegistryError as e:
+            metrics.REFUSALS.labels("auth").inc()
+            status, headers, body = e.render()
+            if environ.get("PATH_INFO", "").startswith("/v2"):
+                headers.append(("Docker-Distribution-API-Version", "registry/2.0"))
+            start_response(f"{status} {wire.reason(e.message)}", headers)
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+        return self.app(environ, start_response)
+
+
+def from_config(config) -> Authenticator:
+    if config.htpasswd and not config.tls_in_front:
+        logger.warning("pull authentication is on and nothing says TLS ends in front of the "
+                       "registry: HTTP Basic credentials travel in clear over plain HTTP. "
+                       "Terminate TLS in front (nginx, the load balancer) and set "
+                       "NIXERY_TLS_IN_FRONT=1")
+    return Authenticator(
+        htpasswd=Htpasswd(config.htpasswd) if config.htpasswd else None,
+        user_header=config.user_header,
+        trusted_peers=parse_peers(config.user_header_peers or ""))
