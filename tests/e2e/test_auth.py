@@ -3,7 +3,6 @@ it always does and pulls, and each is refused, saying so, without
 credentials or with a wrong password, for images built already too."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
