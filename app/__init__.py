@@ -23,6 +23,20 @@ def _history(path):
         return None
 
 
+def _quota(config):
+    """The build quota of each client, or None when there is none."""
+    if config.client_builds is None:
+        return None
+    import os
+
+    from builders.quota import BuildQuota
+    from builders.service import UPLOAD_MARGIN
+    per_hour, at_once = config.client_builds
+    return BuildQuota(os.path.join(config.state_path, "quotas.json"), per_hour=per_hour,
+                      at_once=at_once, hold_seconds=config.nix_timeout + UPLOAD_MARGIN
+                      + config.build_queue_timeout + 60)
+
+
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
     from builders import gc, sources
@@ -53,7 +67,7 @@ def make_images(config: Config, store, *, nix=None):
         layerstore=layerstore, nix=nix, jobs=Jobs(),
         history=_history(config.history_path),
         nix_timeout=config.nix_timeout, pull_wait=config.pull_wait, platforms=config.platforms,
-        mark_every=gc.mark_every(config.retention))
+        mark_every=gc.mark_every(config.retention), quota=_quota(config))
 
 
 def create_app(config: Config | None = None, *, nix=None):

@@ -99,6 +99,8 @@ class Config:
     user_header: str | None = None
     user_header_peers: str | None = None
     tls_in_front: bool = False
+    # New builds one client may start per hour, and at once (None: no limit).
+    client_builds: tuple[int, int] | None = None
     # How long an image nobody pulls is kept, in days, when garbage is
     # collected (`flask --app app gc`).
     retention_days: float = 30.0
@@ -168,6 +170,10 @@ class Config:
                 parse_peers(self.user_header_peers)
             except ValueError as e:
                 raise ConfigError(f"NIXERY_USER_HEADER_PEERS: {e}") from None
+        if self.client_builds is not None and (
+                len(self.client_builds) != 2 or min(self.client_builds) < 1):
+            raise ConfigError("NIXERY_CLIENT_BUILDS must be two positive numbers: builds per "
+                              "hour, and at once (e.g. 20,2)")
         if not self.retention_days > 0:
             raise ConfigError(f"NIXERY_RETENTION must be a positive number of days, "
                               f"not {self.retention_days}")
@@ -280,6 +286,16 @@ class Config:
             except ValueError as e:
                 raise ConfigError(f"{name}: {e}") from None
 
+        def client_builds(name):
+            raw = get(name)
+            if raw is None:
+                return None
+            try:
+                return tuple(int(p) for p in raw.split(","))
+            except ValueError:
+                raise ConfigError(f"{name} must be two whole numbers, builds per hour and at "
+                                  f"once (e.g. 20,2), not {raw!r}") from None
+
         def flag(name):
             raw = (get(name) or "0").lower()
             if raw not in ("0", "1", "true", "false", "yes", "no"):
@@ -319,6 +335,7 @@ class Config:
             user_header=get("NIXERY_USER_HEADER"),
             user_header_peers=get("NIXERY_USER_HEADER_PEERS"),
             tls_in_front=flag("NIXERY_TLS_IN_FRONT"),
+            client_builds=client_builds("NIXERY_CLIENT_BUILDS"),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

@@ -16,6 +16,8 @@ from werkzeug.exceptions import HTTPException
 from builders import errors as build
 from storage import errors as storage
 
+from . import metrics
+
 logger = logging.getLogger(__name__)
 
 
@@ -124,6 +126,13 @@ def _in_progress(e, page, subject):
     return TooManyRequests(message, detail, headers={"Retry-After": str(e.retry_after)})
 
 
+def _quota(e):
+    metrics.REFUSALS.labels("quota").inc()
+    return TooManyRequests(e.message, {"retry_after_seconds": e.retry_after,
+                                       "setting": "NIXERY_CLIENT_BUILDS"},
+                           headers={"Retry-After": str(e.retry_after)})
+
+
 # Domain errors -> registry errors, in one table.  `page` is where people
 # can read about the build and `subject` the image asked for, when the
 # request was for an image.
@@ -140,6 +149,7 @@ _DOMAIN = {
         e.message, {"retry_after_seconds": e.retry_after},
         headers={"Retry-After": str(e.retry_after)}),
     build.RevisionNotFound: lambda e, page: ManifestUnknown(e.message),
+    build.QuotaExceeded: lambda e, page: _quota(e),
     # any other build error, e.g. one remembered by a newer version of the registry
     build.BuildError: lambda e, page: BuildFailed(e.message, _detail(e, page)),
     storage.StorageUnavailable: lambda e, page: StorageUnavailable(f"storage is unavailable: {e}"),

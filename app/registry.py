@@ -22,6 +22,7 @@ import urllib.parse
 
 from builders import manifest
 from builders.errors import BuildError
+from builders import quota
 from builders.image import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
@@ -122,7 +123,8 @@ class RegistryAPI:
                 image = Image.from_name(name)
                 if not wire.admits_index(accept):
                     image = self.images.pinned(image)
-                record = self.images.image(image, reference)
+                record = self.images.image(image, reference, client=quota.client_key(
+                    call.environ.get("REMOTE_USER"), call.environ.get("REMOTE_ADDR")))
             except BuildError as e:
                 # with where people can read why: docker shows little of an error
                 raise errors.from_domain(e, build_page=call.url(f"/builds/{name}:{reference}"),

@@ -93,6 +93,15 @@ class BuildQueueFull(BuildError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(BuildError):
+    """The client may start no more builds now (NIXERY_CLIENT_BUILDS); it
+    should retry after `retry_after` seconds."""
+
+    def __init__(self, message, *, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class BuildInProgress(BuildError):
     """The image is still being made when the pull has waited as long as it
     may (NIXERY_PULL_WAIT); the client should retry after `retry_after`."""

@@ -59,6 +59,8 @@ class Job:
         self.layers_done = 0
         self.layer_bytes = 0
         self.parts: dict[str, "Job"] = {}  # an index's jobs, by platform
+        self.client = None          # who started it (builders/quota.py)
+        self.reservation = None     # its room in that client's build quota, once it builds
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._record = None
@@ -150,13 +152,15 @@ class Jobs:
         self._running: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def start(self, key: str, name: str, tag: str, run) -> Job:
-        """The running job of `key`, or a new one running `run(job)` -> record."""
+    def start(self, key: str, name: str, tag: str, run, *, client=None) -> Job:
+        """The running job of `key`, or a new one running `run(job)` ->
+        record, started by `client`."""
         with self._lock:
             job = self._running.get(key)
             if job is not None:
                 return job
             job = self._running[key] = Job(key, name, tag)
+            job.client = client
         # the job's log lines carry the id of the request that started it
         context = contextvars.copy_context()
         threading.Thread(target=context.run, args=(self._run, job, run),
@@ -175,6 +179,8 @@ class Jobs:
         finally:
             with self._lock:
                 del self._running[job.key]
+            if job.reservation is not None:
+                job.reservation.release()
 
     def running(self) -> list[Job]:
         with self._lock:

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 
 from .errors import BuildQueueFull
@@ -43,6 +44,7 @@ class BuildLocks:
         self.root = root
         self.max_builds = max_builds
         self.queue_timeout = queue_timeout
+        self.turns = FairTurns()
         os.makedirs(root, exist_ok=True)
 
     def _path(self, name):
@@ -72,25 +74,90 @@ class BuildLocks:
             os.close(fd)
 
     @contextlib.contextmanager
-    def slot(self, on_wait=None):
+    def slot(self, on_wait=None, client=None):
         """Hold one of `max_builds` build slots, waiting at most `queue_timeout`
-        (calling `on_wait()` when it has to wait)."""
+        (calling `on_wait()` when it has to wait).  Builds waiting in this
+        process take turns between clients (`FairTurns`); between
+        processes, the file locks decide."""
         deadline, delay = time.monotonic() + self.queue_timeout, _POLL_MIN
         first = True
-        while True:
-            for i in range(self.max_builds):
-                fd = _try_lock(self._path(f"slot-{i}.lock"))
-                if fd is not None:
-                    try:
-                        yield
-                    finally:
-                        os.close(fd)
+        ticket = self.turns.enter(client)
+        try:
+            while True:
+                if self.turns.first(ticket):
+                    for i in range(self.max_builds):
+                        fd = _try_lock(self._path(f"slot-{i}.lock"))
+                        if fd is not None:
+                            self.turns.leave(ticket, holding=True)
+                            ticket = None
+                            try:
+                                yield
+                            finally:
+                                os.close(fd)
+                                self.turns.done(client)
+                            return
+                if first and on_wait:
+                    on_wait()
+                first = False
+                delay = _wait(deadline, delay)
+                if delay is None:
+                    raise BuildQueueFull(
+                        f"all {self.max_builds} build slots are busy (NIXERY_MAX_BUILDS); "
+                        "try again shortly", retry_after=10)
+        finally:
+            if ticket is not None:
+                self.turns.leave(ticket)
+
+
+class FairTurns:
+    """The order in which this process's waiting builds try for a slot:
+    the client with the fewest builds holding slots goes first, then the
+    one given a slot least recently, then the one that waited longest;
+    each client's builds in the order they came.  A client that queued
+    fifty builds does not hold up one that queued one: that one goes next."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, object]] = []   # (ticket number, client)
+        self._holding: dict[object, int] = {}
+        self._served: dict[object, int] = {}  # client -> when it last got a slot (a count)
+        self._count = 0
+
+    def enter(self, client) -> int:
+        with self._lock:
+            self._count += 1
+            self._waiting.append((self._count, client))
+            return self._count
+
+    def first(self, ticket) -> bool:
+        with self._lock:
+            if not self._waiting:
+                return False
+            # per client, its first ticket; of those, the fewest slots held, then the oldest
+            heads = {}
+            for number, client in self._waiting:
+                heads.setdefault(client, number)
+            best = min(heads.items(), key=lambda kv: (
+                self._holding.get(kv[0], 0), self._served.get(kv[0], 0), kv[1]))
+            return best[1] == ticket
+
+    def leave(self, ticket, holding=False) -> None:
+        with self._lock:
+            for i, (number, client) in enumerate(self._waiting):
+                if number == ticket:
+                    del self._waiting[i]
+                    if holding:
+                        self._holding[client] = self._holding.get(client, 0) + 1
+                        self._count += 1
+                        self._served[client] = self._count
                     return
-            if first and on_wait:
-                on_wait()
-            first = False
-            delay = _wait(deadline, delay)
-            if delay is None:
-                raise BuildQueueFull(
-                    f"all {self.max_builds} build slots are busy (NIXERY_MAX_BUILDS); "
-                    "try again shortly", retry_after=10)
+
+    def done(self, client) -> None:
+        with self._lock:
+            left = self._holding.get(client, 0) - 1
+            if left > 0:
+                self._holding[client] = left
+            else:
+                self._holding.pop(client, None)
+            if len(self._served) > 10000:  # bounded: forget the longest served
+                self._served.pop(min(self._served, key=self._served.get))

@@ -61,7 +61,8 @@ class _Found(Exception):
 class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, claims, builder, layerstore, nix,
                  jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0,
-                 platforms=(platforms_.HOST,), mark_every: float = gc.MARK_EVERY):
+                 platforms=(platforms_.HOST,), mark_every: float = gc.MARK_EVERY,
+                 quota=None):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
@@ -75,6 +76,7 @@ class ImageService:
         self.pull_wait = pull_wait
         self.jobs = jobs
         self.platforms = tuple(platforms)
+        self.quota = quota
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
         self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
 
@@ -92,7 +94,7 @@ class ImageService:
         the registry serves (what a client that takes no index gets)."""
         return image if image.platform is not None else image.on(self.platforms[0])
 
-    def image(self, image: Image, tag: str, *, wait: float | None = None
+    def image(self, image: Image, tag: str, *, wait: float | None = None, client=None
               ) -> ImageRecord | IndexRecord:
         """The image's record (an index's, for a name that pins no platform
         when the registry serves several): from memory, from storage, or
@@ -104,9 +106,10 @@ class ImageService:
         a time in this process (and one build per image on the machine);
         an image that failed answers with its remembered error.  A pull
         marks the record used (for garbage collection), at most once per
-        `mark_every` seconds.
+        `mark_every` seconds.  `client` (builders/quota.py) is who asks: a
+        new build counts against its quota, and waits its turn fairly.
         """
-        record_or_job = self.start(image, tag)
+        record_or_job = self.start(image, tag, client)
         if isinstance(record_or_job, Job):
             job = record_or_job
             if not job.wait(self.pull_wait if wait is None else wait):
@@ -128,13 +131,14 @@ class ImageService:
             self._marked.discard(key)
             logger.warning("could not mark %s as pulled: %s", key, e)
 
-    def start(self, image: Image, tag: str):
+    def start(self, image: Image, tag: str, client=None):
         """The image's record when this process holds it, else the job that
         finds or builds it (started now, or already running); raises a
-        failure it remembers."""
-        return self._start(image, tag, self.revisions.resolve(tag))
+        failure it remembers, or QuotaExceeded when `client` may start no
+        more builds."""
+        return self._start(image, tag, self.revisions.resolve(tag), client)
 
-    def _start(self, image: Image, tag: str, revision):
+    def _start(self, image: Image, tag: str, revision, client=None):
         if image.platform is None and len(self.platforms) > 1:
             key = index_key(image, revision, self.platforms, self.max_layers)
             run = lambda job: self._find_or_make_index(image, tag, revision, key, job)  # noqa: E731
@@ -150,7 +154,7 @@ class ImageService:
         if error is not None:
             metrics.MANIFEST_CACHE.labels("failure").inc()
             raise error
-        return self.jobs.start(key, image.name, tag, run)
+        return self.jobs.start(key, image.name, tag, run, client=client)
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds (for pages)."""
@@ -195,6 +199,9 @@ class ImageService:
             if error is not None:
                 metrics.MANIFEST_CACHE.labels("failure").inc()
                 raise error
+            if self.quota is not None and job.client is not None:
+                # not built anywhere: a build of its client's, if its quota allows
+                job.reservation = self.quota.reserve(job.client)
             try:
                 record = self._build_once(image, tag, revision, key, job)
             except _Found as found:
@@ -216,7 +223,7 @@ class ImageService:
         parts = {}
         for platform in self.platforms:
             try:
-                parts[platform] = self._start(image.on(platform), tag, revision)
+                parts[platform] = self._start(image.on(platform), tag, revision, job.client)
             except BuildError as e:  # remembered: it is known already
                 parts[platform] = e
         job.watch({p.name: part for p, part in parts.items() if isinstance(part, Job)})
@@ -318,7 +325,8 @@ class ImageService:
             with contextlib.ExitStack() as slot:
                 with metrics.BUILDS_QUEUED.track_inprogress():
                     slot.enter_context(self.locks.slot(
-                        on_wait=lambda: job.set_phase("waiting for a build slot")))
+                        on_wait=lambda: job.set_phase("waiting for a build slot"),
+                        client=job.client))
                 return self._tracked_build(image, tag, revision, key, job)
         except BuildQueueFull:
             raise  # not a failure of the image: the next request may get a slot
@@ -342,6 +350,8 @@ class ImageService:
             if not image.packages:
                 raise InvalidImage("the image name lists no packages")
             metrics.MANIFEST_CACHE.labels("miss").inc()
+            if job.reservation is not None:
+                job.reservation.charge()  # it builds: it counts in its client's hour
             logger.info("building %s for %s from %s, %s", image.name, image.system,
                         self.source.describe(), revision.description)
             with metrics.BUILDS_IN_FLIGHT.track_inprogress():

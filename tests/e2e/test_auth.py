@@ -86,3 +86,41 @@ def test_ctr_pulls_with_its_user_flag(locked, containerd):
     run(ctr + ["images", "pull", "--plain-http", "--user", "alice:wonderland", image])
     out = run(ctr + ["run", "--rm", image, "e2e-auth-hello", "hello"]).stdout
     assert out.strip() == "Hello, world!"
+
+
+@pytest.fixture(scope="module")
+def quoted(tmp_path_factory):
+    """Two users, each allowed one build at a time and two an hour."""
+    from tests.conftest import drowsy_set
+    need("htpasswd")
+    work = tmp_path_factory.mktemp("quota")
+    users = work / "htpasswd"
+    run(["htpasswd", "-B", "-b", "-c", str(users), "alice", "wonderland"])
+    run(["htpasswd", "-B", "-b", str(users), "bob", "builder"])
+    yield from registry(tmp_path_factory, "registry-quota", NIXERY_HTPASSWD=str(users),
+                        NIXERY_TLS_IN_FRONT="1", NIXERY_CLIENT_BUILDS="2,1",
+                        NIXERY_PKGS_PATH=drowsy_set(work / "pkgs", 6), NIXERY_PULL_WAIT="1")
+
+
+def test_a_client_over_its_build_quota_is_told_while_others_build_and_pull(quoted):
+    import requests
+    # (plain HTTP: containers/image honours Retry-After and retries for
+    # minutes, which is right for it and long for a test)
+    alice, bob = ("alice", "wonderland"), ("bob", "builder")
+    url = f"{quoted.url}/v2/{{}}/manifests/latest"
+    assert requests.get(url.format("hello"), auth=alice).status_code == 200  # built; cached
+    # alice's long build runs; she may start no other one meanwhile
+    assert requests.get(url.format("drowsy"), auth=alice).status_code == 429  # still building
+    over = requests.get(url.format("curl"), auth=alice)
+    assert over.status_code == 429 and over.headers["Retry-After"]
+    error = over.json()["errors"][0]
+    assert error["code"] == "TOOMANYREQUESTS"
+    assert "user alice already started 1 builds" in error["message"]
+    assert error["detail"]["setting"] == "NIXERY_CLIENT_BUILDS"
+    # meanwhile bob's new image builds, and a built image pulls for alice
+    assert requests.get(url.format("htop"), auth=bob).status_code == 200
+    assert requests.get(url.format("hello"), auth=alice).status_code == 200
+    # bob joining alice's build is not a build of his
+    assert requests.get(url.format("drowsy"), auth=bob).status_code in (200, 429)
+    metrics = requests.get(f"{quoted.url}/metrics", auth=bob).text
+    assert 'registry_refusals_total{reason="quota"}' in metrics
