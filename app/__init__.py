@@ -96,7 +96,8 @@ def create_app(config: Config | None = None, *, nix=None):
     api = RegistryAPI(app.wsgi_app, store, images, blob_accel=config.blob_accel)
     if config.authenticates:
         api = auth.Authenticate(api, auth.from_config(config))
-    app.wsgi_app = TrustedProxyFix(RequestScope(api), config.forwarded_allow_ips)
+    app.wsgi_app = TrustedProxyFix(RequestScope(api), config.forwarded_allow_ips,
+                                   hops=config.proxy_hops)
 
     @app.before_request
     def name_route():

@@ -99,6 +99,9 @@ class Config:
     user_header: str | None = None
     user_header_peers: str | None = None
     tls_in_front: bool = False
+    # Proxies in front that each append to X-Forwarded-For (a CDN and a
+    # load balancer: 2): the client's address is that many from the right.
+    proxy_hops: int = 1
     # New builds one client may start per hour, and at once (None: no limit).
     client_builds: tuple[int, int] | None = None
     # How long an image nobody pulls is kept, in days, when garbage is
@@ -170,6 +173,8 @@ class Config:
                 parse_peers(self.user_header_peers)
             except ValueError as e:
                 raise ConfigError(f"NIXERY_USER_HEADER_PEERS: {e}") from None
+        if self.proxy_hops < 1:
+            raise ConfigError(f"NIXERY_PROXY_HOPS must be at least 1, not {self.proxy_hops}")
         if self.client_builds is not None and (
                 len(self.client_builds) != 2 or min(self.client_builds) < 1):
             raise ConfigError("NIXERY_CLIENT_BUILDS must be two positive numbers: builds per "
@@ -336,6 +341,7 @@ class Config:
             user_header_peers=get("NIXERY_USER_HEADER_PEERS"),
             tls_in_front=flag("NIXERY_TLS_IN_FRONT"),
             client_builds=client_builds("NIXERY_CLIENT_BUILDS"),
+            proxy_hops=number("NIXERY_PROXY_HOPS", int, cls.proxy_hops),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

@@ -164,3 +164,20 @@ def test_a_warning_when_nothing_says_tls_is_in_front(tmp_path, htpasswd, caplog)
         create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                           htpasswd=str(htpasswd)))
     assert "credentials travel in clear" in caplog.text and "NIXERY_TLS_IN_FRONT" in caplog.text
+
+
+def test_the_client_address_counts_trusted_hops_from_the_right(tmp_path):
+    """What builds are counted against: the entry the trusted proxies
+    appended, not what the client wrote at the left."""
+    from builders import quota
+    seen = []
+    for hops, expected in ((1, "198.51.100.9"), (2, "203.0.113.5")):
+        app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / f"s{hops}"),
+                                proxy_hops=hops))
+        images = app.extensions["images"]
+        real = images.image
+        images.image = lambda *a, client=None, **kw: seen.append(client) or real(
+            *a, client=client, **kw)
+        app.test_client().get("/v2/hello/manifests/latest", headers={
+            "X-Forwarded-For": "10.6.6.6, 203.0.113.5, 198.51.100.9"})
+        assert seen[-1] == quota.client_key(None, expected)
