@@ -74,13 +74,21 @@ class Htpasswd:
         with self._lock:
             now = self._clock()
             if self._looked_at is None or now - self._looked_at >= 1:
+                first = self._looked_at is None
                 self._looked_at = now
-                st = os.stat(self.path)
-                signature = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-                if signature != self._signature:
-                    self._entries = _parse(self.path)
-                    self._signature = signature
-                    logger.info("read %d users from %s", len(self._entries), self.path)
+                try:
+                    st = os.stat(self.path)
+                    signature = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+                    if signature != self._signature:
+                        self._entries = _parse(self.path)
+                        self._signature = signature
+                        logger.info("read %d users from %s", len(self._entries), self.path)
+                except (OSError, ValueError) as e:
+                    if first:
+                        raise  # at start: the server does not start with it
+                    # mid-edit or gone: the users read last stay
+                    logger.error("cannot read %s, keeping the users read before: %s",
+                                 self.path, e)
             return self._signature
 
     def verify(self, user: str, password: str) -> bool:

@@ -181,3 +181,14 @@ def test_the_client_address_counts_trusted_hops_from_the_right(tmp_path):
         app.test_client().get("/v2/hello/manifests/latest", headers={
             "X-Forwarded-For": "10.6.6.6, 203.0.113.5, 198.51.100.9"})
         assert seen[-1] == quota.client_key(None, expected)
+
+
+def test_a_file_broken_while_serving_keeps_the_users_read_before(htpasswd):
+    now = [0.0]
+    users = auth.Htpasswd(str(htpasswd), clock=lambda: now[0])
+    htpasswd.write_text("alice:not-bcrypt\n")
+    now[0] += 2
+    assert users.verify("alice", "wonderland")  # still the old entry
+    htpasswd.unlink()
+    now[0] += 2
+    assert users.verify("bob", "builder")
