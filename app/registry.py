@@ -209,8 +209,11 @@ class RegistryAPI:
             # server in front sends the file, ranges included
             f.close()
             metrics.BLOB_BYTES.inc(size)
-            return Reply(200, [*headers, ("X-Accel-Redirect",
-                                          f"{self.blob_accel}{keys.blob(digest)}")])
+            # an empty body with its length: without one gunicorn sends it
+            # chunked, and nginx then drops the upstream connection
+            # instead of keeping it alive for the next request
+            return Reply(200, [*headers, ("Content-Length", "0"), (
+                "X-Accel-Redirect", f"{self.blob_accel}{keys.blob(digest)}")])
         start, stop, status = 0, size, 200
         span = wire.requested_range(call, digest, size)
         if span is not None:
