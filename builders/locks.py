@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
-import threading
 import time
 
 from .errors import BuildQueueFull
@@ -44,7 +44,7 @@ class BuildLocks:
         self.root = root
         self.max_builds = max_builds
         self.queue_timeout = queue_timeout
-        self.turns = FairTurns()
+        self.turns = FairTurns(root)
         os.makedirs(root, exist_ok=True)
 
     def _path(self, name):
@@ -76,9 +76,8 @@ class BuildLocks:
     @contextlib.contextmanager
     def slot(self, on_wait=None, client=None):
         """Hold one of `max_builds` build slots, waiting at most `queue_timeout`
-        (calling `on_wait()` when it has to wait).  Builds waiting in this
-        process take turns between clients (`FairTurns`); between
-        processes, the file locks decide."""
+        (calling `on_wait()` when it has to wait).  Builds waiting on this
+        machine take turns between clients (`FairTurns`)."""
         deadline, delay = time.monotonic() + self.queue_timeout, _POLL_MIN
         first = True
         ticket = self.turns.enter(client)
@@ -110,54 +109,92 @@ class BuildLocks:
 
 
 class FairTurns:
-    """The order in which this process's waiting builds try for a slot:
-    the client with the fewest builds holding slots goes first, then the
-    one given a slot least recently, then the one that waited longest;
-    each client's builds in the order they came.  A client that queued
-    fifty builds does not hold up one that queued one: that one goes next."""
+    """The order in which the machine's waiting builds try for a slot: the
+    client with the fewest builds holding slots goes first, then the one
+    given a slot least recently, then the one that waited longest; each
+    client's builds in the order they came.  A client that queued fifty
+    builds does not hold up one that queued one: that one goes next.
 
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._waiting: list[tuple[int, object]] = []   # (ticket number, client)
-        self._holding: dict[object, int] = {}
-        self._served: dict[object, int] = {}  # client -> when it last got a slot (a count)
-        self._count = 0
+    The queue is a small file beside the slot locks, read and written under
+    a lock of its own, so every worker process of the machine takes part;
+    entries of a process that died are dropped."""
+
+    def __init__(self, root):
+        self.path = os.path.join(root, "turns.json")
+        self.lock_path = os.path.join(root, "turns.lock")
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def _state(self, write=True):
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(self.path) as f:
+                    state = json.load(f)
+            except (FileNotFoundError, ValueError):
+                state = {}
+            state.setdefault("count", 0)
+            waiting = [w for w in state.get("waiting", []) if _alive(w[2])]
+            holding = [h for h in state.get("holding", []) if _alive(h[1])]
+            state["waiting"], state["holding"] = waiting, holding
+            state.setdefault("served", {})
+            yield state
+            if write:
+                tmp = f"{self.path}.{self._pid}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump(state, f)
+                os.replace(tmp, self.path)
 
     def enter(self, client) -> int:
-        with self._lock:
-            self._count += 1
-            self._waiting.append((self._count, client))
-            return self._count
+        with self._state() as state:
+            state["count"] += 1
+            state["waiting"].append([state["count"], _name(client), self._pid])
+            return state["count"]
 
     def first(self, ticket) -> bool:
-        with self._lock:
-            if not self._waiting:
-                return False
-            # per client, its first ticket; of those, the fewest slots held, then the oldest
+        with self._state(write=False) as state:
             heads = {}
-            for number, client in self._waiting:
+            for number, client, _ in state["waiting"]:
                 heads.setdefault(client, number)
+            if not heads:
+                return False
+            holding = {}
+            for client, _ in state["holding"]:
+                holding[client] = holding.get(client, 0) + 1
             best = min(heads.items(), key=lambda kv: (
-                self._holding.get(kv[0], 0), self._served.get(kv[0], 0), kv[1]))
+                holding.get(kv[0], 0), state["served"].get(kv[0], 0), kv[1]))
             return best[1] == ticket
 
     def leave(self, ticket, holding=False) -> None:
-        with self._lock:
-            for i, (number, client) in enumerate(self._waiting):
+        with self._state() as state:
+            for i, (number, client, _) in enumerate(state["waiting"]):
                 if number == ticket:
-                    del self._waiting[i]
+                    del state["waiting"][i]
                     if holding:
-                        self._holding[client] = self._holding.get(client, 0) + 1
-                        self._count += 1
-                        self._served[client] = self._count
+                        state["holding"].append([client, self._pid])
+                        state["count"] += 1
+                        state["served"][client] = state["count"]
                     return
 
     def done(self, client) -> None:
-        with self._lock:
-            left = self._holding.get(client, 0) - 1
-            if left > 0:
-                self._holding[client] = left
-            else:
-                self._holding.pop(client, None)
-            if len(self._served) > 10000:  # bounded: forget the longest served
-                self._served.pop(min(self._served, key=self._served.get))
+        with self._state() as state:
+            entry = [_name(client), self._pid]
+            if entry in state["holding"]:
+                state["holding"].remove(entry)
+            if len(state["served"]) > 1000:  # bounded: forget the longest served
+                oldest = min(state["served"], key=state["served"].get)
+                del state["served"][oldest]
+
+
+def _name(client) -> str:
+    return "" if client is None else str(client)
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

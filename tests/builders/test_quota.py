@@ -98,8 +98,8 @@ def test_joining_a_build_or_pulling_a_built_image_never_counts(tmp_path):
     svc.image(Image.from_name("hello"), "latest", client="user:bob")
 
 
-def test_fair_turns_between_clients():
-    turns = FairTurns()
+def test_fair_turns_between_clients(tmp_path):
+    turns = FairTurns(str(tmp_path))
     alice = [turns.enter("alice") for _ in range(3)]
     bob = turns.enter("bob")
     assert turns.first(alice[0]) and not turns.first(bob)
@@ -114,12 +114,15 @@ def test_fair_turns_between_clients():
 
 
 def test_one_slot_is_shared_fairly_between_a_flood_and_one_build(tmp_path):
+    # two workers of one machine: alice's flood comes through one, bob's
+    # build through the other
     locks = BuildLocks(str(tmp_path / "locks"), max_builds=1, queue_timeout=60)
+    other = BuildLocks(str(tmp_path / "locks"), max_builds=1, queue_timeout=60)
     order, lock = [], threading.Lock()
     release = threading.Event()
 
     def build(client, name, hold=0.05):
-        with locks.slot(client=client):
+        with (other if client == "bob" else locks).slot(client=client):
             with lock:
                 order.append(name)
             if name == "a0":
@@ -141,3 +144,16 @@ def test_one_slot_is_shared_fairly_between_a_flood_and_one_build(tmp_path):
     for t in [first, *waiting, bob]:
         t.join()
     assert order.index("b1") == 1, order  # next after the build that held the slot
+
+
+def test_a_dead_workers_place_in_the_queue_is_dropped(tmp_path):
+    import json
+    import subprocess
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    turns = FairTurns(str(tmp_path))
+    (tmp_path / "turns.json").write_text(json.dumps({
+        "count": 5, "waiting": [[1, "alice", gone.pid]], "holding": [["alice", gone.pid]],
+        "served": {}}))
+    mine = turns.enter("bob")
+    assert turns.first(mine)
