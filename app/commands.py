@@ -164,6 +164,9 @@ def gc(dry_run):
     click.echo(f"{verb} {total.objects} objects, {_mb(total.bytes)} in all"
                + (f"; {report.survived} kept, used while they were judged"
                   if report.survived else ""))
+    if report.pruned_tags:
+        click.echo(f"folder revisions no kept image was built from, no longer tags: {verb} "
+                   + ", ".join(report.pruned_tags))
     if report.logs.objects:
         click.echo(f"build logs: {verb} {report.logs.objects}, {_mb(report.logs.bytes)}")
 

@@ -79,7 +79,8 @@ class ImageBuilder:
             key=key, packages=list(image.packages), system=image.system,
             manifests=manifests, config=config_ref, layers=stored,
             closure_size=sum(p.nar_size for p in closure),
-            sbom=self.store_sbom(bom, manifests), licenses=_licenses(resolved))
+            sbom=self.store_sbom(bom, manifests), licenses=_licenses(resolved),
+            revision=revision.identity)
         self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
         return Built(record, len(closure), nix_seconds)
 

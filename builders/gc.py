@@ -80,6 +80,7 @@ class Report:
     deleted: dict[str, Tally] = field(default_factory=dict)  # by kind
     survived: int = 0       # judged garbage, but used or written meanwhile
     logs: Tally = field(default_factory=Tally)               # build logs of this machine
+    pruned_tags: list = field(default_factory=list)          # folder revisions no longer tags
 
     @property
     def freed(self) -> Tally:
@@ -199,10 +200,36 @@ class Collector:
             if info.used < now - SOURCES_SECONDS:
                 self._doom(info, report, dry_run)
 
+        self._prune_kept_revisions(
+            {images[k][1].revision for k in live_images if k in images}, young, report, dry_run)
         if self.history is not None:
             report.logs = self.history.prune(pulled_since, dry_run=dry_run)
         self._save(report, now, dry_run)
         return report
+
+    def _prune_kept_revisions(self, live_revisions, young, report, dry_run):
+        """A folder revision stays a tag while an image built from it is
+        kept (builders/revisions.py); one nothing live was built from, and
+        not built from within the grace period, goes."""
+        for _ in range(10):  # a build may write it down at the same moment
+            found = self.storage.read_versioned(keys.kept_revisions())
+            if found is None:
+                return
+            doc = json.loads(found[0])
+            kept_at = doc.get("kept_at", {})
+            gone = [t for t, r in doc.get("revisions", {}).items()
+                    if r.get("identity") not in live_revisions and kept_at.get(t, 0) < young]
+            if not gone:
+                return
+            report.pruned_tags = sorted(gone)
+            if dry_run:
+                return
+            for tag in gone:
+                doc["revisions"].pop(tag, None)
+                kept_at.pop(tag, None)
+            if self.storage.put_if(keys.kept_revisions(), manifest.canonical(doc),
+                                   version=found[1]) is not None:
+                return
 
     def _list(self, kind, report):
         tally = report.stored.setdefault(kind, Tally())

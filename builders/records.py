@@ -48,6 +48,8 @@ class ImageRecord:
     sbom: dict | None = None
     # requested attribute path -> its licences (SPDX id or name), as nixpkgs says
     licenses: dict[str, list[str]] | None = None
+    # the identity of the revision it was built from (None before it was kept)
+    revision: str | None = None
 
     def manifest(self, media_type) -> bytes:
         return self.manifests[media_type].encode()

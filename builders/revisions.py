@@ -108,6 +108,8 @@ class Revisions:
         self._memory = LockedTTLCache(maxsize=256, ttl=max(refresh, 0.001))
         self._tags = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
         self._kept = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
+        # revisions this process wrote down as built from, today
+        self._marked = LockedTTLCache(maxsize=256, ttl=24 * 3600)
         self.state = SourceState(source, clock=clock)
 
     def tags(self) -> list[str]:
@@ -134,19 +136,22 @@ class Revisions:
         if not self.source.keeps_revisions:
             return
         tag = self.source.revision_tag(revision)
-        if tag in (self._kept.get("kept") or {}):
+        if self._marked.get(tag):
             return
         for _ in range(10):  # another process may add one at the same moment
             found = self.storage.read_versioned(keys.kept_revisions())
             data, version = found if found else (None, None)
-            kept = json.loads(data)["revisions"] if data else {}
-            if tag in kept:
-                break
+            doc = json.loads(data) if data else {}
+            kept = doc.setdefault("revisions", {})
             kept[tag] = revision.to_dict()
-            if self.storage.put_if(keys.kept_revisions(), manifest.canonical(
-                    {"revisions": kept}), version=version) is not None:
+            # when an image was last built from it: garbage collection drops
+            # a revision no kept image was built from, once this is old
+            doc.setdefault("kept_at", {})[tag] = self._clock()
+            if self.storage.put_if(keys.kept_revisions(), manifest.canonical(doc),
+                                   version=version) is not None:
                 break
         self._kept["kept"] = kept
+        self._marked[tag] = True
         self._tags.discard("tags")
 
     def _kept_revision(self, tag: str) -> Revision | None:

@@ -207,3 +207,27 @@ def test_a_record_it_cannot_read_is_kept_with_what_it_names(tmp_path, body):
     collect(svc, days_later=3).run()
     assert svc.storage.exists(keys.manifest("odd"))
     assert svc.storage.exists(keys.blob(kept))
+
+
+def test_a_folder_revision_stays_a_tag_while_an_image_built_from_it_is_kept(tmp_path):
+    import shutil
+    from tests.conftest import PKGS
+    pkgs = tmp_path / "pkgs"
+    shutil.copytree(PKGS, pkgs)
+    svc = service(tmp_path / "s", pkgs=pkgs)
+    svc.revisions.refresh = 0
+    hello = svc.image(Image.from_name("hello"), "latest")
+    old_tag = svc.source.revision_tag(svc.revisions.resolve("latest"))
+    with open(pkgs / "default.nix", "a") as f:
+        f.write("\n# changed\n")
+    git = svc.image(Image.from_name("git"), "latest")
+    new_tag = svc.source.revision_tag(svc.revisions.resolve("latest"))
+    assert {old_tag, new_tag} <= set(svc.revisions.tags())
+    # the revision's one image is collected: the tag goes with it
+    age_image(svc, hello, 40)
+    report = collect(svc, days_later=3).run()
+    assert report.pruned_tags == [old_tag]
+    kept = json.loads(svc.storage.read(keys.kept_revisions()))["revisions"]
+    assert set(kept) == {new_tag}
+    assert svc.storage.exists(keys.manifest(git.key))
+    assert set(service(tmp_path / "s", pkgs=pkgs).revisions.tags()) == {"latest", new_tag}
