@@ -69,3 +69,21 @@ def test_unreachable_bucket_answers_503_naming_storage(tmp_path):
         assert error["code"] == "STORAGE_UNAVAILABLE"
         assert "Google Cloud Storage bucket images" in error["message"]
         assert "Traceback" not in r.get_data(as_text=True)
+
+
+def test_with_authentication_the_signed_url_is_the_credential(tmp_path, gcs_emulator,
+                                                              gcs_bucket, gcs_key, layer):
+    from tests.app.test_auth import basic, entry
+    users = tmp_path / "htpasswd"
+    users.write_text(entry("alice", "wonderland"))
+    app = gcs_app(tmp_path, gcs_bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url,
+                  google_credentials=gcs_key, htpasswd=str(users), tls_in_front=True)
+    data, digest = layer
+    app.extensions["storage"].put_bytes(keys.blob(digest), data)
+    client = app.test_client()
+    assert client.get(f"/v2/shell/hello/blobs/{digest}").status_code == 401
+    get = client.get(f"/v2/shell/hello/blobs/{digest}", headers=basic("alice", "wonderland"))
+    assert get.status_code == 307
+    # the client follows it to storage without the registry's credentials
+    fetched = requests.get(get.headers["Location"], timeout=30).content
+    assert "sha256:" + hashlib.sha256(fetched).hexdigest() == digest
