@@ -18,7 +18,7 @@ from . import forest, layers, manifest, sbom
 from .errors import BuildFailed, PackagesNotFound, PackagesRefused, PlatformUnsupported
 from .image import Image
 from .nix import Deadline
-from .records import ImageRecord
+from .records import ImageRecord, IndexRecord
 from .sources import Revision
 from .suggest import close_matches
 
@@ -115,6 +115,22 @@ class ImageBuilder:
         if refused:
             raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
         return resolved
+
+    def index(self, image: Image, key: str, members, left_out: dict[str, str]) -> IndexRecord:
+        """Store the index of `image` in both formats, listing `members`
+        ([(platform, its ImageRecord)]), and its record."""
+        manifests = {}
+        for media_type in manifest.INDEX_TYPES:
+            member_type = manifest.INDEX_MEMBERS[media_type]
+            body = manifest.render_index(media_type, [
+                (p.descriptor(), record.manifest(member_type)) for p, record in members])
+            self.layerstore.store_blob(body, media_type)
+            manifests[media_type] = body.decode()
+        record = IndexRecord(key=key, packages=list(image.packages),
+                             members={p.name: r.key for p, r in members}, left_out=left_out,
+                             manifests=manifests)
+        self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
+        return record
 
     def add_sbom(self, image: Image, revision: Revision, record: ImageRecord,
                  source: str = "") -> ImageRecord:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from storage import keys
 from . import manifest
-from .records import ImageRecord, IndexRecord
+from .records import ImageRecord, IndexRecord, load_record
 
 logger = logging.getLogger(__name__)
 
@@ -242,10 +242,8 @@ class Collector:
         return out
 
     def _read_record(self, key):
-        data = self.storage.read(key)
         try:
-            doc = json.loads(data)
-            return IndexRecord(**doc) if "members" in doc else ImageRecord(**doc)
+            return load_record(self.storage.read(key))
         except (TypeError, ValueError):
             logger.warning("%s is not a record this registry can read", key)
             return None

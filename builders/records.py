@@ -29,8 +29,28 @@ def cache_key(image: Image, revision: Revision, max_layers: int) -> str:
     })).hexdigest()
 
 
+class _Stored:
+    """What both kinds of record do: serve their manifests, and be stored
+    as JSON under `keys.manifest(key)`."""
+
+    manifests: dict[str, str]      # media type -> manifest JSON text
+
+    def manifest(self, media_type) -> bytes:
+        return self.manifests[media_type].encode()
+
+    def to_json(self) -> bytes:
+        return manifest.canonical(self.__dict__)
+
+
+def load_record(data: bytes) -> "ImageRecord | IndexRecord":
+    """A stored record of either kind (TypeError or ValueError when it is
+    not one this version can read)."""
+    doc = json.loads(data)
+    return IndexRecord(**doc) if "members" in doc else ImageRecord(**doc)
+
+
 @dataclass
-class ImageRecord:
+class ImageRecord(_Stored):
     """A built image: everything needed to serve it, stored as JSON."""
 
     media_types: ClassVar = manifest.MANIFEST_TYPES  # Docker's first, for clients naming none
@@ -51,16 +71,6 @@ class ImageRecord:
     # the identity of the revision it was built from (None before it was kept)
     revision: str | None = None
 
-    def manifest(self, media_type) -> bytes:
-        return self.manifests[media_type].encode()
-
-    def to_json(self) -> bytes:
-        return manifest.canonical(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "ImageRecord":
-        return cls(**json.loads(data))
-
 
 def index_key(image: Image, revision: Revision, platforms: tuple[Platform, ...],
               max_layers: int) -> str:
@@ -77,7 +87,7 @@ def index_key(image: Image, revision: Revision, platforms: tuple[Platform, ...],
 
 
 @dataclass
-class IndexRecord:
+class IndexRecord(_Stored):
     """One image for several platforms: the image keys it lists, by
     platform, the platforms left out (their packages are not available
     there), and the index in both formats, stored as JSON."""
@@ -90,13 +100,3 @@ class IndexRecord:
     left_out: dict[str, str]       # platform name -> why
     manifests: dict[str, str]      # media type -> index JSON text
     built_at: float = field(default_factory=time.time)
-
-    def manifest(self, media_type) -> bytes:
-        return self.manifests[media_type].encode()
-
-    def to_json(self) -> bytes:
-        return manifest.canonical(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "IndexRecord":
-        return cls(**json.loads(data))

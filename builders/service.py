@@ -21,14 +21,13 @@ import logging
 import time
 
 from storage import keys
-from . import metrics
-from . import gc, manifest, platforms as platforms_
+from . import gc, metrics, platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
                      PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image import Image
 from .jobs import Job
 from .nix import Deadline
-from .records import ImageRecord, IndexRecord, cache_key, index_key
+from .records import ImageRecord, IndexRecord, cache_key, index_key, load_record
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -214,10 +213,8 @@ class ImageService:
         each platform's image, whose jobs run side by side.  A platform
         its packages are not available on is left out; one that fails
         fails the index, with the platform named."""
-        data = self.storage.read(keys.manifest(key))
-        if data is not None:
-            metrics.MANIFEST_CACHE.labels("storage").inc()
-            record = IndexRecord.from_json(data)
+        record = self._load(key)
+        if record is not None:
             self._records[key] = record
             return record
         parts = {}
@@ -245,29 +242,19 @@ class ImageService:
             raise PlatformUnsupported(
                 f"{image.name} is available on none of this registry's platforms: "
                 + "; ".join(left_out.values()))
-        manifests = {}
-        for media_type in manifest.INDEX_TYPES:
-            member_type = manifest.INDEX_MEMBERS[media_type]
-            body = manifest.render_index(media_type, [
-                (p.descriptor(), record.manifest(member_type)) for p, record in members])
-            self.layerstore.store_blob(body, media_type)
-            manifests[media_type] = body.decode()
-        record = IndexRecord(key=key, packages=list(image.packages),
-                             members={p.name: r.key for p, r in members}, left_out=left_out,
-                             manifests=manifests)
-        self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
+        record = self.builder.index(image, key, members, left_out)
         if left_out:
             logger.info("index of %s leaves out %s", image.name, ", ".join(left_out))
         self._records[key] = record
         return record
 
-    def _load(self, key) -> ImageRecord | None:
+    def _load(self, key) -> ImageRecord | IndexRecord | None:
         data = self.storage.read(keys.manifest(key))
         if data is None:
             return None
         metrics.MANIFEST_CACHE.labels("storage").inc()
         logger.info("image %s found in storage", key[:12])
-        return ImageRecord.from_json(data)
+        return load_record(data)
 
     def _build_once(self, image, tag, revision, key, job: Job) -> ImageRecord:
         """Build, unless another process is at it: then wait for its record,

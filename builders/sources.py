@@ -7,19 +7,16 @@ again is the image service's business (builders/service.py).
 from __future__ import annotations
 
 import abc
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import threading
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, replace
 
-from . import process
+from . import git
 from .errors import RevisionNotFound, SourceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -29,9 +26,6 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 CHANNEL_TAG_RE = re.compile(r"^(nixos|nixpkgs)-[0-9a-z.-]+$")
 # Resolving a revision is a small network call; it must never hang a pull.
 RESOLVE_TIMEOUT = 30
-# Fetching the commits of a large repository's branches (nixpkgs: some
-# hundreds of MB without trees) takes a while the first time.
-MIRROR_TIMEOUT = 600
 
 
 @dataclass(frozen=True)
@@ -276,8 +270,7 @@ class GitSource(Source):
     would be anyone's package set built under this registry's name.  A
     commit at a branch's or tag's tip is seen in `git ls-remote`; any other
     is looked for in a mirror of the branches and tags holding commits only
-    (no trees, no files), kept in `mirror_root` and fetched again for each
-    commit not found there yet.
+    (builders/git.py), kept in `mirror_root`.
     """
 
     tags_select_revision = True
@@ -285,9 +278,8 @@ class GitSource(Source):
 
     def __init__(self, url, mirror_root=None):
         self.url = url
-        self.mirror_root = mirror_root
+        self._mirror = git.Mirror(url, mirror_root) if mirror_root else None
         self._checked: set[str] = set()  # commits found on a branch or tag
-        self._lock = threading.Lock()
 
     def immutable(self, tag):
         return bool(COMMIT_RE.match(tag))
@@ -325,49 +317,13 @@ class GitSource(Source):
         if commit in self._checked:
             return
         tips = self._ls_remote("--heads", "--tags")
-        if commit in tips.values() or self._in_mirror(commit):
+        if commit in tips.values() or (self._mirror is not None and self._mirror.holds(commit)):
             self._checked.add(commit)
             return
         raise RevisionNotFound(
             f"commit {commit} is on no branch or tag of {self.url}: only commits that the "
             "repository's branches and tags hold are built (not those of pull requests or "
             "forks)")
-
-    def _in_mirror(self, commit) -> bool:
-        if not self.mirror_root:
-            return False
-        path = os.path.join(self.mirror_root,
-                            hashlib.sha256(self.url.encode()).hexdigest()[:16] + ".git")
-        os.makedirs(self.mirror_root, exist_ok=True)
-        with self._lock, open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch at a time, across processes too
-            if not os.path.isdir(path):
-                shutil.rmtree(path + ".new", ignore_errors=True)
-                self._git("clone", "--bare", "--quiet", "--filter=tree:0", "--", self.url,
-                          path + ".new")
-                os.rename(path + ".new", path)
-            elif self._contains(path, commit):
-                return True
-            # by the remote's name, so that its filter applies: commits only
-            self._git("-C", path, "fetch", "--quiet", "--prune", "--force", "origin",
-                      "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
-            return self._contains(path, commit)
-
-    def _contains(self, path, commit) -> bool:
-        done = process.run(["git", "-C", path, "for-each-ref", "--count=1", "--contains", commit,
-                            "--", "refs/heads", "refs/tags"], timeout=MIRROR_TIMEOUT)
-        return done.returncode == 0 and bool(done.stdout.strip())
-
-    def _git(self, *args):
-        try:
-            done = process.run(["git", *args], timeout=MIRROR_TIMEOUT)
-        except process.Timeout:
-            raise SourceUnavailable(
-                f"looking for a commit in {self.url} took longer than {MIRROR_TIMEOUT}s") from None
-        if done.returncode != 0:
-            last = done.stderr_tail.strip().splitlines()[-1:] or ["no output"]
-            raise SourceUnavailable(f"cannot read the git repository {self.url}: {last[0]}",
-                                    log_tail=done.stderr_tail)
 
     def tags(self):
         """`latest`, and the remote's branches and tags by name."""
@@ -379,29 +335,7 @@ class GitSource(Source):
         return sorted(names)
 
     def _ls_remote(self, *patterns, symref=False) -> dict:
-        options = [p for p in patterns if p.startswith("--")]
-        patterns = [p for p in patterns if not p.startswith("--")]
-        cmd = ["git", "ls-remote", *(["--symref"] if symref else []), *options, "--", self.url,
-               *patterns]
-        try:
-            done = process.run(cmd, timeout=RESOLVE_TIMEOUT)
-        except process.Timeout:
-            raise SourceUnavailable(
-                f"git ls-remote {self.url} took longer than {RESOLVE_TIMEOUT}s") from None
-        except FileNotFoundError:
-            raise SourceUnavailable("git is not installed") from None
-        if done.returncode != 0:
-            last = done.stderr_tail.strip().splitlines()[-1:] or ["no output"]
-            raise SourceUnavailable(f"cannot read the git repository {self.url}: {last[0]}",
-                                    log_tail=done.stderr_tail)
-        refs = {}
-        for line in done.stdout.decode("utf-8", "replace").splitlines():
-            value, _, name = line.partition("\t")
-            if value.startswith("ref: "):
-                refs["symref:" + name] = value[5:]
-            else:
-                refs[name] = value
-        return refs
+        return git.ls_remote(self.url, *patterns, timeout=RESOLVE_TIMEOUT, symref=symref)
 
     def describe(self):
         return f"the git repository {self.url}"

@@ -85,13 +85,12 @@ def pull(server, name, reference="latest"):
 def whole(store):
     """Every image record left in storage, with its blobs all there."""
     from builders import gc
-    from builders.records import ImageRecord
+    from builders.records import IndexRecord, load_record
     records = []
     for info in store.list("manifests/"):
-        doc = json.loads(store.read(info.key))
-        if "members" in doc:
+        record = load_record(store.read(info.key))
+        if isinstance(record, IndexRecord):
             continue
-        record = ImageRecord(**doc)
         missing = [d for d in gc._references(record) if not store.exists(f"layers/{d}")]
         assert not missing, (record.packages, missing)
         records.append(record)
