@@ -2,11 +2,13 @@
 sampling the memory of gunicorn's workers."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 
 from tests.conftest import PKGS
@@ -34,6 +36,24 @@ def registry(workdir, **env) -> Server:
     env.setdefault("NIXERY_PKGS_PATH", str(PKGS))
     env.setdefault("NIX_CONFIG", "substituters =")  # no binary cache is reachable
     return Server(workdir, **env)
+
+
+@contextlib.contextmanager
+def servers(prefix, *, keep=False):
+    """A work folder, and a list the run appends the servers it starts to:
+    however the run ends, they are stopped, last first, and the folder is
+    removed (or kept, and named, with `keep`)."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    stack = []
+    try:
+        yield workdir, stack
+    finally:
+        for proc in reversed(stack):
+            proc.stop()
+        if keep:
+            print(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Process:

@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 
@@ -48,7 +46,8 @@ import requests
 
 from storage import keys
 
-from .common import OCI_MANIFEST, Process, free_port, median, ms, need, registry, wrk
+from .common import (OCI_MANIFEST, Process, free_port, median, ms, need, registry, servers,
+                     wrk)
 from .serve import largest_layer, nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -172,9 +171,7 @@ def main(argv=None):
         ap.error(f"--latency-image {args.latency_image} is not one of --blob-images")
     need("wrk", "nginx", "nix-instantiate")
 
-    workdir = tempfile.mkdtemp(prefix="bench-nginx-")
-    stack = []
-    try:
+    with servers("bench-nginx-", keep=args.keep) as (workdir, stack):
         # a build of the larger images may outlast the default pull wait and
         # Nix timeout on a cold store; these GETs wait for it instead
         ours = registry(os.path.join(workdir, "registry"), NIXERY_BLOB_ACCEL=ACCEL,
@@ -272,13 +269,6 @@ def main(argv=None):
                 print(f"blob GET of a {size} layer, nginx+registry / nginx alone p99: {p99:.2f}x "
                       f"(per round {rounds(r['p99_us'])}; no target)")
         return 0 if ok else 1
-    finally:
-        for proc in reversed(stack):
-            proc.stop()
-        if args.keep:
-            print(f"work folder kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import requests
 
 from storage import keys
 
 from .common import (DOCKER_MANIFEST, OCI_MANIFEST, Process, free_port, median, ms, need,
-                     registry, wrk)
+                     registry, servers, wrk)
 
 MANIFEST_TARGET = 2.0  # ours / distribution, requests/s
 BLOB_TARGET = 0.8      # ours / nginx, MB/s
@@ -123,9 +121,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     need("wrk", "nginx", "docker-registry", "skopeo", "nix-instantiate")
 
-    workdir = tempfile.mkdtemp(prefix="bench-serve-")
-    stack = []
-    try:
+    with servers("bench-serve-", keep=args.keep) as (workdir, stack):
         ours = registry(os.path.join(workdir, "ours")).start()
         stack.append(ours)
         name = args.image
@@ -239,13 +235,6 @@ def main(argv=None):
                   f"target >= {target}x: {'met' if ratio >= target else 'MISSED'})")
             ok = ok and ratio >= target
         return 0 if ok else 1
-    finally:
-        for proc in reversed(stack):
-            proc.stop()
-        if args.keep:
-            print(f"work folder kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

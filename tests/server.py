@@ -55,7 +55,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
+class Local:
+    """A server the tests run on 127.0.0.1, at `port`."""
+
+    port: int
+
+    @property
+    def host(self):
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self):
+        return f"http://{self.host}"
+
+
+class Server(Local):
     """gunicorn with gunicorn.conf.py, configured through the environment like production."""
 
     def __init__(self, workdir, **env):
@@ -68,14 +82,6 @@ class Server:
         self.env.update(env)
         self.proc = None
         self.tmp = None
-
-    @property
-    def host(self):
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self):
-        return f"http://{self.host}"
 
     def start(self, timeout=30):
         # Nix's build folders of this server (builders/nix.py), gone with it

@@ -18,13 +18,13 @@ import requests
 from tests.conftest import PKGS, ROOT, need
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
-from tests.server import Server, free_port, stop_process, wait_ready
+from tests.server import Local, Server, free_port, stop_process, wait_ready
 
 DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEL = "/_registry_blobs/"
 
 
-class Nginx:
+class Nginx(Local):
     def __init__(self, workdir, upstream, storage_root):
         need("nginx")
         self.port = free_port()
@@ -49,14 +49,6 @@ class Nginx:
         if not wait_ready(self.proc, lambda: _answers(self.url + "/v2/"), 20):
             self.stop()
             raise RuntimeError(f"nginx did not start:\n{self.read_errors()}")
-
-    @property
-    def host(self):
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self):
-        return f"http://{self.host}"
 
     def read_errors(self):
         try:
