@@ -151,14 +151,8 @@ def gc(dry_run):
     verb = "would delete" if dry_run else "deleted"
     for info in sorted(report.doomed, key=lambda i: i.key):
         click.echo(f"{verb} {info.key} ({_mb(info.size)})")
-    if dry_run:
-        total = collection.Tally()
-        by_kind = {}
-        for info in report.doomed:
-            total.add(info.size)
-            by_kind.setdefault(collection.kind_of(info.key), collection.Tally()).add(info.size)
-    else:
-        total, by_kind = report.freed, report.deleted
+    by_kind = report.judged() if dry_run else report.deleted
+    total = collection.total(by_kind.values())
     for kind, tally in sorted(by_kind.items()):
         click.echo(f"{kind}: {verb} {tally.objects} objects, {_mb(tally.bytes)}")
     click.echo(f"{verb} {total.objects} objects, {_mb(total.bytes)} in all"

@@ -79,11 +79,15 @@ STATUS_TEXT = {"building": "building", "built": "built", "cached": "cached",
                "failed": "failed", "timeout": "timed out", "not built": "not built yet"}
 
 
+def _name_and_tag(ref):
+    """`name:tag` (or just `name`, meaning latest) as the pages' addresses hold it."""
+    name, _, tag = ref.rpartition(":")
+    return (name, tag) if name else (tag, "latest")
+
+
 @bp.route("/builds/<anypath:ref>")
 def build(ref):
-    name, _, tag = ref.rpartition(":")
-    if not name:
-        name, tag = tag, "latest"
+    name, tag = _name_and_tag(ref)
     if not (grammar.NAME_RE.fullmatch(name) and grammar.TAG_RE.fullmatch(tag)):
         return render_template("build.html", name=name, tag=tag, packages=[], arch="",
                                status="failed", status_text="not a valid image name",
@@ -123,9 +127,7 @@ def build(ref):
 @bp.route("/sbom/<anypath:ref>")
 def sbom(ref):
     """The SBOM of a built image, by its name and tag, to read or save."""
-    name, _, tag = ref.rpartition(":")
-    if not name:
-        name, tag = tag, "latest"
+    name, tag = _name_and_tag(ref)
     record = None
     if grammar.NAME_RE.fullmatch(name) and grammar.TAG_RE.fullmatch(tag):
         images = _images()

@@ -3,6 +3,7 @@ handlers (app/registry.py) read and write, content negotiation,
 conditional and range requests, streamed bodies and status lines."""
 from __future__ import annotations
 
+import functools
 import http
 
 from werkzeug.http import parse_etags, parse_range_header
@@ -50,9 +51,12 @@ class Call:
         return f"{env.get('wsgi.url_scheme', 'http')}://{host}{path}"
 
 
+@functools.lru_cache(maxsize=256)
 def _accepted(accept: str) -> dict[str, float]:
     """Media type -> quality, as an Accept header lists them (the first
-    mention of a type counts)."""
+    mention of a type counts).  Clients send a few Accept headers over and
+    over, and each manifest request asks twice: parsed once each.  The
+    answer is shared: read it, never change it."""
     found = {}
     for item in accept.split(","):
         parts = [p.strip() for p in item.split(";")]

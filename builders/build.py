@@ -208,5 +208,5 @@ def provenance(image: Image, revision: Revision) -> dict[str, str]:
         "org.opencontainers.image.description":
             f"Nix packages {', '.join(image.packages)} for {image.platform.name}",
         "org.opencontainers.image.source": source,
-        "org.opencontainers.image.revision": revision.identity.rpartition("@")[2],
+        "org.opencontainers.image.revision": revision.pin,
     }

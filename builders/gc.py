@@ -84,11 +84,22 @@ class Report:
 
     @property
     def freed(self) -> Tally:
-        total = Tally()
-        for t in self.deleted.values():
-            total.objects += t.objects
-            total.bytes += t.bytes
-        return total
+        return total(self.deleted.values())
+
+    def judged(self) -> dict[str, Tally]:
+        """What was judged garbage, by kind (what a dry run would delete)."""
+        by_kind = {}
+        for info in self.doomed:
+            by_kind.setdefault(kind_of(info.key), Tally()).add(info.size)
+        return by_kind
+
+
+def total(tallies) -> Tally:
+    out = Tally()
+    for t in tallies:
+        out.objects += t.objects
+        out.bytes += t.bytes
+    return out
 
 
 def kind_of(key: str) -> str:
@@ -165,11 +176,9 @@ class Collector:
         report.doomed.extend(doomed_blobs)
         if self._on_judged:
             self._on_judged(doomed_blobs)
-        gone = set()
-        if not dry_run:
-            gone = {keys.blob_sha256(i.key) for i in doomed_blobs if self._delete(i, report)}
-        else:
-            gone = {keys.blob_sha256(i.key) for i in doomed_blobs}
+        # as if gone, in a dry run
+        gone = {keys.blob_sha256(i.key) for i in doomed_blobs
+                if dry_run or self._delete(i, report)}
         present = set(blobs) - gone
 
         # side records of blobs that are gone (or were never there), unless live

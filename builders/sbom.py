@@ -116,9 +116,8 @@ def make(*, image_name: str, platform, revision, source: str, closure, requested
             purl=PackageURL(type="nix", name=pname, version=version or None),
             cpe=cpe(pname, version),
             properties=props))
-    rev = revision.identity.rpartition("@")[2]
     image = Component(
-        bom_ref=IMAGE_REF, type=ComponentType.CONTAINER, name=image_name, version=rev,
+        bom_ref=IMAGE_REF, type=ComponentType.CONTAINER, name=image_name, version=revision.pin,
         description=f"Nix packages {', '.join(r.attr_path for r in requested)} "
                     f"for {platform.name}",
         properties=[Property(name="nix:system", value=platform.system)])

@@ -40,6 +40,11 @@ class Revision:
     def to_dict(self):
         return asdict(self)
 
+    @property
+    def pin(self) -> str:
+        """What pins it: the commit, or the folder's content hash."""
+        return self.identity.rpartition("@")[2]
+
 
 class Source(abc.ABC):
     """One package source."""
@@ -132,7 +137,7 @@ class PathSource(Source):
     @staticmethod
     def revision_tag(revision: Revision) -> str:
         """The tag that names `revision`: its content hash, shortened."""
-        return revision.identity.rpartition("@")[2][:12]
+        return revision.pin[:12]
 
     @staticmethod
     def earlier(revision: Revision) -> Revision:
