@@ -1,22 +1,31 @@
-"""gunicorn's gthread worker, keeping a busy connection on its thread.
+"""gunicorn's gthread worker, keeping a connection on the thread that answered it.
 
 gthread hands every kept-alive connection back to the worker's main thread
 after each request: the socket goes into the poller, and when the next
-request arrives it is queued to the thread pool again.  A pull is a run of
-requests on one connection (a manifest, then a blob after blob), and for a
-manifest or a small layer that round trip cost about as much as answering.
-Here the thread that answered waits up to LINGER for the connection's next
-request and answers it itself, and so on for as long as requests keep
-coming within LINGER, but only while no other connection is queued for a
-thread: a busy client never makes another one wait.
+request arrives it is queued to the thread pool again.  That round (the
+poller waking, the queue, a thread waking, the GIL passed along) costs
+more CPU than answering a cached manifest or checking a blob, about a dozen
+context switches per request.  A pull is a run of requests on one
+connection (a manifest, then blob after blob), and nginx in front
+(deploy/nginx.conf) sends every request over a few kept-alive connections.
+
+Here the thread that answered a connection keeps it and waits for its next
+request itself, for as long as gunicorn would keep it alive, as long as no
+connection is kept waiting for a thread: a connection queued while every
+thread is taken wakes one waiting thread (a byte on a pipe), which hands its
+connection back to the poller and takes the queued one.  A thread that is
+answering rather than waiting hands its connection back after the request
+it is on.  So a busy or idle client never makes another one wait, and a
+stopping worker keeps no connection (handle_exit wakes them all).
 
 This relies on gthread internals, not on a public gunicorn API:
 `ThreadWorker.enqueue_req(conn)` queues a connection to the pool,
 `ThreadWorker.handle(conn)` answers one request and returns True exactly
-when the connection may be kept alive, and a connection has `sock` and
-`parser.unreader.buf` (the bytes already read ahead).  missing_internals()
-checks them when this module is imported.  Without them `Worker` is
-gunicorn's gthread worker unchanged and a warning says so;
+when the connection may be kept alive, `init_process()` runs in the forked
+worker, `handle_exit(sig, frame)` on SIGTERM, and a connection has `sock`
+and `parser.unreader.buf` (the bytes already read ahead).
+missing_internals() checks them when this module is imported.  Without them
+`Worker` is gunicorn's gthread worker unchanged and a warning says so;
 tests/app/test_worker_internals.py fails, so an upgrade that breaks them is
 noticed before it is deployed.
 """
@@ -26,10 +35,12 @@ import ast
 import inspect
 import io
 import logging
+import os
 import select
 import socket
 import textwrap
 import threading
+import time
 
 import gunicorn
 from gunicorn import http
@@ -39,7 +50,9 @@ from gunicorn.workers.gthread import ThreadWorker
 
 logger = logging.getLogger(__name__)
 
-LINGER = 0.005  # seconds a thread waits for its connection's next request
+# How often a thread waiting on its connection looks up from it, to see a
+# worker stopped without a signal (max_requests, its parent gone).
+CHECK_EVERY = 1.0
 
 
 def missing_internals() -> list[str]:
@@ -51,7 +64,7 @@ def missing_internals() -> list[str]:
     """
     missing = []
     for what, check in (
-            ("ThreadWorker.enqueue_req/handle(self, conn), alive", _check_methods),
+            ("ThreadWorker.enqueue_req/handle/init_process/handle_exit, alive", _check_methods),
             ("what ThreadWorker.handle() returns", _check_handle_returns),
             ("a connection's sock and parser.unreader.buf", _check_conn)):
         try:
@@ -63,16 +76,18 @@ def missing_internals() -> list[str]:
 
 def _check_methods() -> list[str]:
     missing = []
-    for name in ("enqueue_req", "handle"):
+    # gunicorn calls these with exactly these positional arguments, and the
+    # overrides take exactly those; any other parameter would be lost or required
+    for name, args in (("enqueue_req", "self, conn"), ("handle", "self, conn"),
+                       ("init_process", "self"), ("handle_exit", "self, sig, frame")):
         method = getattr(ThreadWorker, name, None)
         if not inspect.isfunction(method):
             missing.append(f"ThreadWorker.{name}")
             continue
-        # gunicorn calls both with one positional argument and the overrides
-        # take exactly that; any other parameter would be lost or required
         params = list(inspect.signature(method).parameters.values())
-        if [p.kind for p in params] != [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 2:
-            missing.append(f"ThreadWorker.{name}(self, conn), found "
+        if [p.kind for p in params] != [inspect.Parameter.POSITIONAL_OR_KEYWORD] * len(
+                args.split(",")):
+            missing.append(f"ThreadWorker.{name}({args}), found "
                            f"{name}{inspect.signature(method)}")
     # read from handle() to stop keeping a connection while the worker stops
     if not any("alive" in _self_attributes_set(vars(cls)["__init__"])
@@ -186,30 +201,113 @@ def _check_conn() -> list[str]:
 
 
 class LingeringWorker(ThreadWorker):
-    """gthread, a thread answering its connection's next request itself
-    while no other connection waits for a thread."""
+    """gthread, a thread keeping the connection it answered while no other
+    connection waits for a thread."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Every connection reaches a thread through enqueue_req(), so this
-        # counts the ones waiting for a thread.  Should it ever miscount,
-        # nonzero either way only stops threads keeping their connections.
+        # Every connection reaches a thread through enqueue_req(), and every
+        # thread's work is one handle(): these count connections waiting for
+        # a thread, and threads that hold one (answering, or waiting for its
+        # next request).
         self._queued = 0
-        self._queued_lock = threading.Lock()
+        self._held = 0
+        self._counts = threading.Lock()
+        self._wakeup = None  # made in the forked worker: init_process()
+
+    def init_process(self):
+        self._wakeup = Wakeup()
+        super().init_process()
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        if self._wakeup is not None:
+            self._wakeup.set(self.cfg.threads)  # every waiting thread lets go
+
+    def _starved(self) -> bool:
+        """Whether a connection waits that no free thread will take."""
+        with self._counts:
+            return self._queued > self.cfg.threads - self._held
 
     def enqueue_req(self, conn):
-        with self._queued_lock:
+        with self._counts:
             self._queued += 1
         super().enqueue_req(conn)
+        if self._starved():
+            self._wakeup.set()
 
     def handle(self, conn):
-        with self._queued_lock:
+        with self._counts:
             self._queued -= 1
+            self._held += 1
+        try:
+            while True:
+                keepalive = super().handle(conn)
+                if keepalive is not True or not self.alive or self._starved():
+                    return keepalive
+                let_go = self._wait_for_request(conn)
+                if let_go is not None:
+                    return let_go
+        finally:
+            with self._counts:
+                self._held -= 1
+
+    def _wait_for_request(self, conn) -> bool | None:
+        """None once the connection has bytes to read (its next request, or
+        its close, which the next handle() sees); else what handle() returns
+        without answering: True to hand the connection back to the poller
+        (another connection needs this thread, or the worker stops), False
+        to close it (idle as long as gunicorn keeps a connection alive)."""
+        if conn.parser.unreader.buf.getvalue():
+            return None  # already read ahead: the socket will not signal it
+        sock = conn.sock.fileno()
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
+        poll.register(self._wakeup.fileno(), select.POLLIN)
+        deadline = time.monotonic() + self.cfg.keepalive
         while True:
-            keepalive = super().handle(conn)
-            if (keepalive is not True or not self.alive or self._queued
-                    or not _next_request_soon(conn)):
-                return keepalive
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready = {fd for fd, _ in poll.poll(min(left, CHECK_EVERY) * 1000)}
+            if sock in ready:
+                return None
+            if not self.alive or self.ppid != os.getppid():
+                return True  # gthread closes it as a stopping worker does
+            # one wake-up byte lets one thread go; one another thread took,
+            # or left from a wait that has since ended, lets none go
+            if ready and self._wakeup.take() and self._starved():
+                return True
+
+
+class Wakeup:
+    """A pipe threads wait on beside their connection: each byte written
+    wakes them all, and lets one of them go."""
+
+    def __init__(self):
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self, count=1):
+        try:
+            os.write(self._write, b"\0" * count)
+        except BlockingIOError:
+            pass  # full: it is readable, which is all a waiting thread needs
+
+    def take(self) -> bool:
+        """Whether this caller got a byte (another waiting thread did not)."""
+        try:
+            return bool(os.read(self._read, 1))
+        except BlockingIOError:
+            return False
+
+    def close(self):
+        os.close(self._read)
+        os.close(self._write)
 
 
 class PlainWorker(ThreadWorker):
@@ -231,13 +329,3 @@ def worker_class() -> type[ThreadWorker]:
 
 # Decided once, at import: gunicorn's master loads the class before forking.
 Worker = worker_class()
-
-
-def _next_request_soon(conn) -> bool:
-    """Whether the connection has (or within LINGER gets) bytes to read;
-    end of file counts too: the next handle() sees the close."""
-    if conn.parser.unreader.buf.getvalue():
-        return True  # already read ahead, the socket will not signal it
-    poll = select.poll()
-    poll.register(conn.sock, select.POLLIN)
-    return bool(poll.poll(LINGER * 1000))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
+from concurrent import futures
 
 import pytest
 from gunicorn.config import Config
@@ -67,66 +69,6 @@ def test_no_warning_when_nothing_is_missing(caplog):
     assert not [r for r in caplog.records if r.name == worker.__name__]
 
 
-# _next_request_soon on a real gunicorn connection over a socketpair
-
-@pytest.fixture
-def pair():
-    ours, peer = socket.socketpair()
-    yield ours, peer
-    ours.close()
-    peer.close()
-
-
-@pytest.fixture
-def conn(pair):
-    conn = TConn(Config(), pair[0], None, None)
-    conn.init()  # default settings: an HTTP/1 parser, nothing read
-    return conn
-
-
-def timed(func, *args):
-    start = time.monotonic()
-    result = func(*args)
-    return result, time.monotonic() - start
-
-
-def test_bytes_read_ahead_count_as_the_next_request(conn, monkeypatch):
-    # a long linger, so waiting on the (empty) socket could not go unnoticed
-    monkeypatch.setattr(worker, "LINGER", 5.0)
-    conn.parser.unreader.unread(b"GET /v2/ HTTP/1.1\r\n")
-    result, elapsed = timed(worker._next_request_soon, conn)
-    assert result is True
-    assert elapsed < 1
-
-
-def test_nothing_to_read_gives_up_after_the_linger(conn):
-    result, elapsed = timed(worker._next_request_soon, conn)
-    assert result is False
-    assert worker.LINGER * 0.9 <= elapsed < 1
-
-
-def test_a_request_already_sent_is_seen(conn, pair):
-    pair[1].sendall(b"GET /v2/ HTTP/1.1\r\n")
-    assert worker._next_request_soon(conn) is True
-
-
-def test_a_request_sent_during_the_linger_is_seen(conn, pair, monkeypatch):
-    monkeypatch.setattr(worker, "LINGER", 5.0)
-    timer = threading.Timer(0.05, pair[1].sendall, [b"GET /v2/ HTTP/1.1\r\n"])
-    timer.start()
-    try:
-        result, elapsed = timed(worker._next_request_soon, conn)
-    finally:
-        timer.join()
-    assert result is True
-    assert elapsed < 4
-
-
-def test_the_peer_closing_is_seen(conn, pair):
-    pair[1].close()
-    assert worker._next_request_soon(conn) is True
-
-
 # handle() of real workers on a real TCP connection
 
 def app(environ, start_response):
@@ -137,16 +79,33 @@ def app(environ, start_response):
 
 @pytest.fixture
 def make_worker():
+    """A worker as gunicorn's master makes it, then what init_process() sets
+    up in the forked worker for handle() (not its poller or thread pool)."""
     made = []
 
-    def make(cls):
+    def make(cls, threads=1, keepalive=30):
         cfg = Config()
-        made.append(cls(0, os.getppid(), [], None, 30, cfg, Logger(cfg)))
-        made[-1].wsgi = app
-        return made[-1]
+        cfg.set("threads", threads)
+        cfg.set("keepalive", keepalive)
+        w = cls(0, os.getppid(), [], None, 30, cfg, Logger(cfg))
+        w.wsgi = app
+        w.method_queue.init()
+        if isinstance(w, worker.LingeringWorker):
+            w._wakeup = worker.Wakeup()
+        made.append(w)
+        return w
     yield make
     for w in made:
         w.tmp.close()
+        w.method_queue.close()
+        if getattr(w, "_wakeup", None) is not None:
+            w._wakeup.close()
+
+
+def timed(func, *args):
+    start = time.monotonic()
+    result = func(*args)
+    return result, time.monotonic() - start
 
 
 @pytest.fixture
@@ -182,8 +141,11 @@ def responses(client, count):
         data += chunk
     assert data == b""
     client.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        client.recv(1)
+    try:
+        with pytest.raises(BlockingIOError):
+            client.recv(1)
+    finally:
+        client.setblocking(True)
     return bodies
 
 
@@ -206,20 +168,138 @@ def test_the_thread_answers_the_next_request_itself(make_worker, tcp):
     w = make_worker(worker.LingeringWorker)
     w._queued = 1  # as enqueue_req() left it for this connection
     client.sendall(get("/1") + get("/2") + get("/3"))
-    assert w.handle(conn) is True
-    assert responses(client, 3) == ["/1", "/2", "/3"]
-    assert w._queued == 0
+    # a pause longer than gthread's round trip, shorter than its keepalive
+    later = threading.Timer(0.3, client.sendall, [get("/4", close=True)])
+    later.start()
+    try:
+        assert w.handle(conn) is False  # the client's Connection: close
+    finally:
+        later.join()
+    assert responses(client, 4) == ["/1", "/2", "/3", "/4"]
+    assert (w._queued, w._held) == (0, 0)
+
+
+def test_an_idle_connection_is_closed_after_gunicorns_keepalive(make_worker, tcp):
+    conn, client = tcp
+    w = make_worker(worker.LingeringWorker, keepalive=1)
+    w._queued = 1
+    client.sendall(get("/1"))
+    result, elapsed = timed(w.handle, conn)
+    assert result is False
+    assert 1 <= elapsed < 3
+    assert responses(client, 1) == ["/1"]
+
+
+def test_the_peer_closing_ends_the_wait(make_worker, tcp):
+    conn, client = tcp
+    w = make_worker(worker.LingeringWorker)
+    w._queued = 1
+    client.sendall(get("/1"))
+    later = threading.Timer(0.2, client.shutdown, [socket.SHUT_WR])
+    later.start()
+    try:
+        result, elapsed = timed(w.handle, conn)
+    finally:
+        later.join()
+    assert result is False
+    assert elapsed < 3
+    assert responses(client, 1) == ["/1"]
 
 
 def test_the_connection_goes_back_when_another_waits(make_worker, tcp):
     conn, client = tcp
     w = make_worker(worker.LingeringWorker)
-    w._queued = 2  # this connection and another one
+    w._queued = 2  # this connection and another one, and one thread
     client.sendall(get("/1") + get("/2"))
     assert w.handle(conn) is True
     assert responses(client, 1) == ["/1"]
     # gunicorn's finish_request() queues it again for what it read ahead
     assert conn.parser.unreader.buf.getvalue() == get("/2")
+
+
+# the thread pool of a real worker with one thread: a connection its thread
+# waits on, and another one queued for it
+
+@pytest.fixture
+def tcp2(tcp):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, addr = listener.accept()
+    client.settimeout(5)
+    yield tcp, (TConn(Config(), server, addr, server.getsockname()), client)
+    client.close()
+    server.close()
+
+
+@pytest.fixture
+def pool_worker(make_worker):
+    w = make_worker(worker.LingeringWorker)
+    w.tpool = futures.ThreadPoolExecutor(max_workers=w.cfg.threads)
+    yield w
+    w.alive = False
+    w._wakeup.set(w.cfg.threads)
+    w.tpool.shutdown(wait=True)
+
+
+def answered_and_waiting(w, conn, client, path):
+    """Queue the connection as gunicorn does; once answered its thread waits on it."""
+    done = []
+    w.tpool.submit(lambda: None).add_done_callback(done.append)  # the thread is up
+    client.sendall(get(path))
+    future = submit(w, conn)
+    assert responses(client, 1) == [path]
+    assert not future.done()
+    return future
+
+
+def submit(w, conn):
+    """enqueue_req(), keeping the future that gthread hands to its main thread."""
+    futures_made = []
+    real_submit = w.tpool.submit
+
+    def submit_keeping(*args):
+        futures_made.append(real_submit(*args))
+        return futures_made[-1]
+    w.tpool.submit = submit_keeping
+    try:
+        w.enqueue_req(conn)
+    finally:
+        w.tpool.submit = real_submit
+    return futures_made[0]
+
+
+def test_a_queued_connection_takes_the_thread_from_a_waiting_one(pool_worker, tcp2):
+    (idle, idle_client), (other, other_client) = tcp2
+    waiting = answered_and_waiting(pool_worker, idle, idle_client, "/idle")
+    other_client.sendall(get("/other"))
+    started = time.monotonic()
+    second = submit(pool_worker, other)
+    assert responses(other_client, 1) == ["/other"]
+    assert time.monotonic() - started < 1  # not gunicorn's keepalive (30 s here)
+    # the idle one went back to gunicorn's poller, kept alive
+    assert waiting.result(timeout=1) is True
+    assert not second.done()  # and the thread waits on the other one now
+
+
+def test_a_wakeup_with_nothing_queued_lets_no_thread_go(pool_worker, tcp):
+    conn, client = tcp
+    waiting = answered_and_waiting(pool_worker, conn, client, "/1")
+    pool_worker._wakeup.set()  # e.g. left from a connection a freed thread took
+    time.sleep(0.3)
+    assert not waiting.done()
+    client.sendall(get("/2"))
+    assert responses(client, 1) == ["/2"]
+
+
+def test_a_stopping_worker_lets_go_of_waiting_connections(pool_worker, tcp):
+    conn, client = tcp
+    waiting = answered_and_waiting(pool_worker, conn, client, "/1")
+    started = time.monotonic()
+    pool_worker.handle_exit(signal.SIGTERM, None)
+    # True: gthread's finish_request() keeps it briefly, as it does with every
+    # kept-alive connection of a stopping worker, then closes it
+    assert waiting.result(timeout=5) is True
+    assert time.monotonic() - started < 1
 
 
 def test_a_stopping_worker_keeps_no_connection(make_worker, tcp):
