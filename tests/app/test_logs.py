@@ -1,0 +1,117 @@
+"""The access log (app/logs.py) as gunicorn sets it up: one line per
+request, written straight to gunicorn's own handler or through logging."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+
+import pytest
+from gunicorn.config import Config
+
+from app.logs import AccessLogger, JsonAccessLogger
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+class Response:
+    """What gunicorn's access() reads of a response."""
+    status_code = 200
+    sent = 0
+    headers = [("Docker-Content-Digest", DIGEST), ("Content-Length", "0"),
+               ("X-Request-ID", "req-1")]
+
+
+def environ(peer="127.0.0.1", forwarded="203.0.113.7"):
+    return {"REMOTE_ADDR": peer, "HTTP_X_FORWARDED_FOR": forwarded, "REQUEST_METHOD": "GET",
+            "RAW_URI": f"/v2/shell/hello/blobs/{DIGEST}", "HTTP_USER_AGENT": "skopeo/1.9",
+            "REMOTE_USER": "alice"}
+
+
+LINE = (f'203.0.113.7 alice "GET /v2/shell/hello/blobs/{DIGEST}" 200 0 1.2ms [req-1] '
+        '"skopeo/1.9"\n')
+
+
+@pytest.fixture
+def make_logger(tmp_path):
+    made = []
+
+    def make(cls=AccessLogger, **settings):
+        cfg = Config()
+        cfg.set("accesslog", str(tmp_path / "access.log"))
+        cfg.set("forwarded_allow_ips", "127.0.0.1")
+        for name, value in settings.items():
+            cfg.set(name, value)
+        made.append(cls(cfg))
+        return made[-1]
+    yield make
+    for log in made:
+        for handler in list(log.access_log.handlers):
+            if getattr(handler, "_gunicorn", False):
+                log.access_log.removeHandler(handler)
+                handler.close()
+
+
+def log_one(log, env=None):
+    log.access(Response, None, env or environ(), datetime.timedelta(microseconds=1234))
+
+
+def test_a_line_per_request(make_logger, tmp_path):
+    log = make_logger()
+    log_one(log)
+    log_one(log)
+    assert (tmp_path / "access.log").read_text() == LINE * 2
+
+
+def test_the_client_is_the_forwarded_address_only_from_a_trusted_peer(make_logger, tmp_path):
+    log = make_logger()
+    log_one(log, environ(peer="198.51.100.9"))
+    assert (tmp_path / "access.log").read_text().startswith('198.51.100.9 alice "GET ')
+
+
+def test_json_lines(make_logger, tmp_path):
+    log = make_logger(JsonAccessLogger)
+    log_one(log)
+    event = json.loads((tmp_path / "access.log").read_text())
+    assert event.pop("time").endswith("Z")
+    assert event == {"client": "203.0.113.7", "user": "alice", "method": "GET",
+                     "path": f"/v2/shell/hello/blobs/{DIGEST}", "status": 200, "bytes": 0,
+                     "duration_ms": 1.2, "user_agent": "skopeo/1.9", "request_id": "req-1",
+                     "logger": "access"}
+
+
+def test_a_reopened_file_gets_the_next_lines(make_logger, tmp_path):
+    # what logrotate does: move the file away, then USR1 makes gunicorn reopen it
+    log = make_logger()
+    log_one(log)
+    os.rename(tmp_path / "access.log", tmp_path / "access.log.1")
+    log.reopen_files()
+    log_one(log)
+    assert (tmp_path / "access.log.1").read_text() == LINE
+    assert (tmp_path / "access.log").read_text() == LINE
+
+
+def test_a_handler_of_its_own_format_gets_lines_through_logging(make_logger, tmp_path):
+    log = make_logger()
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(self.format(record))
+    keep = Keep()
+    keep.setFormatter(logging.Formatter("access: %(message)s"))
+    log.access_log.addHandler(keep)
+    try:
+        log.setup(log.cfg)  # as a configuration reload does
+        log_one(log)
+    finally:
+        log.access_log.removeHandler(keep)
+    assert seen == ["access: " + LINE.rstrip("\n")]
+    assert (tmp_path / "access.log").read_text() == LINE
+
+
+def test_no_line_without_an_access_log(make_logger, tmp_path):
+    log = make_logger(accesslog=None)
+    log_one(log)
+    assert not (tmp_path / "access.log").exists()
