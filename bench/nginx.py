@@ -16,6 +16,11 @@ at 16 connections:
   ten times nginx's: bench/README.md, "Tail latency of large blobs".)
 - cached manifest GET by tag: nginx + registry vs the registry directly
   (gunicorn), to say what the hop costs; no target.
+- gunicorn's own floor, for the layers below 4 MB, where the cost of a
+  request weighs most: nginx in front of bench/floor.py (a WSGI app that
+  only answers X-Accel-Redirect, under gunicorn.conf.py's settings) vs
+  nginx alone, and the registry vs that floor.  No target: it says how
+  much of what gunicorn allows here the registry reaches.
 
 The layers are the largest of each of --blob-images, built in that order
 into fresh storage with the registry's derived layering (no
@@ -48,11 +53,11 @@ from storage import keys
 
 from .common import (OCI_MANIFEST, Process, free_port, median, ms, need, registry, servers,
                      wrk)
+from .floor import ACCEL
 from .serve import largest_layer, nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEPLOY_CONF = os.path.join(HERE, os.pardir, "deploy", "nginx.conf")
-ACCEL = "/_registry_blobs/"
 
 BLOB_TARGET = 0.9        # nginx + registry / nginx alone, MB/s, layers from SMALL_BLOB up
 SMALL_BLOB_TARGET = 0.8  # the same below SMALL_BLOB bytes
@@ -60,12 +65,12 @@ SMALL_BLOB = 4_000_000
 P99_TARGET = 2.0         # nginx + registry / nginx alone, p99 on --latency-image's layer, at most
 
 
-def front(workdir, upstream, storage_root) -> tuple[Process, str]:
+def front(workdir, upstream, storage_root, name="front") -> tuple[Process, str]:
     """Debian's nginx with deploy/nginx.conf, its three machine-specific
     values set as tests/e2e/test_nginx.py sets them: this port, our
     gunicorn, our storage folder."""
     port = free_port()
-    prefix = os.path.join(workdir, "front")
+    prefix = os.path.join(workdir, name)
     os.makedirs(prefix, exist_ok=True)
     with open(DEPLOY_CONF) as f:
         conf = f.read()
@@ -130,6 +135,15 @@ def check_blob(ours, front_host, static_host, image, layer):
         sys.exit(f"nginx alone served {got} for {keys.blob(digest)}, the file is {on_disk}")
 
 
+def check_floor(floor_host, layer):
+    """The floor's nginx sends the same bytes."""
+    r = requests.get(f"http://{floor_host}/v2/floor/blobs/{layer['digest']}", timeout=120)
+    r.raise_for_status()
+    got = "sha256:" + hashlib.sha256(r.content).hexdigest()
+    if got != layer["digest"]:
+        sys.exit(f"nginx + bench/floor.py served {got} for {layer['digest']}")
+
+
 def check_manifest(ours, front_host, image):
     """The same manifest directly and through nginx, the registry's headers on both."""
     url = f"/v2/{image}/manifests/latest"
@@ -184,10 +198,16 @@ def main(argv=None):
         stack.append(fr)
         static, static_host = nginx(workdir, ours.env["STORAGE_PATH"])
         stack.append(static)
+        floor = registry(os.path.join(workdir, "floor"), app="bench.floor:app").start()
+        stack.append(floor)
+        floor_front, floor_host = front(workdir, floor.host, ours.env["STORAGE_PATH"],
+                                        name="front-floor")
+        stack.append(floor_front)
 
         check_manifest(ours, front_host, args.image)
         for image, layer in layers.items():
             check_blob(ours, front_host, static_host, image, layer)
+            check_floor(floor_host, layer)
 
         name = args.image
         urls = {
@@ -203,6 +223,10 @@ def main(argv=None):
                 f"http://{front_host}/v2/{image}/blobs/{layer['digest']}"
             urls[f"nginx blob {size}"] = f"http://{static_host}/{keys.blob(layer['digest'])}"
             pairs[f"blob {size}"] = (f"nginx+registry blob {size}", f"nginx blob {size}")
+            if layer["size"] < SMALL_BLOB:
+                urls[f"nginx+floor blob {size}"] = \
+                    f"http://{floor_host}/v2/{image}/blobs/{layer['digest']}"
+                pairs[f"floor blob {size}"] = (f"nginx+floor blob {size}", f"nginx blob {size}")
 
         accept = [f"Accept: {OCI_MANIFEST}"]
         runs = {label: [] for label in urls}
@@ -260,6 +284,13 @@ def main(argv=None):
                   f"{'met' if ratio >= target else 'MISSED'})")
             ok = ok and ratio >= target
             p99 = median(r["p99_us"])
+            if f"floor blob {size}" in ratios:
+                floor_r = ratios[f"floor blob {size}"]["mb_s"]
+                of_floor = [mine / base for mine, base in zip(r["mb_s"], floor_r)]
+                print(f"blob GET of a {size} layer, nginx+floor / nginx alone MB/s: "
+                      f"{median(floor_r):.2f}x (per round {rounds(floor_r)}): gunicorn's floor "
+                      f"here; the registry reaches {median(of_floor):.2f}x of it "
+                      f"(per round {rounds(of_floor)}); no target")
             if image == args.latency_image:
                 print(f"blob GET of a {size} layer, nginx+registry / nginx alone p99: {p99:.2f}x "
                       f"(per round {rounds(r['p99_us'])}; target <= {P99_TARGET}x: "

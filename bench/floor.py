@@ -1,0 +1,34 @@
+"""gunicorn's own floor behind nginx, for bench/nginx.py.
+
+A WSGI app that answers a blob GET as the registry does behind nginx
+(NIXERY_BLOB_ACCEL: its headers, an empty body and X-Accel-Redirect to the
+blob's file) but checks and counts nothing, run by gunicorn.conf.py like
+the registry: the same worker class, workers, threads, keepalive and access
+log.  What nginx in front of it reaches is what any registry behind the same
+gunicorn could reach on this machine, whatever its own work costs.
+
+    gunicorn -c gunicorn.conf.py bench.floor:app
+"""
+from __future__ import annotations
+
+import os
+
+from storage import keys
+
+ACCEL = "/_registry_blobs/"  # deploy/nginx.conf's internal location
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    if "/blobs/" not in path:  # /healthz, /v2/: what the benchmark waits on
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
+        return [b"{}"]
+    digest = path.rsplit("/", 1)[1]
+    start_response("200 OK", [
+        ("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'),
+        ("Cache-Control", "max-age=31536000, immutable"),
+        ("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes"),
+        ("Content-Length", "0"), ("X-Accel-Redirect", f"{ACCEL}{keys.blob(digest)}"),
+        ("Docker-Distribution-API-Version", "registry/2.0"),
+        ("X-Request-ID", environ.get("HTTP_X_REQUEST_ID") or os.urandom(16).hex())])
+    return [b""]
