@@ -29,6 +29,18 @@ def get(conn, path="/v2/"):
     return r.status, r.read()
 
 
+def waits_of_new_clients(server, count=5) -> list[float]:
+    """How long each of `count` new clients, one after another, waited for /v2/."""
+    waits = []
+    for _ in range(count):
+        other = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        started = time.monotonic()
+        assert get(other) == (200, b"{}")
+        waits.append(time.monotonic() - started)
+        other.close()
+    return waits
+
+
 def test_a_long_run_of_requests_on_one_connection(one_thread):
     conn = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=10)
     sock = None
@@ -57,13 +69,7 @@ def test_a_busy_connection_does_not_starve_another(one_thread):
     try:
         while len(busy_answers) < 50:  # it has the only thread now
             time.sleep(0.01)
-        waits = []
-        for _ in range(5):
-            other = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=30)
-            started = time.monotonic()
-            assert get(other) == (200, b"{}")
-            waits.append(time.monotonic() - started)
-            other.close()
+        waits = waits_of_new_clients(one_thread)
     finally:
         stop.set()
         t.join()
@@ -89,13 +95,7 @@ def test_a_client_closing_while_a_thread_waits_for_it(one_thread):
 def test_an_idle_connection_does_not_starve_another(one_thread):
     idle = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=10)
     assert get(idle) == (200, b"{}")  # and then quiet, kept alive: the thread waits on it
-    waits = []
-    for _ in range(5):
-        other = http.client.HTTPConnection("127.0.0.1", one_thread.port, timeout=30)
-        started = time.monotonic()
-        assert get(other) == (200, b"{}")
-        waits.append(time.monotonic() - started)
-        other.close()
+    waits = waits_of_new_clients(one_thread)
     # the idle one was handed back to the poller, not closed
     assert get(idle) == (200, b"{}")
     idle.close()
