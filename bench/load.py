@@ -40,8 +40,8 @@ BUILDABLE = ["hello", "git", "htop", "curl", "nano", "moreutils", "coreutils", "
 CACHED = ["shell/hello", "git/htop", "curl"]
 UNKNOWN = ["nosuchpkg", "gti", "htop/curll", "hello/nosuchpkg"]
 # The access log line the server writes for every request the app answers
-# (app/logs.py): client "METHOD path" status bytes duration_ms "ms" ...
-ACCESS_RE = re.compile(r'^\S+ "(\S+) (.*?)" (\d{3}) \S+ ([\d.]+)ms ', re.M)
+# (app/logs.py): client user "METHOD path" status bytes duration_ms "ms" ...
+ACCESS_RE = re.compile(r'^\S+ \S+ "(\S+) (.*?)" (\d{3}) \S+ ([\d.]+)ms ', re.M)
 BUILDING, BUILT = "builders.service: building ", "builders.service: built "
 BUILDING_RE = re.compile(r"builders\.service: building (\S+) for ")
 
