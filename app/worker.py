@@ -89,11 +89,13 @@ def _check_methods() -> list[str]:
                 args.split(",")):
             missing.append(f"ThreadWorker.{name}({args}), found "
                            f"{name}{inspect.signature(method)}")
-    # read from handle() to stop keeping a connection while the worker stops
-    if not any("alive" in _self_attributes_set(vars(cls)["__init__"])
-               for cls in ThreadWorker.__mro__
-               if inspect.isfunction(vars(cls).get("__init__"))):
-        missing.append("a worker attribute 'alive' set in __init__")
+    # read while a connection is kept, to let go of it when the worker stops
+    # (alive) or its master is gone (ppid)
+    for attribute in ("alive", "ppid"):
+        if not any(attribute in _self_attributes_set(vars(cls)["__init__"])
+                   for cls in ThreadWorker.__mro__
+                   if inspect.isfunction(vars(cls).get("__init__"))):
+            missing.append(f"a worker attribute '{attribute}' set in __init__")
     return missing
 
 

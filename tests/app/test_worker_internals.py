@@ -14,6 +14,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.http.unreader import Unreader
+from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from app import worker
@@ -38,11 +39,26 @@ def unreader_without_buffer(self):
     pass
 
 
+def init_process_taking_sockets(self, sockets):
+    pass
+
+
+def handle_exit_without_frame(self, sig):
+    pass
+
+
+def worker_init_without_ppid(self, age, ppid, sockets, app, timeout, cfg, log):
+    self.alive = True
+
+
 @pytest.mark.parametrize("owner,name,replacement,named", [
     (ThreadWorker, "handle", handle_taking_a_deadline, "handle(self, conn)"),
     (ThreadWorker, "enqueue_req", None, "enqueue_req"),
     (ThreadWorker, "handle", handle_returning_connection_state, "conn.state"),
     (Unreader, "__init__", unreader_without_buffer, "unreader.buf"),
+    (ThreadWorker, "init_process", init_process_taking_sockets, "init_process(self)"),
+    (ThreadWorker, "handle_exit", handle_exit_without_frame, "handle_exit(self, sig, frame)"),
+    (Worker, "__init__", worker_init_without_ppid, "'ppid'"),
 ])
 def test_a_missing_internal_falls_back_to_plain_gthread(
         monkeypatch, caplog, owner, name, replacement, named):
