@@ -213,7 +213,7 @@ class Authenticate:
             metrics.REFUSALS.labels("auth").inc()
             status, headers, body = e.render()
             if environ.get("PATH_INFO", "").startswith("/v2"):
-                headers.append(("Docker-Distribution-API-Version", "registry/2.0"))
+                headers.append(wire.API_VERSION)
             start_response(f"{status} {wire.reason(e.message)}", headers)
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
         return self.app(environ, start_response)

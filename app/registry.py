@@ -31,12 +31,11 @@ from . import errors, grammar, metrics, wire
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
                      PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
 from .scope import ROUTE
-from .wire import Call, Reply
+from .wire import API_VERSION, Call, Reply
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/v2"
-API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 
 
 class RegistryAPI:
@@ -193,8 +192,7 @@ class RegistryAPI:
         """A blob's bytes (or a redirect to them), whole or a range."""
         f = self._open_blob(digest)
         size = f.seek(0, os.SEEK_END)
-        headers = [("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'),
-                   ("Cache-Control", "max-age=31536000, immutable")]
+        headers = [("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'), wire.BLOB_CACHE]
         if call.method == "GET":
             url = self.storage.url(keys.blob(digest))
             if url:

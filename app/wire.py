@@ -15,6 +15,10 @@ from . import metrics
 CHUNK = 1 << 20
 REASON_MAX = 300
 STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in http.HTTPStatus}
+# on every /v2 answer, the registry's own and those answered in front of it
+API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
+# a blob's bytes never change under its digest
+BLOB_CACHE = ("Cache-Control", "max-age=31536000, immutable")
 
 
 class Reply:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from app.wire import API_VERSION, BLOB_CACHE
 from storage import keys
 
 ACCEL = "/_registry_blobs/"  # deploy/nginx.conf's internal location
@@ -25,10 +26,8 @@ def app(environ, start_response):
         return [b"{}"]
     digest = path.rsplit("/", 1)[1]
     start_response("200 OK", [
-        ("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'),
-        ("Cache-Control", "max-age=31536000, immutable"),
+        ("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'), BLOB_CACHE,
         ("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes"),
         ("Content-Length", "0"), ("X-Accel-Redirect", f"{ACCEL}{keys.blob(digest)}"),
-        ("Docker-Distribution-API-Version", "registry/2.0"),
-        ("X-Request-ID", environ.get("HTTP_X_REQUEST_ID") or os.urandom(16).hex())])
+        API_VERSION, ("X-Request-ID", environ.get("HTTP_X_REQUEST_ID") or os.urandom(16).hex())])
     return [b""]
