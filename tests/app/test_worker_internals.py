@@ -1,5 +1,6 @@
-"""The gunicorn internals app/worker.py relies on, checked against the
-installed gunicorn, and the plain gthread worker it falls back to."""
+"""The gunicorn internals app/worker.py relies on (app/gthread_internals.py),
+checked against the installed gunicorn; the plain gthread worker it falls
+back to; and LingeringWorker on real connections."""
 from __future__ import annotations
 
 import logging
@@ -17,13 +18,13 @@ from gunicorn.http.unreader import Unreader
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from app import worker
+from app import gthread_internals, worker
 
 
 def test_the_installed_gunicorn_has_every_internal_the_worker_uses():
     # fails on a gunicorn upgrade that changes them: app/worker.py would
     # serve with plain gthread workers, so look at what changed
-    assert worker.missing_internals() == []
+    assert gthread_internals.missing_internals() == []
     assert worker.Worker is worker.LingeringWorker
 
 
@@ -66,7 +67,7 @@ def test_a_missing_internal_falls_back_to_plain_gthread(
         monkeypatch.delattr(owner, name)
     else:
         monkeypatch.setattr(owner, name, replacement)
-    missing = worker.missing_internals()
+    missing = gthread_internals.missing_internals()
     assert any(named in m for m in missing), missing
     with caplog.at_level(logging.WARNING, logger=worker.__name__):
         chosen = worker.worker_class()
