@@ -201,10 +201,12 @@ class RegistryAPI:
         if wire.not_modified(call, digest):
             f.close()
             return Reply(304, headers)
-        headers += [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes")]
+        headers.append(("Content-Type", "application/octet-stream"))
         if self.blob_accel and call.method == "GET":
             # checked (and made again if it was missing) above: the web
-            # server in front sends the file, ranges included
+            # server in front sends the file, ranges included, and says
+            # Accept-Ranges itself (nginx keeps this answer's Cache-Control
+            # and Content-Type, so one of its own would be a second one)
             f.close()
             metrics.BLOB_BYTES.inc(size)
             # an empty body with its length: without one gunicorn sends it
@@ -212,6 +214,7 @@ class RegistryAPI:
             # instead of keeping it alive for the next request
             return Reply(200, [*headers, ("Content-Length", "0"), (
                 "X-Accel-Redirect", f"{self.blob_accel}{keys.blob(digest)}")])
+        headers.append(("Accept-Ranges", "bytes"))
         start, stop, status = 0, size, 200
         span = wire.requested_range(call, digest, size)
         if span is not None:

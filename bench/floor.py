@@ -27,7 +27,7 @@ def app(environ, start_response):
     digest = path.rsplit("/", 1)[1]
     start_response("200 OK", [
         ("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'), BLOB_CACHE,
-        ("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes"),
+        ("Content-Type", "application/octet-stream"),
         ("Content-Length", "0"), ("X-Accel-Redirect", f"{ACCEL}{keys.blob(digest)}"),
         API_VERSION, ("X-Request-ID", environ.get("HTTP_X_REQUEST_ID") or os.urandom(16).hex())])
     return [b""]

@@ -111,6 +111,9 @@ def test_blobs_through_nginx_keep_the_registrys_headers_and_ranges(fronted):
     assert whole.headers["X-Request-ID"] == "nginx-e2e-1"
     assert whole.headers["ETag"] == f'"{layer["digest"]}"'
     assert "X-Accel-Redirect" not in whole.headers
+    assert whole.headers["Cache-Control"] == "max-age=31536000, immutable"
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    _each_header_once(whole)
     # the registry checked it and sent no bytes of it: nginx did
     line = next(l for l in server.read_log().splitlines() if "[nginx-e2e-1]" in l)
     assert f'"GET /v2/git/blobs/{layer["digest"]}" 200 0 ' in line
@@ -118,12 +121,22 @@ def test_blobs_through_nginx_keep_the_registrys_headers_and_ranges(fronted):
     assert part.status_code == 206 and part.content == whole.content[100:200]
     assert part.headers["Content-Range"] == f"bytes 100-199/{layer['size']}"
     assert part.headers["Docker-Content-Digest"] == layer["digest"]
+    _each_header_once(part)
     head = requests.head(url)
     assert head.status_code == 200 and head.headers["Content-Length"] == str(layer["size"])
+    _each_header_once(head)
     same = requests.get(url, headers={"If-None-Match": f'"{layer["digest"]}"'})
     assert same.status_code == 304
     missing = requests.get(f"{nginx.url}/v2/git/blobs/sha256:{'0' * 64}")
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+def _each_header_once(response):
+    """nginx keeps some of the registry's headers on an X-Accel-Redirect and
+    adds its own: none may come twice (a client would read `bytes, bytes`)."""
+    raw = response.raw.headers
+    twice = {name: raw.getlist(name) for name in raw if len(raw.getlist(name)) > 1}
+    assert not twice, twice
 
 
 def test_a_missing_blob_is_made_again_behind_nginx(fronted):
