@@ -31,6 +31,13 @@ def parse_peers(spec: str) -> tuple:
     return tuple(nets)
 
 
+def script_name(environ=None) -> str:
+    """The path prefix gunicorn strips from every request's path (its own
+    SCRIPT_NAME variable, read by gunicorn itself, not a registry setting):
+    app/http1.py leaves requests to gunicorn when one is set."""
+    env = os.environ if environ is None else environ
+    return env.get("SCRIPT_NAME", "")
+
 
 class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the variable."""

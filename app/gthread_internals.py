@@ -7,7 +7,9 @@ to the pool, `ThreadWorker.handle(conn)` answers one request and returns
 True exactly when the connection may be kept alive, `init_process()` runs in
 the forked worker, `handle_exit(sig, frame)` on SIGTERM, the worker's
 `alive` and `ppid`, and a connection's `sock` and `parser.unreader.buf`
-(the bytes already read ahead).  missing_internals() says which of them the
+(the bytes already read ahead), and what app/http1.py takes from gunicorn
+to answer plain requests as gthread would (see _check_plain).
+missing_internals() says which of them the
 installed gunicorn lacks or has changed, so that app/worker.py can fall back
 to plain gthread workers, and tests/app/test_worker_internals.py fails
 before such an upgrade is deployed.
@@ -38,7 +40,8 @@ def missing_internals() -> list[str]:
             ("ThreadWorker.enqueue_req/handle/init_process/handle_exit, alive, ppid",
              _check_methods),
             ("what ThreadWorker.handle() returns", _check_handle_returns),
-            ("a connection's sock and parser.unreader.buf", _check_conn)):
+            ("a connection's sock and parser.unreader.buf", _check_conn),
+            ("what app/http1.py reads and calls of gunicorn", _check_plain)):
         try:
             missing.extend(check())
         except Exception as e:  # changed beyond what the check can read, e.g. no source
@@ -171,4 +174,46 @@ def _check_conn() -> list[str]:
     finally:
         ours.close()
         peer.close()
+    return missing
+
+
+def _check_plain() -> list[str]:
+    """What app/http1.py relies on: a connection's client, server address,
+    HTTP/2 flag and parser; the unreader's take_buffered() and unread(); the
+    worker's request count, its keep-alive bookkeeping, load_wsgi() and
+    handle_error(); and gunicorn's own response checks, environ base and
+    trusted-peer test, so that plain requests are held to gunicorn's rules."""
+    from gunicorn import util
+    from gunicorn.http import message, wsgi
+    from gunicorn.workers import base
+
+    missing = []
+    conn_attributes = _self_attributes_set(gthread.TConn.__init__)
+    missing += [f"TConn.{a}" for a in ("client", "server", "is_http2", "parser")
+                if a not in conn_attributes]
+    for name in ("take_buffered", "unread"):
+        if not inspect.isfunction(getattr(http.unreader.Unreader, name, None)):
+            missing.append(f"Unreader.{name}()")
+    worker_attributes = set()
+    for cls in ThreadWorker.__mro__:
+        if inspect.isfunction(vars(cls).get("__init__")):
+            worker_attributes |= _self_attributes_set(vars(cls)["__init__"])
+    missing += [f"a worker attribute '{a}' set in __init__"
+                for a in ("nr", "max_requests", "keepalived_conns", "max_keepalived")
+                if a not in worker_attributes]
+    for name, args in (("load_wsgi", ["self"]),
+                       ("handle_error", ["self", "req", "client", "addr", "exc"])):
+        method = getattr(base.Worker, name, None)
+        if not inspect.isfunction(method) or list(inspect.signature(method).parameters) != args:
+            missing.append(f"Worker.{name}({', '.join(args)})")
+    if list(inspect.signature(getattr(message, "_ip_in_allow_list", len)).parameters) != [
+            "ip_str", "allow_list", "networks"]:
+        missing.append("gunicorn.http.message._ip_in_allow_list(ip_str, allow_list, networks)")
+    if not callable(getattr(Config(), "forwarded_allow_networks", None)):
+        missing.append("Config.forwarded_allow_networks()")
+    for module, names in ((wsgi, ("STATUS_RE", "TOKEN_RE", "HEADER_VALUE_RE", "SERVER",
+                                  "base_environ", "InvalidResponseHeader",
+                                  "InvalidResponseHeaderName")),
+                          (util, ("http_date", "is_hoppish", "unquote_to_wsgi_str"))):
+        missing += [f"{module.__name__}.{n}" for n in names if not hasattr(module, n)]
     return missing

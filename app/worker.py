@@ -34,7 +34,9 @@ import time
 import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
+from .config import script_name
 from .gthread_internals import missing_internals
+from .http1 import PlainHTTP
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,16 @@ class LingeringWorker(ThreadWorker):
         self._held = 0
         self._counts = threading.Lock()
         self._wakeup = None  # made in the forked worker: init_process()
+        self._plain = None   # app/http1.py, once the app is loaded
 
     def init_process(self):
         self._wakeup = Wakeup()
         super().init_process()
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        if PlainHTTP.usable(self.cfg, script_name()):
+            self._plain = PlainHTTP(self)
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
@@ -85,16 +93,30 @@ class LingeringWorker(ThreadWorker):
             self._queued -= 1
             self._held += 1
         try:
+            keepalive = super().handle(conn)  # a connection's first request is gunicorn's
             while True:
-                keepalive = super().handle(conn)
                 if keepalive is not True or not self.alive or self._starved():
                     return keepalive
                 let_go = self._wait_for_request(conn)
                 if let_go is not None:
                     return let_go
+                keepalive = self._next_request(conn)
         finally:
             with self._counts:
                 self._held -= 1
+
+    def _next_request(self, conn):
+        """Answer the next request on a kept connection: a plain one here
+        (app/http1.py), any other by gthread as before."""
+        if self._plain is not None:
+            try:
+                kept = self._plain.serve(conn)
+            except OSError as e:
+                self.log.debug("Connection lost: %s", e)
+                return False
+            if kept is not None:
+                return kept
+        return super().handle(conn)
 
     def _wait_for_request(self, conn) -> bool | None:
         """None once the connection has bytes to read (its next request, or

@@ -19,6 +19,7 @@ from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from app import gthread_internals, worker
+from app.http1 import PlainHTTP
 
 
 def test_the_installed_gunicorn_has_every_internal_the_worker_uses():
@@ -109,6 +110,7 @@ def make_worker():
         w.method_queue.init()
         if isinstance(w, worker.LingeringWorker):
             w._wakeup = worker.Wakeup()
+            w._plain = PlainHTTP(w)  # as load_wsgi() makes it
         made.append(w)
         return w
     yield make
@@ -194,6 +196,27 @@ def test_the_thread_answers_the_next_request_itself(make_worker, tcp):
         later.join()
     assert responses(client, 4) == ["/1", "/2", "/3", "/4"]
     assert (w._queued, w._held) == (0, 0)
+
+
+def test_plain_requests_after_the_first_are_read_by_app_http1(make_worker, tcp):
+    conn, client = tcp
+    w = make_worker(worker.LingeringWorker)
+    w._queued = 1
+    served = []
+    serve = w._plain.serve
+
+    def spy(c):
+        served.append(serve(c))
+        return served[-1]
+    w._plain.serve = spy
+    post = b"POST /3 HTTP/1.1\r\nHost: registry\r\nContent-Length: 4\r\n\r\nbody"
+    client.sendall(get("/1") + get("/2") + post + get("/4") + get("/5", close=True))
+    assert w.handle(conn) is False
+    assert responses(client, 5) == ["/1", "/2", "/3", "/4", "/5"]
+    # /1 is gunicorn's (a connection's first request), /2 and /4 plain ones,
+    # /3 (a body) and /5 (Connection: close) went back to gunicorn unread
+    assert served == [True, None, True, None]
+    assert (w._queued, w._held, w.nr) == (0, 0, 5)
 
 
 def test_an_idle_connection_is_closed_after_gunicorns_keepalive(make_worker, tcp):

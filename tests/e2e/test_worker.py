@@ -117,3 +117,68 @@ def test_a_stopping_server_does_not_wait_for_idle_connections(one_thread):
     with pytest.raises((ConnectionError, http.client.HTTPException)):
         get(idle)
     idle.close()
+
+
+# The same requests, each alone on a new connection (gunicorn reads a
+# connection's first request) and pipelined on one kept connection (plain
+# ones then read by app/http1.py, the others by gunicorn): a client cannot
+# tell which read it.
+PIPELINED = [
+    ("GET", "/v2/", ""),
+    ("HEAD", "/v2/", ""),
+    ("GET", "/v2/shell/manifests/not%20a%20tag", ""),
+    ("GET", "/v2/no..such/blobs/sha256:" + "0" * 64, ""),
+    ("GET", "/v2/_catalog?n=1", "Accept: application/json\r\nAccept: text/html\r\n"),
+    ("POST", "/v2/shell/blobs/uploads/", "Content-Length: 5\r\n\r\nhello"),
+    ("GET", "/v2/shell/tags/list?n=0", "X-Forwarded-Proto: https\r\n"),
+    ("DELETE", "/v2/shell/manifests/latest", ""),
+    ("GET", "/healthz", "If-None-Match: \"x\"\r\n"),
+    ("GET", "/nothing/here", ""),
+]
+
+
+def _request(method, path, extra, close=False):
+    head, _, body = extra.partition("\r\n\r\n")
+    fields = head + ("\r\n" if head and not head.endswith("\r\n") else "")
+    if close:
+        fields += "Connection: close\r\n"
+    return f"{method} {path} HTTP/1.1\r\nHost: registry\r\n{fields}\r\n{body}".encode()
+
+
+def _answers(data: bytes, methods) -> list[tuple[bytes, dict, bytes]]:
+    """Status lines, headers (but those of the moment) and bodies, in order."""
+    answers = []
+    for method in methods:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status, *lines = head.split(b"\r\n")
+        headers = dict(line.split(b": ", 1) for line in lines)
+        length = 0 if method == "HEAD" else int(headers.get(b"Content-Length", 0))
+        body, data = data[:length], data[length:]
+        for moment in (b"Date", b"X-Request-ID", b"Connection"):
+            headers.pop(moment, None)
+        answers.append((status, headers, body))
+    assert data == b""
+    return answers
+
+
+def _exchange(port, payload) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_pipelined_requests_get_the_answers_they_get_alone(one_thread):
+    methods = [m for m, _, _ in PIPELINED]
+    alone = [_answers(_exchange(one_thread.port, _request(*r, close=True)), [r[0]])[0]
+             for r in PIPELINED]
+    payload = b"".join(_request(*r) for r in PIPELINED) + _request("GET", "/v2/", "", True)
+    together = _answers(_exchange(one_thread.port, payload), methods + ["GET"])
+    assert together[:-1] == alone
+    assert together[-1] == alone[0]
+    assert [status.split()[1] for status, _, _ in alone] == [
+        b"200", b"200", b"400", b"400", b"404", b"405", b"200", b"405", b"200", b"404"]
+    assert "Traceback" not in one_thread.read_log()

@@ -1,0 +1,231 @@
+"""app/http1.py held to gunicorn's own parser and response: the same environ
+for every request it takes, the same bytes on the wire for every answer,
+and every other request left to gunicorn."""
+import socket
+import threading
+import types
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.http import RequestParser, wsgi
+
+from app.http1 import PlainHTTP, PlainResponse, addresses
+
+PEER = ("127.0.0.1", 40000)
+SERVER = ("127.0.0.1", 8080)
+DIGEST = "sha256:" + "ab" * 32
+
+PLAIN = [
+    f"GET /v2/shell/hello/blobs/{DIGEST} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+    "X-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: https\r\nUser-Agent: skopeo/1.9\r\n\r\n",
+    "HEAD /v2/shell/manifests/latest HTTP/1.1\r\nHost: registry.example\r\n"
+    "Accept: application/vnd.oci.image.manifest.v1+json\r\n"
+    "Accept: application/vnd.docker.distribution.manifest.v2+json\r\n"
+    "Authorization: Basic dXNlcjpwYXNz\r\n\r\n",
+    "GET /v2/shell/tags/list?n=2&last=a%20b HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    "GET /v2/a%2Fb/../%2e%2e/manifests/%F0%9F%90%8D HTTP/1.1\r\nhost: x\r\n"
+    "x-forwarded-proto:http\r\nIf-None-Match:   \"etag\"  \r\nX-Empty:\r\n\r\n",
+    "GET / HTTP/1.1\r\n\r\n",
+    "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\n\r\n",
+]
+
+NOT_PLAIN = {
+    "a body": "POST /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",
+    "chunked": "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "a length on a GET": "GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    "HTTP/1.0": "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+    "another method": "DELETE /v2/x/manifests/latest HTTP/1.1\r\nHost: x\r\n\r\n",
+    "a lower-case method": "get / HTTP/1.1\r\n\r\n",
+    "an absolute target": "GET http://x/v2/ HTTP/1.1\r\n\r\n",
+    "an authority-like path": "GET //x/v2/ HTTP/1.1\r\n\r\n",
+    "a fragment": "GET /v2/#x HTTP/1.1\r\n\r\n",
+    "an expectation": "GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+    "an upgrade": "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n\r\n",
+    "Connection: close": "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    "an underscore": "GET / HTTP/1.1\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n",
+    "a folded line": "GET / HTTP/1.1\r\nX-A: 1\r\n  2\r\n\r\n",
+    "a bare LF": "GET / HTTP/1.1\nHost: x\n\n",
+    "a bare LF in a value": "GET / HTTP/1.1\r\nX-A: 1\n2\r\n\r\n",
+    "a control character": "GET / HTTP/1.1\r\nX-A: 1\x012\r\n\r\n",
+    "a byte beyond ASCII": "GET / HTTP/1.1\r\nX-A: caf\xe9\r\n\r\n",
+    "a space before the colon": "GET / HTTP/1.1\r\nX-A : 1\r\n\r\n",
+    "two Hosts": "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "a Content-Type": "GET / HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n",
+    "scheme headers that disagree":
+        "GET / HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n\r\n",
+    "a request line over the limit": "GET /" + "a" * 5000 + " HTTP/1.1\r\n\r\n",
+    "a field over the limit": "GET / HTTP/1.1\r\nX-A: " + "a" * 9000 + "\r\n\r\n",
+    "too many fields": "GET / HTTP/1.1\r\n" + "X-A: 1\r\n" * 101 + "\r\n",
+    "an unfinished head": "GET / HTTP/1.1\r\nHost: x\r\n",
+    "nothing": "",
+}
+
+
+def plain(cfg=None) -> PlainHTTP:
+    return PlainHTTP(types.SimpleNamespace(cfg=cfg or Config()))
+
+
+def gunicorn_environ(raw: bytes, cfg, peer=PEER):
+    """What gunicorn's own parser and wsgi.create() make of the request."""
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(raw)
+        theirs.shutdown(socket.SHUT_WR)
+        req = next(RequestParser(cfg, ours, peer))
+        resp, environ = wsgi.create(req, ours, peer, SERVER, cfg)
+        environ["wsgi.multithread"] = True  # as gthread sets it
+        return req, environ
+    finally:
+        ours.close()
+        theirs.close()
+
+
+# objects made per request (or per worker) whose identity can differ
+OBJECTS = {"wsgi.input", "wsgi.errors", "gunicorn.socket", "wsgi.early_hints"}
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted peer", "other peer"])
+@pytest.mark.parametrize("raw", PLAIN)
+def test_a_plain_request_gets_the_environ_gunicorn_gives_it(raw, trusted):
+    cfg = Config()
+    cfg.set("forwarded_allow_ips", "127.0.0.1" if trusted else "10.9.9.9")
+    req, expected = gunicorn_environ(raw.encode("latin-1"), cfg)
+    parsed = plain(cfg).parse(raw.encode("latin-1") + b"GET /next", trusted)
+    assert parsed is not None
+    ours, environ, rest = parsed
+    assert rest == b"GET /next"
+    addresses(environ, PEER, SERVER)
+    environ["gunicorn.socket"] = expected["gunicorn.socket"]
+    assert {k: v for k, v in environ.items() if k not in OBJECTS} == \
+        {k: v for k, v in expected.items() if k not in OBJECTS}
+    assert environ["wsgi.input"].read() == expected["wsgi.input"].read() == b""
+    assert (ours.method, ours.uri, ours.path, ours.query, ours.scheme) == \
+        (req.method, req.uri, req.path, req.query, req.scheme)
+    assert [(k.upper(), v) for k, v in ours.headers] == req.headers
+
+
+@pytest.mark.parametrize("raw", NOT_PLAIN.values(), ids=NOT_PLAIN.keys())
+def test_any_other_request_is_left_to_gunicorn(raw):
+    assert plain().parse(raw.encode("latin-1"), trusted=True) is None
+
+
+def test_scheme_headers_count_only_from_trusted_peers():
+    raw = b"GET /v2/ HTTP/1.1\r\nX-Forwarded-Proto: https\r\n\r\n"
+    assert plain().parse(raw, trusted=True)[1]["wsgi.url_scheme"] == "https"
+    assert plain().parse(raw, trusted=False)[1]["wsgi.url_scheme"] == "http"
+    # disagreeing ones from another peer are only headers, as for gunicorn
+    both = b"GET / HTTP/1.1\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n\r\n"
+    assert plain().parse(both, trusted=False)[1]["wsgi.url_scheme"] == "http"
+
+
+def test_the_worker_takes_plain_requests_only_where_gunicorn_applies_nothing_more():
+    assert PlainHTTP.usable(Config(), "")
+    assert not PlainHTTP.usable(Config(), "/registry")  # gunicorn strips SCRIPT_NAME
+    cfg = Config()
+    cfg.set("proxy_protocol", "v1")
+    assert not PlainHTTP.usable(cfg, "")
+
+
+def wire(write_answer) -> bytes:
+    """The bytes an answer puts on a socket, its Date line blanked."""
+    ours, theirs = socket.socketpair()
+    got = []
+    reader = threading.Thread(target=lambda: got.append(_read_all(theirs)))
+    reader.start()
+    try:
+        write_answer(ours)
+    finally:
+        ours.close()
+        reader.join(10)
+        theirs.close()
+    lines = got[0].split(b"\r\n")
+    return b"\r\n".join(b"Date: -" if line.startswith(b"Date: ") else line for line in lines)
+
+
+def _read_all(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+ANSWERS = {
+    "a blob through nginx": ("GET", "200 OK", [
+        ("Docker-Content-Digest", DIGEST), ("ETag", f'"{DIGEST}"'),
+        ("Content-Type", "application/octet-stream"), ("Content-Length", "0"),
+        ("X-Accel-Redirect", "/_registry_blobs/layers/x")], [b""]),
+    "a manifest": ("GET", "200 OK", [("Content-Type", "application/json"),
+                                     ("Content-Length", "13")], [b'{"schema', b'Version":2}']),
+    "a stream without a length": ("GET", "200 OK", [("Content-Type", "text/plain")],
+                                  [b"first ", b"", b"second"]),
+    "HEAD with a length": ("HEAD", "200 OK", [("Content-Length", "1234")], [b"ignored"]),
+    "not modified": ("GET", "304 Not Modified", [("ETag", '"x"'), ("Content-Length", "5")],
+                     []),
+    "no content": ("GET", "204 No Content", [("Content-Length", "0")], []),
+    "a body longer than its length": ("GET", "200 OK", [("Content-Length", "4")],
+                                      [b"abcdef", b"gh"]),
+    "hop-by-hop headers from the app": ("GET", "200 OK", [
+        ("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Content-Length", "2"),
+        ("X-Value", "  padded\t")], [b"ok"]),
+    "an error": ("GET", "404 Not Found", [("Content-Type", "application/json"),
+                                          ("Content-Length", "2")], [b"{}"]),
+}
+
+
+@pytest.mark.parametrize("case", ANSWERS.values(), ids=ANSWERS.keys())
+def test_an_answer_has_the_bytes_gunicorn_would_send(case):
+    method, status, headers, body = case
+    raw = f"{method} /v2/ HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    cfg = Config()
+    req, _ = gunicorn_environ(raw, cfg)
+
+    def gunicorn_answer(sock):
+        resp = wsgi.Response(req, sock, cfg)
+        resp.start_response(status, list(headers))
+        for chunk in body:
+            resp.write(chunk)
+        resp.close()
+        sock.sendall(f"[close: {resp.should_close()}]".encode())
+
+    def plain_answer(sock):
+        resp = PlainResponse(sock, method, must_close=False)
+        resp.start_response(status, list(headers))
+        for chunk in body:
+            resp.write(chunk)
+        resp.close()
+        sock.sendall(f"[close: {resp.should_close()}]".encode())
+
+    assert wire(plain_answer) == wire(gunicorn_answer)
+
+
+def test_a_stopping_worker_says_it_closes_the_connection():
+    def answer(sock):
+        resp = PlainResponse(sock, "GET", must_close=True)
+        resp.start_response("200 OK", [("Content-Length", "2")])
+        resp.write(b"ok")
+        resp.close()
+    assert b"\r\nConnection: close\r\n" in wire(answer)
+
+
+def test_a_body_shorter_than_its_length_closes_the_connection():
+    def answer(sock):
+        resp = PlainResponse(sock, "GET", must_close=False)
+        resp.start_response("200 OK", [("Content-Length", "10")])
+        resp.write(b"short")
+        resp.close()
+        assert resp.should_close()
+    wire(answer)
+
+
+@pytest.mark.parametrize("headers, error", [
+    ([("X-Bad", "a\r\nSet-Cookie: x")], wsgi.InvalidResponseHeader),
+    ([("X Bad", "a")], wsgi.InvalidResponseHeaderName),
+    ([(b"X-Bytes", "a")], TypeError),
+])
+def test_a_header_gunicorn_refuses_is_refused(headers, error):
+    resp = PlainResponse(None, "GET", must_close=False)
+    with pytest.raises(error):
+        resp.start_response("200 OK", headers)
+    gresp = wsgi.Response(types.SimpleNamespace(method="GET", version=(1, 1)), None, Config())
+    with pytest.raises(error):
+        gresp.start_response("200 OK", headers)
