@@ -37,8 +37,8 @@ _LINE = rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1"          # no '#': gunicorn splits
 _FIELD = rb"[!#$%&'*+.^`|~0-9A-Za-z-]+:[ \t]*(?:[!-~]+(?:[ \t]+[!-~]+)*)?[ \t]*"
 _HEAD = re.compile(_LINE + rb"\r\n(?:" + _FIELD + rb"\r\n)*")
 # fields whose handling is gunicorn's alone: bodies, expectations, upgrades
-_NOT_PLAIN = frozenset((b"CONTENT-LENGTH", b"TRANSFER-ENCODING", b"EXPECT", b"UPGRADE",
-                        b"HTTP2-SETTINGS", b"TE", b"TRAILER"))
+_NOT_PLAIN = frozenset(("CONTENT-LENGTH", "TRANSFER-ENCODING", "EXPECT", "UPGRADE",
+                        "HTTP2-SETTINGS", "TE", "TRAILER"))
 _MAX_HEAD = 65536  # a longer one is not read here at all
 
 
@@ -203,10 +203,12 @@ class PlainHTTP:
         self.limit_line = cfg.limit_request_line or _MAX_HEAD
         self.limit_fields = cfg.limit_request_fields
         self.limit_field = cfg.limit_request_field_size or _MAX_HEAD
-        self.secure_headers = {k.encode("latin-1"): v
-                               for k, v in cfg.secure_scheme_headers.items()}
+        self.secure_headers = dict(cfg.secure_scheme_headers)
         self.base = wsgi.base_environ(cfg)
         self.base["wsgi.multithread"] = True
+        # a worker's settings stay as they are for its life
+        self.pre_request, self.post_request = cfg.pre_request, cfg.post_request
+        self.keepalive = cfg.keepalive
 
     @staticmethod
     def usable(cfg, script_name) -> bool:
@@ -256,12 +258,12 @@ class PlainHTTP:
         head = data[:end + 2]
         if not _HEAD.fullmatch(head):
             return None
-        lines = head.split(b"\r\n")
+        lines = head.decode("ascii").split("\r\n")  # ASCII: _HEAD allows no other byte
         lines.pop()  # after the last CRLF
         line = lines[0]
         if len(line) > self.limit_line or len(lines) - 1 > self.limit_fields:
             return None
-        method, target, _ = line.decode("ascii").split(" ")
+        method, target, _ = line.split(" ")
         if target.startswith("//"):
             return None  # gunicorn reads it as an authority
         env = self.base.copy()
@@ -269,36 +271,36 @@ class PlainHTTP:
         host = False
         scheme = None
         repeated = None
+        secure = self.secure_headers if trusted else {}
         for field in lines[1:]:
             if len(field) > self.limit_field:
                 return None
-            name, _, value = field.partition(b":")
+            name, _, value = field.partition(":")
             name = name.upper()
             if name in _NOT_PLAIN:
                 return None
-            value = value.strip(b" \t")
-            if name == b"HOST":
+            value = value.strip(" \t")
+            if name == "HOST":
                 if host:
                     return None
                 host = True
-            elif name == b"CONNECTION" and value.lower() != b"keep-alive":
+            elif name == "CONNECTION" and value.lower() != "keep-alive":
                 return None
-            elif name == b"CONTENT-TYPE":
+            elif name == "CONTENT-TYPE":
                 return None  # a GET with a type is not plain (and it is a singleton)
-            if trusted and name in self.secure_headers:
-                this = "https" if value.decode("ascii") == self.secure_headers[name] else "http"
+            if name in secure:
+                this = "https" if value == secure[name] else "http"
                 if scheme is not None and this != scheme:
                     return None  # gunicorn refuses conflicting scheme headers
                 scheme = this
-            sname, svalue = name.decode("ascii"), value.decode("ascii")
-            headers.append((sname, svalue))
-            key = "HTTP_" + sname.replace("-", "_")
+            headers.append((name, value))
+            key = "HTTP_" + name.replace("-", "_")
             if key in env:
                 if repeated is None:
                     repeated = {}
-                repeated.setdefault(key, [env[key]]).append(svalue)
+                repeated.setdefault(key, [env[key]]).append(value)
             else:
-                env[key] = svalue
+                env[key] = value
         if repeated:
             for key, values in repeated.items():
                 env[key] = ",".join(values)
@@ -310,26 +312,26 @@ class PlainHTTP:
         env["RAW_URI"] = target
         env["SERVER_PROTOCOL"] = "HTTP/1.1"
         env["wsgi.url_scheme"] = req.scheme
-        env["PATH_INFO"] = util.unquote_to_wsgi_str(path)
+        env["PATH_INFO"] = util.unquote_to_wsgi_str(path) if "%" in path else path
         env["SCRIPT_NAME"] = ""
         return req, env, data[end + 4:]
 
     def answer(self, conn, req, environ) -> bool:
         """Run the app for a parsed request, as gthread's handle_request does."""
-        worker, cfg = self.worker, self.cfg
+        worker = self.worker
         client = conn.client
         environ["gunicorn.socket"] = conn.sock
         addresses(environ, client, conn.server)
         resp = None
         try:
-            cfg.pre_request(worker, req)
+            self.pre_request(worker, req)
             start = datetime.now()
             worker.nr += 1
             if worker.nr >= worker.max_requests and worker.alive:
                 worker.log.info("Autorestarting worker after current request.")
                 worker.alive = False
             resp = PlainResponse(conn.sock, req.method, must_close=(
-                not worker.alive or not cfg.keepalive
+                not worker.alive or not self.keepalive
                 or len(worker.keepalived_conns) >= worker.max_keepalived))
             body = worker.wsgi(environ, resp.start_response)
             try:
@@ -353,6 +355,6 @@ class PlainHTTP:
             return False
         finally:
             try:
-                cfg.post_request(worker, req, environ, resp)
+                self.post_request(worker, req, environ, resp)
             except Exception:
                 worker.log.exception("Exception in post_request hook")

@@ -14,6 +14,7 @@ from concurrent import futures
 import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
+from gunicorn.http import message, wsgi
 from gunicorn.http.unreader import Unreader
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -60,6 +61,11 @@ def worker_init_without_ppid(self, age, ppid, sockets, app, timeout, cfg, log):
     (Unreader, "__init__", unreader_without_buffer, "unreader.buf"),
     (ThreadWorker, "init_process", init_process_taking_sockets, "init_process(self)"),
     (ThreadWorker, "handle_exit", handle_exit_without_frame, "handle_exit(self, sig, frame)"),
+    # what app/http1.py takes from gunicorn
+    (Unreader, "take_buffered", None, "Unreader.take_buffered()"),
+    (Worker, "handle_error", handle_exit_without_frame, "Worker.handle_error("),
+    (message, "_ip_in_allow_list", None, "_ip_in_allow_list"),
+    (wsgi, "HEADER_VALUE_RE", None, "gunicorn.http.wsgi.HEADER_VALUE_RE"),
     (Worker, "__init__", worker_init_without_ppid, "'ppid'"),
 ])
 def test_a_missing_internal_falls_back_to_plain_gthread(
