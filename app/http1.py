@@ -40,6 +40,7 @@ _HEAD = re.compile(_LINE + rb"\r\n(?:" + _FIELD + rb"\r\n)*")
 _NOT_PLAIN = frozenset(("CONTENT-LENGTH", "TRANSFER-ENCODING", "EXPECT", "UPGRADE",
                         "HTTP2-SETTINGS", "TE", "TRAILER"))
 _MAX_HEAD = 65536  # a longer one is not read here at all
+_JOIN_BELOW = 65536  # a body's first bytes up to this size go out with the head
 
 
 class PlainRequest:
@@ -146,18 +147,26 @@ class PlainResponse:
     def write(self, data):
         if not isinstance(data, bytes):
             raise TypeError(f"{data!r} is not a byte")
-        out = b""
+        head = b""
         if not self.headers_sent:
-            out = self._head()
+            head = self._head()
             self.headers_sent = True
         if not self.omits_body and data:
             if self.response_length is not None:
                 data = data[:max(0, self.response_length - self.sent)]
             if data:
                 self.sent += len(data)
-                out += b"%X\r\n%s\r\n" % (len(data), data) if self.chunked else data
-        if out:
-            self.sock.sendall(out)
+                if self.chunked:
+                    data = b"%X\r\n%s\r\n" % (len(data), data)
+        else:
+            data = b""
+        if head and len(data) < _JOIN_BELOW:
+            self.sock.sendall(head + data)  # one write for a small answer
+            return
+        if head:
+            self.sock.sendall(head)
+        if data:
+            self.sock.sendall(data)  # a blob's chunk is not copied to join it
 
     def close(self):
         out = b""

@@ -1,4 +1,4 @@
-"""gunicorn's own floor behind nginx, for bench/nginx.py.
+"""The worker's floor behind nginx, for bench/nginx.py.
 
 A WSGI app that answers a blob GET as the registry does behind nginx
 (NIXERY_BLOB_ACCEL: its headers, an empty body and X-Accel-Redirect to the

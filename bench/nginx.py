@@ -16,11 +16,12 @@ at 16 connections:
   ten times nginx's: bench/README.md, "Tail latency of large blobs".)
 - cached manifest GET by tag: nginx + registry vs the registry directly
   (gunicorn), to say what the hop costs; no target.
-- gunicorn's own floor, for the layers below 4 MB, where the cost of a
-  request weighs most: nginx in front of bench/floor.py (a WSGI app that
-  only answers X-Accel-Redirect, under gunicorn.conf.py's settings) vs
-  nginx alone, and the registry vs that floor.  No target: it says how
-  much of what gunicorn allows here the registry reaches.
+- the worker's floor (gunicorn with app/worker.py), for the layers below
+  4 MB, where the cost of a request weighs most: nginx in front of
+  bench/floor.py (a WSGI app that only answers X-Accel-Redirect, under
+  gunicorn.conf.py's settings) vs nginx alone, and the registry vs that
+  floor.  No target: it says how much of what the worker allows here the
+  registry reaches.
 
 The layers are the largest of each of --blob-images, built in that order
 into fresh storage with the registry's derived layering (no
@@ -287,7 +288,7 @@ def main(argv=None):
                 floor_r = ratios[f"floor blob {size}"]["mb_s"]
                 of_floor = [mine / base for mine, base in zip(r["mb_s"], floor_r)]
                 print(f"blob GET of a {size} layer, nginx+floor / nginx alone MB/s: "
-                      f"{median(floor_r):.2f}x (per round {rounds(floor_r)}): gunicorn's floor "
+                      f"{median(floor_r):.2f}x (per round {rounds(floor_r)}): the worker's floor "
                       f"here; the registry reaches {median(of_floor):.2f}x of it "
                       f"(per round {rounds(of_floor)}); no target")
             p99 = median(r["p99_us"])

@@ -167,6 +167,9 @@ ANSWERS = {
     "hop-by-hop headers from the app": ("GET", "200 OK", [
         ("Connection", "close"), ("Keep-Alive", "timeout=5"), ("Content-Length", "2"),
         ("X-Value", "  padded\t")], [b"ok"]),
+    "a blob in large chunks": ("GET", "200 OK", [("Content-Length", "300000")],
+                               [b"x" * 200000, b"y" * 100000]),
+    "a large stream without a length": ("GET", "200 OK", [], [b"z" * 100000, b"w" * 10]),
     "an error": ("GET", "404 Not Found", [("Content-Type", "application/json"),
                                           ("Content-Length", "2")], [b"{}"]),
 }
