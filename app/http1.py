@@ -34,12 +34,13 @@ from gunicorn.http import message, wsgi
 
 _LINE = rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1"          # no '#': gunicorn splits fragments
 # a token without '_' (gunicorn drops or refuses such names), its value
-_FIELD = rb"[!#$%&'*+.^`|~0-9A-Za-z-]+:[ \t]*(?:[!-~]+(?:[ \t]+[!-~]+)*)?[ \t]*"
-_HEAD = re.compile(_LINE + rb"\r\n(?:" + _FIELD + rb"\r\n)*")
+# (possessive: a head that does not match fails without backtracking)
+_FIELD = rb"[!#$%&'*+.^`|~0-9A-Za-z-]++:[ \t]*+(?:[!-~]++(?:[ \t]++[!-~]++)*+)?+[ \t]*+"
+_HEAD = re.compile(_LINE + rb"\r\n(?:" + _FIELD + rb"\r\n)*+")
 # fields whose handling is gunicorn's alone: bodies, expectations, upgrades
 _NOT_PLAIN = frozenset(("CONTENT-LENGTH", "TRANSFER-ENCODING", "EXPECT", "UPGRADE",
                         "HTTP2-SETTINGS", "TE", "TRAILER"))
-_MAX_HEAD = 65536  # a longer one is not read here at all
+_MAX_HEAD = 16384  # a longer head (a pull's are well under 4 KB) is gunicorn's
 _JOIN_BELOW = 65536  # a body's first bytes up to this size go out with the head
 
 

@@ -56,6 +56,7 @@ NOT_PLAIN = {
     "a request line over the limit": "GET /" + "a" * 5000 + " HTTP/1.1\r\n\r\n",
     "a field over the limit": "GET / HTTP/1.1\r\nX-A: " + "a" * 9000 + "\r\n\r\n",
     "too many fields": "GET / HTTP/1.1\r\n" + "X-A: 1\r\n" * 101 + "\r\n",
+    "a head over 16 KB": "GET / HTTP/1.1\r\n" + ("X-A: " + "a" * 200 + "\r\n") * 90 + "\r\n",
     "an unfinished head": "GET / HTTP/1.1\r\nHost: x\r\n",
     "nothing": "",
 }
