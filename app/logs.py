@@ -94,18 +94,21 @@ class AccessLogger(GunicornLogger):
         user = environ.get("REMOTE_USER") or "-"
         method = environ.get("REQUEST_METHOD")
         path = environ.get("RAW_URI") or environ.get("PATH_INFO")
+        # gunicorn's own answers to requests that failed (handle_error) set
+        # only the status line
+        status = getattr(resp, "status_code", None) or _status_code(resp.status)
         sent = getattr(resp, "sent", None)
         duration_ms = round(request_time.total_seconds() * 1000, 1)
         user_agent = environ.get("HTTP_USER_AGENT", "")
         if self.json_format:
             line = json.dumps({
                 "client": client, "user": user, "method": method, "path": path,
-                "status": resp.status_code, "bytes": sent, "duration_ms": duration_ms,
+                "status": status, "bytes": sent, "duration_ms": duration_ms,
                 "user_agent": user_agent, "request_id": rid,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "logger": "access",
             }, ensure_ascii=False)
         else:
-            line = (f'{client} {user} "{method} {path}" {resp.status_code} {sent} '
+            line = (f'{client} {user} "{method} {path}" {status} {sent} '
                     f'{duration_ms}ms [{rid}] "{user_agent}"')
         try:
             if self._streams is None or not self._write(line):
@@ -125,6 +128,12 @@ class AccessLogger(GunicornLogger):
                 handler.stream.write(line + handler.terminator)
                 handler.stream.flush()
         return True
+
+
+def _status_code(status) -> int | str:
+    """The code of a status line such as `500 Internal Server Error`."""
+    code = str(status or "").split(" ", 1)[0]
+    return int(code) if code.isdigit() else code or "-"
 
 
 def _message_only_handlers(log) -> list[logging.StreamHandler] | None:

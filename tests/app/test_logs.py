@@ -115,3 +115,17 @@ def test_no_line_without_an_access_log(make_logger, tmp_path):
     log = make_logger(accesslog=None)
     log_one(log)
     assert not (tmp_path / "access.log").exists()
+
+
+def test_a_line_for_an_answer_gunicorn_made_for_a_failed_request(make_logger, tmp_path):
+    # gunicorn's handle_error() logs its 500 with a Response that has only
+    # a status line: the line still says 500, and no exception escapes
+    from gunicorn.http.wsgi import Response as GunicornResponse
+    failed = GunicornResponse(type("Req", (), {"version": (1, 1), "method": "GET"})(), None,
+                              Config())
+    failed.status = "500 Internal Server Error"
+    failed.response_length = 0
+    log = make_logger()
+    log.access(failed, None, environ(), datetime.timedelta(microseconds=1234))
+    line = (tmp_path / "access.log").read_text()
+    assert f'"GET /v2/shell/hello/blobs/{DIGEST}" 500 0 1.2ms [-] ' in line

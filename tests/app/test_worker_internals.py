@@ -225,6 +225,28 @@ def test_plain_requests_after_the_first_are_read_by_app_http1(make_worker, tcp):
     assert (w._queued, w._held, w.nr) == (0, 0, 5)
 
 
+def test_an_app_failing_on_a_plain_request_gets_gunicorns_500(make_worker, tcp, caplog):
+    conn, client = tcp
+    w = make_worker(worker.LingeringWorker)
+    w._queued = 1
+
+    def failing(environ, start_response):
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("the app failed")
+        return app(environ, start_response)
+    w.wsgi = failing
+    client.sendall(get("/1") + get("/boom"))
+    assert w.handle(conn) is False  # to be closed after the error
+    conn.sock.close()  # as gthread's finish_request() does then
+    data = b""
+    while chunk := client.recv(65536):
+        data += chunk
+    first, second = data.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 OK") and first.endswith(b"/1")
+    assert second.startswith(b"500 Internal Server Error")
+    assert b"the app failed" not in data and b"Traceback" not in data
+
+
 def test_an_idle_connection_is_closed_after_gunicorns_keepalive(make_worker, tcp):
     conn, client = tcp
     w = make_worker(worker.LingeringWorker, keepalive=1)
