@@ -66,8 +66,8 @@ class PlainRequest:
 class PlainResponse:
     """gunicorn's Response rules for an HTTP/1.1 request: its header
     checks, the bodies HEAD, 1xx, 204 and 304 go without, a body cut at
-    its Content-Length or else chunked; the head goes out with the first
-    bytes of the body in one write."""
+    its Content-Length or else chunked; the head of a small answer goes
+    out with its body in one write."""
 
     def __init__(self, sock, method, must_close):
         self.sock = sock
