@@ -11,6 +11,7 @@ import json
 import logging
 
 from flask import Response, request
+from gunicorn.http import errors as http_errors
 from werkzeug.exceptions import HTTPException
 
 from builders import errors as build
@@ -104,6 +105,11 @@ class StorageUnavailable(RegistryError):
     code, status = "STORAGE_UNAVAILABLE", 503
 
 
+class RequestInvalid(RegistryError):
+    """A request the server could not read (gunicorn's parser refused it)."""
+    code, status = "REQUEST_INVALID", 400
+
+
 class InternalError(RegistryError):
     code, status = "UNKNOWN", 500
 
@@ -185,6 +191,30 @@ def for_exception(exc: BaseException, method: str, path: str) -> RegistryError:
         logger.warning("%s %s -> %d %s: %s", method, path, error.status, error.code,
                        error.message)
     return error
+
+
+# gunicorn's refusals that are not a plain 400
+_UNREADABLE_STATUS = {
+    http_errors.LimitRequestLine: 414,
+    http_errors.LimitRequestHeaders: 431,
+    http_errors.ExpectationFailed: 417,
+    http_errors.UnsupportedTransferCoding: 501,
+    http_errors.ForbiddenProxyRequest: 403,
+}
+
+
+def for_unreadable_request(exc: BaseException) -> RegistryError | None:
+    """The answer to a request gunicorn could not read (a malformed request
+    line or header, one over its limits), or None if `exc` is not such a
+    refusal: the app's own faults and the server's (an invalid response
+    header, a bad SCRIPT_NAME) are gunicorn's 500."""
+    if (not isinstance(exc, http_errors.ParseException)
+            or isinstance(exc, (http_errors.InvalidResponseHeader,
+                                http_errors.InvalidResponseHeaderName,
+                                http_errors.ConfigurationProblem))):
+        return None
+    status = next((s for cls, s in _UNREADABLE_STATUS.items() if isinstance(exc, cls)), 400)
+    return RequestInvalid(f"the request could not be read: {exc}", status=status)
 
 
 def _http_error(exc: HTTPException, method, path) -> RegistryError:

@@ -76,6 +76,27 @@ class LingeringWorker(ThreadWorker):
         if self._wakeup is not None:
             self._wakeup.set(self.cfg.threads)  # every waiting thread lets go
 
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's refusal of a request it could not read, in the
+        registry's JSON (app/errors.py) instead of its HTML page; any other
+        error as gunicorn answers it."""
+        # imported here, in the worker: they make the metrics, which
+        # gunicorn's master (where this module is imported) must not
+        from . import errors, wire
+        error = errors.for_unreadable_request(exc)
+        if error is None:
+            return super().handle_error(req, client, addr, exc)
+        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        status, headers, body = error.render()
+        head = "".join([f"HTTP/1.1 {wire.STATUS_LINES.get(status, status)}\r\n"
+                        "Connection: close\r\n", *(f"{k}: {v}\r\n" for k, v in headers),
+                        f"{wire.API_VERSION[0]}: {wire.API_VERSION[1]}\r\n\r\n"])
+        try:
+            client.sendall(head.encode("latin-1") + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
+        return None
+
     def _starved(self) -> bool:
         """Whether a connection waits that no free thread will take."""
         with self._counts:

@@ -182,3 +182,31 @@ def test_pipelined_requests_get_the_answers_they_get_alone(one_thread):
     assert [status.split()[1] for status, _, _ in alone] == [
         b"200", b"200", b"400", b"400", b"404", b"405", b"200", b"405", b"200", b"404"]
     assert "Traceback" not in one_thread.read_log()
+
+
+UNREADABLE = {
+    "a header over gunicorn's limit": (b"GET /v2/ HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
+                                       431),
+    "a request line over its limit": (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
+    "a header without a colon": (b"GET /v2/ HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+    "a control character": (b"GET /v2/ HTTP/1.1\r\nX-A: a\x01b\r\n\r\n", 400),
+    "an unknown expectation": (b"GET /v2/ HTTP/1.1\r\nExpect: magic\r\n\r\n", 417),
+    "an unknown transfer coding": (b"POST /v2/ HTTP/1.1\r\nTransfer-Encoding: zip\r\n\r\n", 501),
+}
+
+
+@pytest.mark.parametrize("raw, status", UNREADABLE.values(), ids=UNREADABLE.keys())
+@pytest.mark.parametrize("after", [False, True], ids=["first request", "after a plain one"])
+def test_a_request_gunicorn_cannot_read_gets_a_registry_error(one_thread, raw, status, after):
+    payload = (_request("GET", "/v2/", "") if after else b"") + raw
+    data = _exchange(one_thread.port, payload)
+    if after:
+        data = data.split(b"{}", 1)[1]  # the plain request's answer first
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0].split()[1] == str(status).encode()
+    assert b"Content-Type: application/json" in lines and b"Connection: close" in lines
+    [error] = __import__("json").loads(body)["errors"]
+    assert error["code"] == "REQUEST_INVALID" and error["message"].startswith(
+        "the request could not be read: ")
+    assert b"<html" not in data.lower() and b"Traceback" not in data
