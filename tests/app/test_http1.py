@@ -176,6 +176,15 @@ ANSWERS = {
 }
 
 
+def send(resp, status, headers, body):
+    """What gthread (and app/http1.py) do with an app's answer."""
+    resp.start_response(status, list(headers))
+    for chunk in body:
+        resp.write(chunk)
+    resp.close()
+    return resp
+
+
 @pytest.mark.parametrize("case", ANSWERS.values(), ids=ANSWERS.keys())
 def test_an_answer_has_the_bytes_gunicorn_would_send(case):
     method, status, headers, body = case
@@ -183,42 +192,27 @@ def test_an_answer_has_the_bytes_gunicorn_would_send(case):
     cfg = Config()
     req, _ = gunicorn_environ(raw, cfg)
 
-    def gunicorn_answer(sock):
-        resp = wsgi.Response(req, sock, cfg)
-        resp.start_response(status, list(headers))
-        for chunk in body:
-            resp.write(chunk)
-        resp.close()
-        sock.sendall(f"[close: {resp.should_close()}]".encode())
+    def answer_with(make):
+        def answer(sock):
+            resp = send(make(sock), status, headers, body)
+            sock.sendall(f"[close: {resp.should_close()}]".encode())
+        return answer
 
-    def plain_answer(sock):
-        resp = PlainResponse(sock, method, must_close=False)
-        resp.start_response(status, list(headers))
-        for chunk in body:
-            resp.write(chunk)
-        resp.close()
-        sock.sendall(f"[close: {resp.should_close()}]".encode())
-
-    assert wire(plain_answer) == wire(gunicorn_answer)
+    assert wire(answer_with(lambda sock: PlainResponse(sock, method, must_close=False))) == \
+        wire(answer_with(lambda sock: wsgi.Response(req, sock, cfg)))
 
 
 def test_a_stopping_worker_says_it_closes_the_connection():
-    def answer(sock):
-        resp = PlainResponse(sock, "GET", must_close=True)
-        resp.start_response("200 OK", [("Content-Length", "2")])
-        resp.write(b"ok")
-        resp.close()
-    assert b"\r\nConnection: close\r\n" in wire(answer)
+    answer = wire(lambda sock: send(PlainResponse(sock, "GET", must_close=True), "200 OK",
+                                    [("Content-Length", "2")], [b"ok"]))
+    assert b"\r\nConnection: close\r\n" in answer
 
 
 def test_a_body_shorter_than_its_length_closes_the_connection():
-    def answer(sock):
-        resp = PlainResponse(sock, "GET", must_close=False)
-        resp.start_response("200 OK", [("Content-Length", "10")])
-        resp.write(b"short")
-        resp.close()
-        assert resp.should_close()
-    wire(answer)
+    closes = []
+    wire(lambda sock: closes.append(send(PlainResponse(sock, "GET", must_close=False), "200 OK",
+                                         [("Content-Length", "10")], [b"short"]).should_close()))
+    assert closes == [True]
 
 
 @pytest.mark.parametrize("headers, error", [
