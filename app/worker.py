@@ -36,7 +36,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from .config import script_name
 from .gthread_internals import missing_internals
-from .http1 import PlainHTTP
+from .http1 import PlainHTTP, PlainResponse
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class LingeringWorker(ThreadWorker):
             return super().handle_error(req, client, addr, exc)
         self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
         status, headers, body = error.render()
-        head = "".join([f"HTTP/1.1 {wire.STATUS_LINES.get(status, status)}\r\n"
-                        "Connection: close\r\n", *(f"{k}: {v}\r\n" for k, v in headers),
-                        f"{wire.API_VERSION[0]}: {wire.API_VERSION[1]}\r\n\r\n"])
+        resp = PlainResponse(client, "GET", must_close=True)  # its method is unknown
+        resp.start_response(wire.STATUS_LINES[status], [*headers, wire.API_VERSION])
         try:
-            client.sendall(head.encode("latin-1") + body)
+            resp.write(body)
+            resp.close()
         except OSError:
             self.log.debug("Failed to send error message.")
         return None
