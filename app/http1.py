@@ -247,10 +247,7 @@ class PlainHTTP:
         unreader = conn.parser.unreader
         data = unreader.take_buffered()
         if b"\r\n\r\n" not in data:
-            try:
-                data += conn.sock.recv(8192)
-            except BlockingIOError:
-                pass
+            data += conn.sock.recv(8192)  # blocking, as gthread keeps it here
         parsed = self.parse(data, self.trusted(conn))
         if parsed is None:
             unreader.unread(data)  # gunicorn reads it all again
