@@ -1,9 +1,12 @@
 """The gunicorn worker (app/worker.py) on a real server: kept-alive
 connections answered on their thread, no connection starved by a busy or
-an idle one, and a worker that stops keeps none."""
+an idle one, a worker that stops keeps none, and every request answered
+alike whether gunicorn or app/http1.py read it."""
 from __future__ import annotations
 
 import http.client
+import json
+import socket
 import threading
 import time
 
@@ -162,7 +165,6 @@ def _answers(data: bytes, methods) -> list[tuple[bytes, dict, bytes]]:
 
 
 def _exchange(port, payload) -> bytes:
-    import socket
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(payload)
         chunks = []
@@ -206,7 +208,7 @@ def test_a_request_gunicorn_cannot_read_gets_a_registry_error(one_thread, raw, s
     lines = head.split(b"\r\n")
     assert lines[0].split()[1] == str(status).encode()
     assert b"Content-Type: application/json" in lines and b"Connection: close" in lines
-    [error] = __import__("json").loads(body)["errors"]
+    [error] = json.loads(body)["errors"]
     assert error["code"] == "REQUEST_INVALID" and error["message"].startswith(
         "the request could not be read: ")
     assert b"<html" not in data.lower() and b"Traceback" not in data
