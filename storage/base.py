@@ -46,6 +46,13 @@ class Storage(abc.ABC):
         a corrupt blob is never served.
         """
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes, checked as open() checks it (for
+        when its bytes are not read here: a HEAD, or a web server in front
+        sending the file)."""
+        with self.open(key) as f:
+            return f.seek(0, io.SEEK_END)
+
     @abc.abstractmethod
     def put(self, key: str, fileobj: typing.BinaryIO, *, size: int, md5: str,
             content_type: str = "application/octet-stream") -> None:

@@ -214,6 +214,12 @@ class GCSStorage(Storage):
             raise ObjectNotFound(key)
         return io.BufferedReader(_ObjectReader(self, meta), buffer_size=READ_SIZE)
 
+    def size(self, key):
+        meta = self._metadata(key)
+        if meta is None:
+            raise ObjectNotFound(key)
+        return meta.size
+
     def read(self, key):
         # One request for the small objects (records, manifests) read whole.
         _check_key(key)

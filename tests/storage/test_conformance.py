@@ -51,7 +51,18 @@ def test_put_then_read_back(driver):
 def test_missing_object(driver):
     with pytest.raises(ObjectNotFound):
         driver.open("manifests/nothing")
+    for key in ("manifests/nothing", blob(b"never stored")):
+        with pytest.raises(ObjectNotFound):
+            driver.size(key)
     assert driver.read("manifests/nothing") is None
+
+
+def test_size_without_reading(driver):
+    data = os.urandom(100_000)
+    for key in (blob(data), "manifests/small"):
+        driver.put(key, io.BytesIO(data), size=len(data), md5=md5(data))
+        assert driver.size(key) == len(data)
+        assert driver.size(key) == len(data)  # checked already, for a blob
 
 
 def test_wrong_md5_leaves_nothing(driver):

@@ -30,3 +30,21 @@ def test_filesystem_never_serves_a_corrupt_blob(tmp_path):
     with pytest.raises(CorruptObject):
         driver.open(blob(data))
     assert not driver.exists(blob(data))
+
+
+@pytest.mark.parametrize("checked_before", [False, True])
+def test_filesystem_size_never_vouches_for_a_corrupt_blob(tmp_path, checked_before):
+    driver = FilesystemStorage(str(tmp_path / "s"))
+    data = os.urandom(1000)
+    driver.put(blob(data), io.BytesIO(data), size=len(data), md5=md5(data))
+    if checked_before:
+        assert driver.size(blob(data)) == len(data)
+    path = tmp_path / "s" / blob(data)
+    written = path.stat().st_mtime_ns
+    with open(path, "r+b") as f:
+        f.write(b"\0" * 16)  # the same size
+    # a later mtime (set: the clock behind mtime may not have moved yet)
+    os.utime(path, ns=(written, written + 1_000_000_000))
+    with pytest.raises(CorruptObject):
+        driver.size(blob(data))
+    assert not driver.exists(blob(data))
