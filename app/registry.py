@@ -190,16 +190,20 @@ class RegistryAPI:
 
     def blob(self, call: Call, digest: str) -> Reply:
         """A blob's bytes (or a redirect to them), whole or a range."""
-        f = self._open_blob(digest)
-        size = f.seek(0, os.SEEK_END)
+        f = None
+        if call.method == "GET" and not self.blob_accel:
+            f = self._checked_blob(digest, self.storage.open)  # its bytes may be sent from here
+            size = f.seek(0, os.SEEK_END)
+        else:
+            size = self._checked_blob(digest, self.storage.size)
         headers = [("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'), wire.BLOB_CACHE]
         if call.method == "GET":
             url = self.storage.url(keys.blob(digest))
             if url:
-                f.close()
+                wire.close(f)
                 return Reply(307, [*headers, ("Location", url), ("Content-Length", "0")])
         if wire.not_modified(call, digest):
-            f.close()
+            wire.close(f)
             return Reply(304, headers)
         headers.append(("Content-Type", "application/octet-stream"))
         if self.blob_accel and call.method == "GET":
@@ -207,7 +211,6 @@ class RegistryAPI:
             # server in front sends the file, ranges included, and says
             # Accept-Ranges itself (nginx keeps this answer's Cache-Control
             # and Content-Type, so one of its own would be a second one)
-            f.close()
             metrics.BLOB_BYTES.inc(size)
             # an empty body with its length: without one gunicorn sends it
             # chunked, and nginx then drops the upstream connection
@@ -220,26 +223,26 @@ class RegistryAPI:
         if span is not None:
             start, stop = span
             if start >= stop:
-                f.close()
+                wire.close(f)
                 raise RangeInvalid(f"range {call.header('HTTP_RANGE')!r} is outside the blob's "
                                    f"{size} bytes", headers={"Content-Range": f"bytes */{size}"})
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
         headers.append(("Content-Length", str(stop - start)))
-        if call.method == "HEAD":
-            f.close()
+        if f is None:  # HEAD
             return Reply(status, headers)
         return Reply(status, headers, wire.stream_blob(f, start, stop))
 
-    def _open_blob(self, digest):
-        """The blob, checked against its digest; a missing or corrupt one is
-        made again from its source when the registry knows how."""
+    def _checked_blob(self, digest, look):
+        """`look` (the storage's open or size) at the blob, checked against
+        its digest; a missing or corrupt one is made again from its source
+        when the registry knows how."""
         key = keys.blob(digest)
         try:
-            return self.storage.open(key)
+            return look(key)
         except ObjectNotFound as e:
             if self.images.layerstore.restore_blob(digest):
-                return self.storage.open(key)
+                return look(key)
             if isinstance(e, CorruptObject):
                 raise BlobUnknown(f"blob {digest} was corrupt in storage and could not be made "
                                   "again; it has been removed", {"digest": digest}) from None

@@ -1,4 +1,5 @@
 """The /v2 endpoints through the app's test client: grammar, negotiation, errors."""
+import dataclasses
 import hashlib
 import json
 import logging
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from app import logs
+from app import create_app, logs
 from storage import keys
 
 from app.errors import RegistryError
@@ -88,15 +89,17 @@ def blob(storage):
 
 
 @pytest.fixture
-def opens(storage, monkeypatch):
-    """The keys storage.open was called with."""
+def looks(storage, monkeypatch):
+    """What storage was asked of objects: (open or size, key) in order (a
+    size that has to open the file shows both)."""
     calls = []
-    real = storage.open
+    for name in ("open", "size"):
+        real = getattr(storage, name)
 
-    def counted(key):
-        calls.append(key)
-        return real(key)
-    monkeypatch.setattr(storage, "open", counted)
+        def counted(key, _real=real, _name=name):
+            calls.append((_name, key))
+            return _real(key)
+        monkeypatch.setattr(storage, name, counted)
     return calls
 
 
@@ -121,7 +124,7 @@ def lines():
     root.removeHandler(handler)
 
 
-def test_a_whole_blob_and_its_head(client, blob, opens):
+def test_a_whole_blob_and_its_head(client, blob, looks):
     digest, data = blob
     r = client.get(f"/v2/shell/hello/blobs/{digest}", headers={"X-Request-ID": "blob-1"})
     assert r.status_code == 200 and r.data == data
@@ -133,11 +136,48 @@ def test_a_whole_blob_and_its_head(client, blob, opens):
     head = client.head(f"/v2/shell/hello/blobs/{digest}")
     assert head.status_code == 200 and head.data == b""
     assert comparable(head) == comparable(r)
-    assert opens == [keys.blob(digest)] * 2
+    # the HEAD checks the blob without reading it: its size, from the
+    # check the GET made
+    assert looks == [("open", keys.blob(digest)), ("size", keys.blob(digest))]
 
 
 def comparable(r):
     return sorted((k, v) for k, v in r.headers.items() if k not in ("X-Request-ID", "Date"))
+
+
+def test_behind_a_web_server_a_blob_is_checked_and_its_file_named(config, tmp_path):
+    """With NIXERY_BLOB_ACCEL the answer is the file's name for the web
+    server in front (deploy/nginx.conf); the blob is checked as before, by
+    its size once its digest was checked, and a corrupt one is not named."""
+    app = create_app(dataclasses.replace(config, blob_accel="/_blobs/"))
+    storage = app.extensions["storage"]
+    data = os.urandom(300_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    storage.put_bytes(keys.blob(digest), data)
+    client = app.test_client()
+    asked = []
+    for name in ("open", "size"):
+        real = getattr(storage, name)
+        setattr(storage, name, lambda key, _real=real, _name=name: (
+            asked.append(_name), _real(key))[1])
+    url = f"/v2/hello/blobs/{digest}"
+    for _ in range(2):
+        r = client.get(url)
+        assert r.status_code == 200 and r.data == b""
+        assert r.headers["X-Accel-Redirect"] == f"/_blobs/{keys.blob(digest)}"
+        assert r.headers["Content-Length"] == "0"
+        assert r.headers["Docker-Content-Digest"] == digest
+    head = client.head(url)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(data))
+    assert "X-Accel-Redirect" not in head.headers
+    # read once, to check it; then a stat a request
+    assert asked == ["size", "open", "size", "size"]
+    with open(os.path.join(storage.root, keys.blob(digest)), "r+b") as f:
+        f.truncate(1000)
+    r = client.get(url)
+    assert r.status_code == 404 and "X-Accel-Redirect" not in r.headers
+    error = r.get_json()["errors"][0]
+    assert error["code"] == "BLOB_UNKNOWN" and "corrupt" in error["message"]
 
 
 def test_ranges_and_conditions_on_blobs(client, blob):
@@ -162,7 +202,7 @@ def test_ranges_and_conditions_on_blobs(client, blob):
     assert other.status_code == 200 and other.data == data
 
 
-def test_a_corrupt_blob_is_looked_at_once_and_never_served(client, blob, storage, opens):
+def test_a_corrupt_blob_is_looked_at_once_and_never_served(client, blob, storage, looks):
     digest, _ = blob
     with open(os.path.join(storage.root, keys.blob(digest)), "r+b") as f:
         f.write(b"\0" * 16)
@@ -170,7 +210,7 @@ def test_a_corrupt_blob_is_looked_at_once_and_never_served(client, blob, storage
     assert r.status_code == 404
     error = r.get_json()["errors"][0]
     assert error["code"] == "BLOB_UNKNOWN" and "corrupt" in error["message"]
-    assert [k for k in opens if k.startswith("layers/")] == [keys.blob(digest)]
+    assert [k for _, k in looks if k.startswith("layers/")] == [keys.blob(digest)]
 
 
 def test_a_storage_outage_is_answered_once_under_one_request_id(app, client, lines,

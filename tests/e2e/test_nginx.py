@@ -1,7 +1,8 @@
 """The registry behind Debian's nginx with deploy/nginx.conf, as an operator
 runs it: real clients pull through it, nginx sends blob bytes (ranges too)
-with the registry's headers, a missing blob is made again, and clients
-that trickle their headers wait in nginx while other requests are served."""
+with the registry's headers, a missing or corrupt blob is made again, and
+clients that trickle their headers wait in nginx while other requests are
+served."""
 from __future__ import annotations
 
 import hashlib
@@ -139,7 +140,7 @@ def _each_header_once(response):
     assert not twice, twice
 
 
-def test_a_missing_blob_is_made_again_behind_nginx(fronted):
+def test_a_missing_or_corrupt_blob_is_made_again_behind_nginx(fronted):
     server, nginx = fronted
     layer = _largest_layer(nginx, "htop")
     path = os.path.join(server.env["STORAGE_PATH"], "layers", layer["digest"])
@@ -148,6 +149,13 @@ def test_a_missing_blob_is_made_again_behind_nginx(fronted):
     assert again.status_code == 200
     assert "sha256:" + hashlib.sha256(again.content).hexdigest() == layer["digest"]
     assert os.path.exists(path)
+    # the registry checked this file, then it was cut short on disk: nginx
+    # is not sent to it, it is made again
+    with open(path, "r+b") as f:
+        f.truncate(layer["size"] // 2)
+    again = requests.get(f"{nginx.url}/v2/htop/blobs/{layer['digest']}")
+    assert again.status_code == 200
+    assert "sha256:" + hashlib.sha256(again.content).hexdigest() == layer["digest"]
 
 
 def test_clients_trickling_headers_wait_in_nginx_not_in_the_registry(fronted):
