@@ -29,7 +29,7 @@ class RequestScope:
             body = self.app(environ, start)
         finally:
             logs.request_id.reset(token)
-        if isinstance(body, list):
+        if isinstance(body, (list, tuple)):
             return body  # nothing runs while it is sent
         return _scoped(body, rid)
 
