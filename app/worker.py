@@ -25,6 +25,7 @@ and a warning says so.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import select
@@ -78,23 +79,35 @@ class LingeringWorker(ThreadWorker):
 
     def handle_error(self, req, client, addr, exc):
         """gunicorn's refusal of a request it could not read, in the
-        registry's JSON (app/errors.py) instead of its HTML page; any other
-        error as gunicorn answers it."""
+        registry's JSON (app/errors.py) instead of its HTML page, with a
+        request id, an access log line and its count in the metrics; any
+        other error as gunicorn answers it."""
         # imported here, in the worker: they make the metrics, which
         # gunicorn's master (where this module is imported) must not
-        from . import errors, wire
+        from . import errors, logs, metrics, wire
         error = errors.for_unreadable_request(exc)
         if error is None:
             return super().handle_error(req, client, addr, exc)
-        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        peer = (addr or ("",))[0] if isinstance(addr, tuple) else (addr or "")
+        self.log.warning("Invalid request from ip=%s: %s", peer, exc)
         status, headers, body = error.render()
+        rid = logs.new_request_id(None)
         resp = PlainResponse(client, "GET", must_close=True)  # its method is unknown
-        resp.start_response(wire.STATUS_LINES[status], [*headers, wire.API_VERSION])
+        resp.start_response(wire.STATUS_LINES[status],
+                            [*headers, wire.API_VERSION, ("X-Request-ID", rid)])
         try:
             resp.write(body)
             resp.close()
         except OSError:
             self.log.debug("Failed to send error message.")
+        # counted and logged like every answer, as what it is: nothing of
+        # the request (its method, its path) is known for sure
+        metrics.count_request("unreadable", "-", str(status))
+        try:
+            self.log.access(resp, req, {"REMOTE_ADDR": peer, "REQUEST_METHOD": "-",
+                                        "RAW_URI": "-"}, datetime.timedelta(0))
+        except Exception:
+            self.log.exception("cannot write the access log")
         return None
 
     def _starved(self) -> bool:

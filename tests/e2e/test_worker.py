@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import PKGS
+from tests.e2e.test_operators import samples
 from tests.server import Server
 
 
@@ -212,3 +213,13 @@ def test_a_request_gunicorn_cannot_read_gets_a_registry_error(one_thread, raw, s
     assert error["code"] == "REQUEST_INVALID" and error["message"].startswith(
         "the request could not be read: ")
     assert b"<html" not in data.lower() and b"Traceback" not in data
+    # logged and counted as every answer is, under the id it was sent with
+    [rid] = [line.split(b": ", 1)[1].decode() for line in lines
+             if line.lower().startswith(b"x-request-id: ")]
+    want = f'"- -" {status} {len(body)} 0.0ms [{rid}]'
+    end = time.monotonic() + 10
+    while not any(want in line for line in one_thread.read_log().splitlines()):
+        assert time.monotonic() < end, f"no access log line {want!r}"
+        time.sleep(0.1)
+    counted = samples(one_thread, "registry_http_requests_total")
+    assert counted[(("method", "-"), ("route", "unreadable"), ("status", str(status)))] == 1
