@@ -98,7 +98,7 @@ class FilesystemStorage(Storage):
     def _checked(self, path, st) -> bool:
         """Whether the file at `path`, as `st` finds it, is one whose digest was checked."""
         with self._verified_lock:
-            return self._verified.get(path) == (st.st_ino, st.st_size, st.st_mtime_ns)
+            return self._verified.get(path) == _signature(st)
 
     def _verify(self, f, path, key, want):
         st = os.fstat(f.fileno())
@@ -112,7 +112,7 @@ class FilesystemStorage(Storage):
             self._set_aside(path, key)
             raise CorruptObject(f"{key} does not match its digest and was set aside")
         with self._verified_lock:
-            self._verified[path] = (st.st_ino, st.st_size, st.st_mtime_ns)
+            self._verified[path] = _signature(st)
 
     def _set_aside(self, path, key):
         logger.error("%s in %s is corrupt: its content does not match its digest", key, self.root)
@@ -241,3 +241,8 @@ def _unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _signature(st) -> tuple:
+    """What tells a file apart from a changed one (truncated, rewritten)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
