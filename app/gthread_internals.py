@@ -66,11 +66,9 @@ def _check_methods() -> list[str]:
                            f"{name}{inspect.signature(method)}")
     # read while a connection is kept, to let go of it when the worker stops
     # (alive) or its master is gone (ppid)
-    for attribute in ("alive", "ppid"):
-        if not any(attribute in _self_attributes_set(vars(cls)["__init__"])
-                   for cls in ThreadWorker.__mro__
-                   if inspect.isfunction(vars(cls).get("__init__"))):
-            missing.append(f"a worker attribute '{attribute}' set in __init__")
+    attributes = _worker_attributes()
+    missing += [f"a worker attribute '{a}' set in __init__" for a in ("alive", "ppid")
+                if a not in attributes]
     return missing
 
 
@@ -142,6 +140,13 @@ def _self_method_called(value: ast.AST):
     return None
 
 
+def _worker_attributes() -> set[str]:
+    """The `self.<name>` attributes the __init__ of ThreadWorker or of a
+    class it derives from assigns."""
+    return {a for cls in ThreadWorker.__mro__ if inspect.isfunction(vars(cls).get("__init__"))
+            for a in _self_attributes_set(vars(cls)["__init__"])}
+
+
 def _self_attributes_set(func) -> set[str]:
     """Names of the `self.<name>` attributes a method assigns."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(func)))
@@ -194,10 +199,7 @@ def _check_plain() -> list[str]:
     for name in ("take_buffered", "unread"):
         if not inspect.isfunction(getattr(http.unreader.Unreader, name, None)):
             missing.append(f"Unreader.{name}()")
-    worker_attributes = set()
-    for cls in ThreadWorker.__mro__:
-        if inspect.isfunction(vars(cls).get("__init__")):
-            worker_attributes |= _self_attributes_set(vars(cls)["__init__"])
+    worker_attributes = _worker_attributes()
     missing += [f"a worker attribute '{a}' set in __init__"
                 for a in ("nr", "max_requests", "keepalived_conns", "max_keepalived")
                 if a not in worker_attributes]
