@@ -183,12 +183,18 @@ class PlainResponse:
             self.must_close = True  # the client waits for bytes that will not come
 
 
+def remote_addr(client) -> str:
+    """REMOTE_ADDR as gunicorn sets it for a peer's address."""
+    if isinstance(client, tuple):
+        return client[0]
+    return client.decode() if isinstance(client, bytes) else client
+
+
 def addresses(environ, client, server):
     """REMOTE_* and SERVER_* as gunicorn sets them for a TCP listener."""
+    environ["REMOTE_ADDR"] = remote_addr(client)
     if isinstance(client, tuple):
-        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
-    else:
-        environ["REMOTE_ADDR"] = client.decode() if isinstance(client, bytes) else client
+        environ["REMOTE_PORT"] = str(client[1])
     environ["SERVER_NAME"], environ["SERVER_PORT"] = server[0], str(server[1])
 
 

@@ -37,7 +37,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from .config import script_name
 from .gthread_internals import missing_internals
-from .http1 import PlainHTTP, PlainResponse
+from .http1 import PlainHTTP, PlainResponse, remote_addr
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class LingeringWorker(ThreadWorker):
         error = errors.for_unreadable_request(exc)
         if error is None:
             return super().handle_error(req, client, addr, exc)
-        peer = (addr or ("",))[0] if isinstance(addr, tuple) else (addr or "")
+        peer = remote_addr(addr or "")
         self.log.warning("Invalid request from ip=%s: %s", peer, exc)
         status, headers, body = error.render()
         rid = logs.new_request_id(None)
