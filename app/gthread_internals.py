@@ -7,8 +7,9 @@ to the pool, `ThreadWorker.handle(conn)` answers one request and returns
 True exactly when the connection may be kept alive, `init_process()` runs in
 the forked worker, `handle_exit(sig, frame)` on SIGTERM, the worker's
 `alive` and `ppid`, and a connection's `sock` and `parser.unreader.buf`
-(the bytes already read ahead), and what app/http1.py takes from gunicorn
-to answer plain requests as gthread would (see _check_plain).
+(the bytes already read ahead), and what app/http1.py and
+app/http1_response.py take from gunicorn to answer plain requests as gthread
+would (see _check_plain).
 missing_internals() says which of them the
 installed gunicorn lacks or has changed, so that app/worker.py can fall back
 to plain gthread workers, and tests/app/test_worker_internals.py fails
@@ -41,7 +42,7 @@ def missing_internals() -> list[str]:
              _check_methods),
             ("what ThreadWorker.handle() returns", _check_handle_returns),
             ("a connection's sock and parser.unreader.buf", _check_conn),
-            ("what app/http1.py reads and calls of gunicorn", _check_plain)):
+            ("what app/http1*.py read and call of gunicorn", _check_plain)):
         try:
             missing.extend(check())
         except Exception as e:  # changed beyond what the check can read, e.g. no source
@@ -183,11 +184,12 @@ def _check_conn() -> list[str]:
 
 
 def _check_plain() -> list[str]:
-    """What app/http1.py relies on: a connection's client, server address,
-    HTTP/2 flag and parser; the unreader's take_buffered() and unread(); the
-    worker's request count, its keep-alive bookkeeping, load_wsgi() and
-    handle_error(); and gunicorn's own response checks, environ base and
-    trusted-peer test, so that plain requests are held to gunicorn's rules."""
+    """What app/http1.py and app/http1_response.py rely on: a connection's
+    client, server address, HTTP/2 flag and parser; the unreader's
+    take_buffered() and unread(); the worker's request count, its
+    keep-alive bookkeeping, load_wsgi() and handle_error(); and gunicorn's
+    own response checks, environ base and trusted-peer test, so that plain
+    requests are held to gunicorn's rules."""
     from gunicorn import util
     from gunicorn.http import message, wsgi
     from gunicorn.workers import base

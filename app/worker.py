@@ -37,7 +37,8 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from .config import script_name
 from .gthread_internals import missing_internals
-from .http1 import PlainHTTP, PlainResponse, remote_addr
+from .http1 import PlainHTTP, remote_addr
+from .http1_response import PlainResponse
 
 logger = logging.getLogger(__name__)
 

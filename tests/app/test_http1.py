@@ -1,6 +1,6 @@
-"""app/http1.py held to gunicorn's own parser and response: the same environ
-for every request it takes, the same bytes on the wire for every answer,
-and every other request left to gunicorn."""
+"""app/http1.py and app/http1_response.py held to gunicorn's own parser and
+response: the same environ for every request it takes, the same bytes on
+the wire for every answer, and every other request left to gunicorn."""
 import socket
 import threading
 import types
@@ -9,7 +9,8 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.http import RequestParser, wsgi
 
-from app.http1 import PlainHTTP, PlainResponse, addresses
+from app.http1 import PlainHTTP, addresses
+from app.http1_response import PlainResponse
 
 PEER = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 8080)

@@ -61,7 +61,7 @@ def worker_init_without_ppid(self, age, ppid, sockets, app, timeout, cfg, log):
     (Unreader, "__init__", unreader_without_buffer, "unreader.buf"),
     (ThreadWorker, "init_process", init_process_taking_sockets, "init_process(self)"),
     (ThreadWorker, "handle_exit", handle_exit_without_frame, "handle_exit(self, sig, frame)"),
-    # what app/http1.py takes from gunicorn
+    # what app/http1.py and app/http1_response.py take from gunicorn
     (Unreader, "take_buffered", None, "Unreader.take_buffered()"),
     (Worker, "handle_error", handle_exit_without_frame, "Worker.handle_error("),
     (message, "_ip_in_allow_list", None, "_ip_in_allow_list"),
