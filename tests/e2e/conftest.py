@@ -41,12 +41,15 @@ def slow_server(tmp_path_factory):
 
 
 class Daemon:
-    def __init__(self, cmd, socket, log_path):
+    def __init__(self, cmd, socket, log_path, tmpdir=None):
         self.socket = socket
         self.log_path = log_path
         self.log = open(log_path, "wb")
+        # what a daemon writes to its temporary folder (containerd's goroutine
+        # dump, /tmp/containerd.<pid>.stacks.log) stays in the test's folder
+        env = None if tmpdir is None else dict(os.environ, TMPDIR=str(tmpdir))
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
 
     def wait_for(self, probe, timeout=60):
         if wait_ready(self.proc, lambda: os.path.exists(self.socket) and probe().returncode == 0,
@@ -67,7 +70,7 @@ def containerd(tmp_path_factory):
     d = tmp_path_factory.mktemp("containerd")
     sock = str(d / "containerd.sock")
     daemon = Daemon(["containerd", "--root", str(d / "root"), "--state", str(d / "state"),
-                     "--address", sock], sock, str(d / "containerd.log"))
+                     "--address", sock], sock, str(d / "containerd.log"), tmpdir=d)
     daemon.wait_for(lambda: run(["ctr", "--address", sock, "version"], check=False))
     yield daemon
     daemon.stop()
