@@ -21,8 +21,9 @@ export LISTEN_ADDRESS
 
 .PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean
 
+# the installed operator command, as a deployment runs it
 run: deps $(VENV)/.installed
-	$(BIN)/gunicorn -c gunicorn.conf.py
+	$(BIN)/nix-image-registry serve
 
 test: deps test-deps $(VENV)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -49,7 +50,7 @@ test-deps:
 bench-deps:
 	@./scripts/apt-install $(BENCH_DEBS)
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV) || { $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -70,6 +70,20 @@ def make_images(config: Config, store, *, nix=None):
         mark_every=gc.mark_every(config.retention), quota=_quota(config))
 
 
+def _check_blob_folders(store):
+    """With NIXERY_BLOB_ACCEL the web server in front reads blob files as
+    its own user: say so at start when a folder on the way closes them off,
+    not with a 403 on every blob."""
+    import logging
+    closed = store.closed_folder()
+    if closed:
+        logging.getLogger(__name__).warning(
+            "NIXERY_BLOB_ACCEL: %s cannot be entered by other users%s, so the web server in "
+            "front cannot send blobs from %s (chmod o+x it, or set NIXERY_STORAGE_GROUP to a "
+            "group of the web server's user)", closed,
+            "" if store.group is None else " or the storage group", store.root)
+
+
 def create_app(config: Config | None = None, *, nix=None):
     """Build the app; gunicorn runs `app:create_app()`, which reads the environment."""
     from flask import Flask, request
@@ -87,6 +101,8 @@ def create_app(config: Config | None = None, *, nix=None):
     app = Flask(__name__)
     app.config["REGISTRY"] = config
     store = app.extensions["storage"] = storage_mod.from_config(config)
+    if config.blob_accel:
+        _check_blob_folders(store)
     images = app.extensions["images"] = make_images(config, store, nix=nix)
     app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
     app.extensions["nix_check"] = ops.NixCheck()
@@ -111,4 +127,6 @@ def create_app(config: Config | None = None, *, nix=None):
     app.cli.add_command(commands.prebuild)
     app.cli.add_command(commands.sbom)
     app.cli.add_command(commands.gc)
+    from .cli import show_config
+    app.cli.add_command(show_config)
     return app

@@ -1,13 +1,14 @@
 """Operators' commands, in the Flask CLI: `flask --app app prebuild ...`."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
 
 import click
 from flask import current_app
-from flask.cli import with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 from builders.errors import BuildError
 from builders.image import Image
@@ -122,10 +123,45 @@ def sbom(names, names_file, tag):
         raise SystemExit(1)
 
 
+class EnvironmentScriptInfo(ScriptInfo):
+    """How `nix-image-registry` makes its app: from the environment, whose
+    configuration a command can read before the app (and its storage) is made."""
+
+    def config(self):
+        from .config import Config
+        return Config.from_env()
+
+
+def with_chosen_storage(f):
+    """with_appcontext, refusing first when no storage was chosen: a command
+    that deletes must not fall back on the default ./var/storage of
+    whatever folder it was started in."""
+    @click.pass_context
+    @functools.wraps(f)
+    def decorator(ctx, *args, **kwargs):
+        info = ctx.ensure_object(ScriptInfo)
+        if current_app:
+            config = current_app.config["REGISTRY"]
+        elif isinstance(info, EnvironmentScriptInfo):
+            config = info.config()
+        else:
+            ctx.with_resource(info.load_app().app_context())
+            config = current_app.config["REGISTRY"]
+        if not config.storage_chosen:
+            raise click.ClickException(
+                f"{ctx.info_name} deletes from storage, so it needs the storage named: set "
+                "STORAGE_PATH (or NIXERY_STORAGE_BACKEND=gcs and GCS_BUCKET) as the registry "
+                f"has it; without it the default would be {config.storage_path}")
+        if not current_app:
+            ctx.with_resource(info.load_app().app_context())
+        return ctx.invoke(f, *args, **kwargs)
+    return decorator
+
+
 @click.command("gc")
 @click.option("--dry-run", is_flag=True,
               help="Say what would be deleted, and how many bytes; delete nothing.")
-@with_appcontext
+@with_chosen_storage
 def gc(dry_run):
     """Delete what storage no longer needs.
 

@@ -5,11 +5,15 @@ value stops the server at start with a message naming the variable.
 """
 from __future__ import annotations
 
+import dataclasses
+import grp
 import ipaddress
 import os
 import re
 import urllib.parse
 from dataclasses import dataclass
+
+import click
 
 from builders import compress, platforms as platforms_
 
@@ -39,8 +43,25 @@ def script_name(environ=None) -> str:
     return env.get("SCRIPT_NAME", "")
 
 
-class ConfigError(Exception):
-    """A configuration value is missing or wrong; the message names the variable."""
+def _scheme(url: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url).scheme
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        return None
+
+
+class ConfigError(click.ClickException):
+    """A configuration value is missing or wrong; the message names the variable.
+
+    A click exception, so that every command (`nix-image-registry ...` and
+    `flask --app app ...` alike) says it in one line instead of a traceback.
+    """
+
+    def format_message(self) -> str:
+        return f"configuration error: {self.message}"
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True)
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,13 @@ class Config:
     pkgs_path: str | None = None
     storage_backend: str = "filesystem"
     storage_path: str = "./var/storage"
+    # Whether the operator chose the storage (STORAGE_PATH, or a bucket):
+    # `gc` deletes nothing from the default ./var/storage of some folder.
+    storage_chosen: bool = True
+    # The group that may read the filesystem backend's files (a web server
+    # in front sending blobs): files 0640 and folders 2750 of that group
+    # instead of 0644 and 0755 readable by anyone.
+    storage_group: str | None = None
     gcs_bucket: str | None = None
     google_credentials: str | None = None
     # Another GCS endpoint (an emulator such as fake-gcs-server) instead of
@@ -198,8 +226,7 @@ class Config:
             compress.Compression(self.compressor, self.compression_level)
         except ValueError as e:
             raise ConfigError(f"NIXERY_COMPRESSION_LEVEL: {e}") from None
-        if self.popularity_url and urllib.parse.urlsplit(self.popularity_url).scheme not in (
-                "http", "https", "file"):
+        if self.popularity_url and _scheme(self.popularity_url) not in ("http", "https", "file"):
             raise ConfigError(f"NIX_POPULARITY_URL must be an http(s):// or file:// URL, "
                               f"not {self.popularity_url!r}")
         sources = [name for name, value in (
@@ -212,6 +239,11 @@ class Config:
                 raise ConfigError(f"NIXERY_PKGS_PATH {self.pkgs_path!r} is not a directory")
             object.__setattr__(self, "pkgs_path", os.path.abspath(self.pkgs_path))
         object.__setattr__(self, "storage_path", os.path.abspath(self.storage_path))
+        if self.storage_group is not None:
+            if self.storage_backend != "filesystem":
+                raise ConfigError("NIXERY_STORAGE_GROUP is for the filesystem backend, "
+                                  f"not {self.storage_backend}")
+            self.storage_gid  # a group this machine knows, or ConfigError
         state = os.path.abspath(self.state_path or os.path.join(self.storage_path, ".state"))
         object.__setattr__(self, "state_path", state)
         if self.metrics_path:
@@ -222,6 +254,20 @@ class Config:
     @property
     def authenticates(self) -> bool:
         return bool(self.htpasswd or self.user_header)
+
+    @property
+    def storage_gid(self) -> int | None:
+        """The group id of NIXERY_STORAGE_GROUP (a name or a number), or None."""
+        if self.storage_group is None:
+            return None
+        try:
+            return grp.getgrnam(self.storage_group).gr_gid
+        except (KeyError, ValueError):  # ValueError: a NUL in the name
+            pass
+        if self.storage_group.isdigit():
+            return int(self.storage_group)
+        raise ConfigError(f"NIXERY_STORAGE_GROUP {self.storage_group!r} is no group of this "
+                          "machine (a group name or a number)")
 
     @property
     def retention(self) -> float:
@@ -323,6 +369,9 @@ class Config:
             pkgs_path=get("NIXERY_PKGS_PATH"),
             storage_backend=get("NIXERY_STORAGE_BACKEND") or cls.storage_backend,
             storage_path=get("STORAGE_PATH") or cls.storage_path,
+            storage_chosen=bool(get("STORAGE_PATH")) or (
+                get("NIXERY_STORAGE_BACKEND") or cls.storage_backend) != "filesystem",
+            storage_group=get("NIXERY_STORAGE_GROUP"),
             gcs_bucket=get("GCS_BUCKET") or get("BUCKET"),
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
             gcs_endpoint=get("STORAGE_EMULATOR_HOST"),
@@ -361,3 +410,103 @@ class Config:
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
         )
         return cls(**kwargs)
+
+    def describe(self, environ=None) -> list[tuple[str, str, bool]]:
+        """Each setting as `nix-image-registry config` shows it: the variable,
+        the value in effect (secrets in URLs masked), and whether the
+        environment set it (else it is the default)."""
+        env = os.environ if environ is None else environ
+        rows = []
+        for field, names in VARIABLES.items():
+            chosen = next((n for n in names if env.get(n, "").strip()), names[0])
+            rows.append((chosen, _shown(getattr(self, field)), bool(env.get(chosen, "").strip())))
+        return rows
+
+
+# Each setting's variable: the field of Config it sets, in the order
+# `config` lists them; where two names are accepted, the first is the one
+# to use.  tests/app/test_config.py holds this to what from_env() reads.
+VARIABLES = {
+    "port": ("PORT",),
+    "listen_address": ("LISTEN_ADDRESS",),
+    "nix_timeout": ("NIX_TIMEOUT",),
+    "channel": ("NIXERY_CHANNEL",),
+    "pkgs_repo": ("NIXERY_PKGS_REPO",),
+    "pkgs_path": ("NIXERY_PKGS_PATH",),
+    "channels": ("NIXERY_CHANNELS",),
+    "any_commit": ("NIXERY_ANY_COMMIT",),
+    "commit_check_url": ("NIXERY_COMMIT_CHECK_URL",),
+    "channel_url": ("NIXERY_CHANNEL_URL",),
+    "archive_url": ("NIXERY_ARCHIVE_URL",),
+    "source_refresh": ("NIXERY_SOURCE_REFRESH",),
+    "strict_tags": ("NIXERY_STRICT_TAGS",),
+    "platforms": ("NIXERY_PLATFORMS",),
+    "storage_backend": ("NIXERY_STORAGE_BACKEND",),
+    "storage_path": ("STORAGE_PATH",),
+    "storage_group": ("NIXERY_STORAGE_GROUP",),
+    "gcs_bucket": ("GCS_BUCKET", "BUCKET"),
+    "google_credentials": ("GOOGLE_APPLICATION_CREDENTIALS",),
+    "gcs_endpoint": ("STORAGE_EMULATOR_HOST",),
+    "gcs_retry_seconds": ("GCS_RETRY_SECONDS",),
+    "state_path": ("NIXERY_STATE_PATH",),
+    "metrics_path": ("PROMETHEUS_MULTIPROC_DIR",),
+    "popularity_url": ("NIX_POPULARITY_URL",),
+    "max_layers": ("NIXERY_MAX_LAYERS",),
+    "compressor": ("NIXERY_COMPRESSOR",),
+    "compression_level": ("NIXERY_COMPRESSION_LEVEL",),
+    "max_builds": ("NIXERY_MAX_BUILDS",),
+    "build_queue_timeout": ("NIXERY_BUILD_QUEUE_TIMEOUT",),
+    "pull_wait": ("NIXERY_PULL_WAIT",),
+    "build_lease": ("NIXERY_BUILD_LEASE",),
+    "failure_ttl": ("NIXERY_FAILURE_TTL",),
+    "retention_days": ("NIXERY_RETENTION",),
+    "blob_accel": ("NIXERY_BLOB_ACCEL",),
+    "htpasswd": ("NIXERY_HTPASSWD",),
+    "user_header": ("NIXERY_USER_HEADER",),
+    "user_header_peers": ("NIXERY_USER_HEADER_PEERS",),
+    "tls_in_front": ("NIXERY_TLS_IN_FRONT",),
+    "client_builds": ("NIXERY_CLIENT_BUILDS",),
+    "forwarded_allow_ips": ("FORWARDED_ALLOW_IPS",),
+    "proxy_hops": ("NIXERY_PROXY_HOPS",),
+    "log_format": ("LOG_FORMAT",),
+    "log_level": ("LOG_LEVEL",),
+}
+
+# Query parameters whose values are secrets, wherever a URL carries them.
+_SECRET_PARAMS = re.compile(r"token|secret|password|passwd|key|sig|signature|credential",
+                            re.IGNORECASE)
+
+
+def mask(value: str) -> str:
+    """`value` with the secrets a URL may carry (a password in it, a token
+    in its query) replaced by `***`, for showing settings to people."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (a malformed port is left as it is)
+    except ValueError:
+        return value
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
+    elif parts.username is not None and parts.scheme in ("http", "https"):
+        # https://TOKEN@github.com/...: a user name alone is a token there
+        netloc = f"***@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{k}=***" if _SECRET_PARAMS.search(k) else (f"{k}={v}" if v or "=" in pair else k)
+        for pair in parts.query.split("&") if pair
+        for k, _, v in [pair.partition("=")])
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _shown(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, tuple):
+        return ",".join(getattr(v, "name", None) or str(v) for v in value)
+    return mask(str(value))

@@ -22,7 +22,19 @@ from .errors import (BuildFailed, BuildTimeout, PackageUnbuildable,
 
 logger = logging.getLogger(__name__)
 
-NIX_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nix")
+
+
+def _expressions() -> str:
+    """The folder of the Nix expressions: package data of an installed
+    registry (setup.py puts nix/ there), or nix/ beside a checkout's builders/."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = os.path.join(here, "nixexpr")
+    if os.path.isfile(os.path.join(installed, "image.nix")):
+        return installed
+    return os.path.join(os.path.dirname(here), "nix")
+
+
+NIX_DIR = _expressions()
 IMAGE_NIX = os.path.join(NIX_DIR, "image.nix")
 
 # Without these, an unreachable source costs minutes of retries before Nix

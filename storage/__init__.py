@@ -15,7 +15,8 @@ def _gcs(config):
 
 
 DRIVERS = {
-    "filesystem": lambda config: FilesystemStorage(config.storage_path),
+    "filesystem": lambda config: FilesystemStorage(config.storage_path,
+                                                   group=config.storage_gid),
     "gcs": _gcs,
 }
 

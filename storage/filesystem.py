@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -20,6 +21,14 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 STALE_TEMPORARY_SECONDS = 6 * 3600
 
+# Modes of stored files and folders, whatever the umask: a web server in
+# front (deploy/nginx.conf) sends blob files itself, as a user of its own
+# (nginx's default is `nobody`, in none of the registry's groups), so they
+# are readable by anyone; with a group, by that group only.  Nothing is
+# writable but by the registry's user.
+FILE_MODE, FOLDER_MODE = 0o644, 0o755
+GROUP_FILE_MODE, GROUP_FOLDER_MODE = 0o640, 0o2750   # setgid: new entries keep the group
+
 
 class FilesystemStorage(Storage):
     """Objects are files under `root`, keys are relative paths.
@@ -31,8 +40,11 @@ class FilesystemStorage(Storage):
 
     name = "filesystem storage"
 
-    def __init__(self, root):
+    def __init__(self, root, *, group: int | None = None):
         self.root = os.path.abspath(root)
+        self.group = group
+        self.file_mode = FILE_MODE if group is None else GROUP_FILE_MODE
+        self.folder_mode = FOLDER_MODE if group is None else GROUP_FOLDER_MODE
         self.tmp = os.path.join(self.root, ".tmp")
         self.corrupt = os.path.join(self.root, ".corrupt")
         self.locks = os.path.join(self.root, ".locks")
@@ -41,10 +53,30 @@ class FilesystemStorage(Storage):
         self._verified = LRUCache(maxsize=1 << 16)
         self._verified_lock = threading.Lock()
         try:
-            os.makedirs(self.tmp, exist_ok=True)
+            self._makedirs(self.tmp)
         except OSError as e:
             raise StorageUnavailable(f"cannot create {self.root}: {e.strerror}") from e
         self._remove_stale_temporaries()
+
+    def _makedirs(self, path):
+        """Create `path` and the folders above it that are missing (the root
+        and its parents too), each with the folder mode."""
+        missing = []
+        while not os.path.isdir(path) and path != os.path.dirname(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                continue  # made meanwhile by another writer, with these modes too
+            self._own(folder, self.folder_mode)
+
+    def _own(self, path, mode, fd=None):
+        """Give what this driver made its mode (and group), past the umask."""
+        if self.group is not None:
+            os.chown(fd if fd is not None else path, -1, self.group)
+        os.chmod(fd if fd is not None else path, mode)
 
     def _remove_stale_temporaries(self):
         # a writer killed mid-write leaves its temporary file; no live write
@@ -111,13 +143,48 @@ class FilesystemStorage(Storage):
         if h.hexdigest() != want:
             self._set_aside(path, key)
             raise CorruptObject(f"{key} does not match its digest and was set aside")
+        if st.st_mode & 0o7777 != self.file_mode or (
+                self.group is not None and st.st_gid != self.group):
+            self._open_up(f, path, st)
         with self._verified_lock:
             self._verified[path] = _signature(st)
+
+    def _open_up(self, f, path, st):
+        # written by an earlier version (0600) or another setting: the web
+        # server in front could not send it
+        try:
+            self._own(path, self.file_mode, f.fileno())
+        except OSError as e:
+            logger.warning("%s has mode %o, and it cannot be changed to %o: %s", path,
+                           st.st_mode & 0o7777, self.file_mode, e.strerror)
+
+    def closed_folder(self) -> str | None:
+        """The first folder on the way to the root that a web server sending
+        the files as another user cannot pass (with a group: that group's
+        members), or None."""
+        path = self.root
+        folders = []
+        while True:
+            folders.append(path)
+            if path == os.path.dirname(path):
+                break
+            path = os.path.dirname(path)
+        for folder in reversed(folders):
+            try:
+                st = os.stat(folder)
+            except OSError:
+                return folder
+            if st.st_mode & stat.S_IXOTH:
+                continue
+            if self.group is not None and st.st_gid == self.group and st.st_mode & stat.S_IXGRP:
+                continue
+            return folder
+        return None
 
     def _set_aside(self, path, key):
         logger.error("%s in %s is corrupt: its content does not match its digest", key, self.root)
         try:
-            os.makedirs(self.corrupt, exist_ok=True)
+            self._makedirs(self.corrupt)
             os.replace(path, os.path.join(self.corrupt, os.path.basename(path)))
         except FileNotFoundError:
             pass  # another request set it aside first
@@ -135,7 +202,7 @@ class FilesystemStorage(Storage):
     def _locked(self, key):
         """The key's lock, for conditional writes; instances sharing the folder
         (over NFS, say) share it too."""
-        os.makedirs(self.locks, exist_ok=True)
+        self._makedirs(self.locks)
         fd = os.open(os.path.join(self.locks, hashlib.sha256(key.encode()).hexdigest()),
                      os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -207,6 +274,7 @@ class FilesystemStorage(Storage):
         except OSError as e:
             raise StorageUnavailable(f"{self.name}: cannot write to {self.tmp}: {e.strerror}") from e
         try:
+            self._own(tmp, self.file_mode, fd)
             with os.fdopen(fd, "wb") as out:
                 remaining = size
                 while remaining > 0:
@@ -226,7 +294,7 @@ class FilesystemStorage(Storage):
                 raise IntegrityError(f"{key}: MD5 {md5sum.hexdigest()} does not match {md5}")
             if want_sha and sha.hexdigest() != want_sha:
                 raise IntegrityError(f"{key}: content has sha256 {sha.hexdigest()}")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._makedirs(os.path.dirname(path))
             os.replace(tmp, path)
         except OSError as e:
             _unlink(tmp)

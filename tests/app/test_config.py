@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from app.config import DEFAULT_CHANNEL, Config, ConfigError
@@ -119,3 +121,87 @@ def test_gunicorn_waits_for_builds(tmp_path):
     assert conf["forwarded_allow_ips"] == "10.0.0.1,10.0.0.2"
     assert conf["logger_class"] == "app.logs.JsonAccessLogger"
     assert conf["bind"] == ["0.0.0.0:9999"]
+
+
+class _Recording(dict):
+    """An environment that notes every variable asked for."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.asked = set()
+
+    def get(self, name, default=None):
+        self.asked.add(name)
+        return super().get(name, default)
+
+
+def test_every_setting_has_its_variable_listed():
+    import dataclasses
+    from app.config import VARIABLES
+    env = _Recording()
+    Config.from_env(env)
+    listed = {name for names in VARIABLES.values() for name in names}
+    assert env.asked == listed
+    derived = {"storage_chosen"}
+    assert set(VARIABLES) == {f.name for f in dataclasses.fields(Config)} - derived
+
+
+@pytest.mark.parametrize("variable", sorted(
+    {name for names in __import__("app.config").config.VARIABLES.values() for name in names}))
+def test_any_value_is_taken_or_refused_in_one_line(variable):
+    """Whatever an operator writes, start-up either takes it or says what is
+    wrong with it: never another exception (a traceback)."""
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(st.one_of(st.text(max_size=20), st.sampled_from(
+        ["0", "-1", "1e999", "nan", "inf", "*", "a,b", "0.0.0.0/33", "/nonexistent",
+         "http://[::1", "linux/amd64,", "9" * 30, "\x00", "tests"])))
+    def check(value):
+        try:
+            Config.from_env({variable: value})
+        except ConfigError as e:
+            assert "\n" not in e.format_message()
+    check()
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("https://user:s3cret@git.example/pkgs.git", "https://user:***@git.example/pkgs.git"),
+    ("https://ghp_token@github.com/org/pkgs", "https://***@github.com/org/pkgs"),
+    ("https://example.org/pop.json?token=abc&v=2", "https://example.org/pop.json?token=***&v=2"),
+    ("ssh://git@github.com/org/pkgs", "ssh://git@github.com/org/pkgs"),
+    ("file:///srv/pkgs", "file:///srv/pkgs"),
+    ("/srv/pkgs", "/srv/pkgs"),
+])
+def test_secrets_in_urls_are_masked(url, shown):
+    from app.config import mask
+    assert mask(url) == shown
+
+
+def test_describe_says_what_is_in_effect_and_what_was_set(tmp_path):
+    env = {"NIXERY_PKGS_REPO": "https://me:pw@git.example/pkgs.git", "PORT": "9000",
+           "BUCKET": "images", "NIXERY_STORAGE_BACKEND": "gcs"}
+    rows = {v: (value, chosen) for v, value, chosen in Config.from_env(env).describe(env)}
+    assert rows["PORT"] == ("9000", True)
+    assert rows["NIX_TIMEOUT"] == ("60", False)
+    assert rows["NIXERY_PKGS_REPO"] == ("https://me:***@git.example/pkgs.git", True)
+    assert "GCS_BUCKET" not in rows and rows["BUCKET"] == ("images", True)
+
+
+def test_storage_is_chosen_only_when_named(tmp_path):
+    assert not Config.from_env({}).storage_chosen
+    assert not Config.from_env({"NIXERY_STORAGE_BACKEND": "filesystem"}).storage_chosen
+    assert Config.from_env({"STORAGE_PATH": str(tmp_path)}).storage_chosen
+    assert Config.from_env({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b"}).storage_chosen
+
+
+def test_storage_group_is_a_group_of_this_machine():
+    import grp
+    group = grp.getgrgid(os.getgid()).gr_name
+    assert Config.from_env({"NIXERY_STORAGE_GROUP": group}).storage_gid == os.getgid()
+    assert Config.from_env({"NIXERY_STORAGE_GROUP": "4242"}).storage_gid == 4242
+    with pytest.raises(ConfigError, match="NIXERY_STORAGE_GROUP 'no-such-group' is no group"):
+        Config.from_env({"NIXERY_STORAGE_GROUP": "no-such-group"})
+    with pytest.raises(ConfigError, match="NIXERY_STORAGE_GROUP is for the filesystem"):
+        Config.from_env({"NIXERY_STORAGE_GROUP": group, "NIXERY_STORAGE_BACKEND": "gcs",
+                         "BUCKET": "b"})

@@ -48,3 +48,82 @@ def test_filesystem_size_never_vouches_for_a_corrupt_blob(tmp_path, checked_befo
     with pytest.raises(CorruptObject):
         driver.size(blob(data))
     assert not driver.exists(blob(data))
+
+
+def _modes(root):
+    """Mode of every folder and file under root (the root included), by kind."""
+    folders, files = {}, {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        folders[dirpath] = os.stat(dirpath).st_mode & 0o7777
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            files[path] = os.stat(path).st_mode & 0o7777
+    return folders, files
+
+
+def _fill(driver):
+    data = os.urandom(100)
+    driver.put(blob(data), io.BytesIO(data), size=len(data), md5=md5(data))
+    driver.put_bytes("manifests/some/image", b"{}")
+    assert driver.put_if("claims/x", b"{}", version=None)
+
+
+def test_files_are_readable_by_a_web_server_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        driver = FilesystemStorage(str(tmp_path / "s"))
+        _fill(driver)
+    finally:
+        os.umask(old)
+    folders, files = _modes(tmp_path / "s")
+    assert set(folders.values()) == {0o755}
+    stored = {p: m for p, m in files.items() if "/.locks/" not in p}
+    assert len(stored) == 3 and set(stored.values()) == {0o644}
+    assert not any(m & 0o002 for m in list(folders.values()) + list(files.values()))
+
+
+def test_a_storage_group_narrows_reading_to_it(tmp_path):
+    gid = os.getgid()
+    old = os.umask(0o077)
+    try:
+        driver = FilesystemStorage(str(tmp_path / "s"), group=gid)
+        _fill(driver)
+    finally:
+        os.umask(old)
+    folders, files = _modes(tmp_path / "s")
+    assert set(folders.values()) == {0o2750}
+    stored = {p: m for p, m in files.items() if "/.locks/" not in p}
+    assert set(stored.values()) == {0o640}
+    assert all(os.stat(p).st_gid == gid for p in list(folders) + list(stored))
+
+
+def test_a_blob_written_closed_by_an_earlier_version_is_opened_up_when_read(tmp_path):
+    driver = FilesystemStorage(str(tmp_path / "s"))
+    data = os.urandom(100)
+    driver.put(blob(data), io.BytesIO(data), size=len(data), md5=md5(data))
+    path = tmp_path / "s" / blob(data)
+    os.chmod(path, 0o600)
+    with FilesystemStorage(str(tmp_path / "s")).open(blob(data)) as f:
+        assert f.read() == data
+    assert os.stat(path).st_mode & 0o7777 == 0o644
+
+
+def test_closed_folder_names_where_a_web_server_cannot_pass(tmp_path):
+    driver = FilesystemStorage(str(tmp_path / "outer" / "storage"))
+    chain = [str(p) for p in reversed((tmp_path / "outer" / "storage").parents)]
+    chain.append(driver.root)
+    modes = {p: os.stat(p).st_mode & 0o7777 for p in chain}
+    os.chmod(tmp_path / "outer", 0o700)
+    try:
+        closed = driver.closed_folder()
+        # the first folder on the way that others cannot enter (pytest's
+        # own temporary folders are 0700 too)
+        i = chain.index(closed)
+        assert not os.stat(closed).st_mode & 0o001
+        assert all(os.stat(p).st_mode & 0o001 for p in chain[:i])
+        for p in chain[i:]:
+            os.chmod(p, os.stat(p).st_mode | 0o005)
+        assert driver.closed_folder() is None
+    finally:
+        for p, mode in modes.items():
+            os.chmod(p, mode)

@@ -1,0 +1,123 @@
+"""`nix-image-registry`, the operator's command: a Flask CLI group.
+
+The installed console script (setup.cfg) runs `main`.  Every subcommand
+reads the same environment as the server; `flask --app app ...` runs the
+same commands (app/__init__.py adds them to the app's own group).
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+from flask.cli import FlaskGroup
+from gunicorn.app.base import Application
+
+from . import commands
+from .config import Config
+
+PROG = "nix-image-registry"
+# the gunicorn settings `serve` runs with (gunicorn.conf.py loads them too)
+GUNICORN_SETTINGS = "python:app.gunicorn_conf"
+
+
+class RegistryGroup(FlaskGroup):
+    """Flask's CLI group, with the registry's commands only.
+
+    Flask's own group loads the app to list and find commands; here every
+    command is the group's own, so `--help` and `config` create no storage
+    folder, and a bad setting fails the command that needs the app, in one
+    line.
+    """
+
+    def __init__(self, **extra):
+        super().__init__(add_default_commands=False, add_version_option=False,
+                         create_app=_create_app, load_dotenv=False, set_debug_flag=False,
+                         **extra)
+        # --app and --debug choose another app; --env-file needs python-dotenv
+        self.params = [p for p in self.params if p.name not in ("app", "debug", "env_file")]
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        extra.setdefault("obj", commands.EnvironmentScriptInfo(
+            create_app=_create_app, set_debug_flag=False, load_dotenv_defaults=False))
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+    def get_command(self, ctx, name):
+        return click.Group.get_command(self, ctx, name)
+
+    def list_commands(self, ctx):
+        return click.Group.list_commands(self, ctx)
+
+
+def _create_app():
+    from . import create_app
+    return create_app()
+
+
+class _Gunicorn(Application):
+    """gunicorn's arbiter with the registry's packaged settings, then any
+    gunicorn options given on the command line."""
+
+    def __init__(self, args):
+        self.args = list(args)
+        super().__init__(usage=f"{PROG} serve [GUNICORN_OPTIONS]", prog=f"{PROG} serve")
+
+    def load_config(self):
+        self.load_config_from_module_name_or_filename(GUNICORN_SETTINGS)
+        if not self.args:
+            return
+        parser = self.cfg.parser()
+        parser.prog = f"{PROG} serve"
+        options = parser.parse_args(self.args)
+        if options.args:
+            parser.error("the registry is the only app it serves: "
+                         f"unexpected {' '.join(options.args)}")
+        for name, value in vars(options).items():
+            if value is not None and name != "args":
+                self.cfg.set(name.lower(), value)
+
+    def load(self):
+        from gunicorn import util
+        return util.import_app(self.cfg.wsgi_app)
+
+
+@click.command("serve", context_settings={"ignore_unknown_options": True})
+@click.argument("gunicorn_options", nargs=-1, type=click.UNPROCESSED)
+def serve(gunicorn_options):
+    """Serve the registry under gunicorn, configured by the environment.
+
+    PORT and LISTEN_ADDRESS say where; the other variables what it serves
+    (`nix-image-registry config` shows them).  GUNICORN_OPTIONS are
+    gunicorn's own, for what the environment does not set (e.g.
+    --workers 4).
+    """
+    Config.from_env()  # a bad setting stops here, in one line
+    _Gunicorn(gunicorn_options).run()
+
+
+@click.command("config")
+def show_config():
+    """Print the settings in effect, from the environment or their defaults.
+
+    One line each, VARIABLE=value, as a server started with this
+    environment would have them; passwords and tokens in URLs are masked.
+    """
+    rows = Config.from_env().describe()
+    lines = [(f"{variable}={value}", chosen) for variable, value, chosen in rows]
+    width = max(len(line) for line, _ in lines)
+    for line, chosen in lines:
+        click.echo(line if chosen else f"{line:<{width}}  # default")
+
+
+cli = click.version_option(package_name="nix-image-registry", prog_name=PROG)(RegistryGroup(
+    name=PROG, help="The Nix image registry: serve it, and look after what it stores.  "
+    "Settings come from the environment (see `config`)."))
+for command in (serve, show_config, commands.gc, commands.prebuild, commands.sbom):
+    cli.add_command(command)
+
+
+def main():
+    cli.main(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Image names -> Nix build -> closure layers -> tarballs -> config and manifest."""
