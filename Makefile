@@ -19,7 +19,7 @@ BENCH_DEBS := wrk nginx docker-registry skopeo
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS
 
-.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean
+.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean wheelhouse
 
 # the installed operator command, as a deployment runs it
 run: deps $(VENV)/.installed
@@ -41,6 +41,13 @@ bench: deps bench-deps $(VENV)/.installed
 	$(BIN)/python -m bench.load $(LOAD_ARGS); l=$$?; \
 	exit $$((s || l))
 
+# The registry's wheel and a wheel of everything it needs, in
+# dist/wheelhouse: what `pip install --no-index --find-links` takes offline.
+wheelhouse: $(VENV)/.installed
+	rm -rf dist/wheelhouse build
+	$(BIN)/pip wheel --quiet --wheel-dir dist/wheelhouse .
+	rm -rf build
+
 deps:
 	@./scripts/apt-install $(RUN_DEBS)
 
@@ -57,4 +64,4 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache dist build

@@ -333,7 +333,8 @@ class Config:
             try:
                 return kind(raw)
             except ValueError:
-                raise ConfigError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
+                what = "a whole number" if kind is int else "a number"
+                raise ConfigError(f"{name} must be {what}, not {raw!r}") from None
 
         def platform_list(name):
             raw = get(name)

@@ -51,14 +51,13 @@ import uuid
 import requests
 
 from storage import keys
+from tests.nginx import render
 
 from .common import (OCI_MANIFEST, Process, free_port, median, ms, need, registry, servers,
                      wrk)
 from .floor import ACCEL
 from .serve import largest_layer, nginx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEPLOY_CONF = os.path.join(HERE, os.pardir, "deploy", "nginx.conf")
 
 BLOB_TARGET = 0.9        # nginx + registry / nginx alone, MB/s, layers from SMALL_BLOB up
 SMALL_BLOB_TARGET = 0.8  # the same below SMALL_BLOB bytes
@@ -73,21 +72,12 @@ def front(workdir, upstream, storage_root, name="front") -> tuple[Process, str]:
     port = free_port()
     prefix = os.path.join(workdir, name)
     os.makedirs(prefix, exist_ok=True)
-    with open(DEPLOY_CONF) as f:
-        conf = f.read()
-    for old, new in (("listen 80;", f"listen 127.0.0.1:{port};"),
-                     ("server 127.0.0.1:8080;", f"server {upstream};"),
-                     ("alias /var/lib/registry/storage/;", f"alias {storage_root}/;")):
-        if old not in conf:
-            sys.exit(f"deploy/nginx.conf no longer holds {old!r}: update bench/nginx.py")
-        conf = conf.replace(old, new)
     conf_path = os.path.join(prefix, "nginx.conf")
     with open(conf_path, "w") as f:
-        f.write(conf)
-    # a pid file and error log of its own, and workers as root so that they
-    # read the storage folder, whose files are private to their owner
-    proc = Process(["nginx", "-p", prefix, "-c", conf_path, "-e", f"{prefix}/error.log",
-                    "-g", f"daemon off; pid {prefix}/nginx.pid; user root;"],
+        f.write(render(listen=f"127.0.0.1:{port}", upstream=upstream, storage_root=storage_root,
+                       runtime=prefix))
+    # workers as root so that they enter the bench's private work folder
+    proc = Process(["nginx", "-c", conf_path, "-g", "daemon off; user root;"],
                    os.path.join(prefix, "stdout.log"))
     host = f"127.0.0.1:{port}"
     proc.wait_http(f"http://{host}/v2/")

@@ -110,6 +110,17 @@ class Server(Local):
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
+    def log_line(self, marker, timeout=10) -> str:
+        """The first log line holding `marker`, waiting for it: gunicorn
+        writes a request's access line after the client has its answer."""
+        end = time.monotonic() + timeout
+        while True:
+            line = next((l for l in self.read_log().splitlines() if marker in l), None)
+            if line is not None or time.monotonic() > end:
+                assert line is not None, f"no log line with {marker!r}"
+                return line
+            time.sleep(0.05)
+
     def builds(self) -> int:
         """Images this server built, counted from its log."""
         return self.read_log().count("builders.service: built ")

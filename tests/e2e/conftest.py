@@ -102,3 +102,30 @@ def podman(tmp_path_factory):
             "--events-backend", "file", "--runtime", "runc"]
     yield base
     run(base + ["system", "reset", "--force"], check=False)
+
+
+def source_tree(dest) -> str:
+    """The checkout's files as git sees them (tracked, and new ones not
+    ignored), copied to `dest`: building from a copy leaves the checkout
+    clean (setuptools writes build/ and *.egg-info beside its sources)."""
+    from tests.conftest import ROOT
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                 cwd=ROOT).stdout.split("\0")
+    for name in filter(None, listed):
+        if os.path.isfile(ROOT / name):
+            os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+            shutil.copy2(ROOT / name, os.path.join(dest, name))
+    return str(dest)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory):
+    """The registry's wheel and a wheel of everything it needs, built as
+    `make wheelhouse` builds them: what an offline install takes."""
+    import sys
+    work = tmp_path_factory.mktemp("wheelhouse")
+    src = source_tree(work / "src")
+    house = work / "wheels"
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(house), src],
+        timeout=900)
+    return house

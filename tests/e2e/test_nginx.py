@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,68 +16,29 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import PKGS, ROOT, need
+from tests.conftest import PKGS
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
-from tests.server import Local, Server, free_port, stop_process, wait_ready
+from tests.nginx import Nginx, open_folder
+from tests.server import Server
 
 DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEL = "/_registry_blobs/"
 
 
-class Nginx(Local):
-    def __init__(self, workdir, upstream, storage_root):
-        need("nginx")
-        self.port = free_port()
-        self.dir = workdir
-        os.makedirs(workdir, exist_ok=True)
-        conf = (ROOT / "deploy" / "nginx.conf").read_text()
-        for old, new in (("listen 80;", f"listen 127.0.0.1:{self.port};"),
-                         ("server 127.0.0.1:8080;", f"server {upstream};"),
-                         ("alias /var/lib/registry/storage/;", f"alias {storage_root}/;")):
-            assert old in conf, old
-            conf = conf.replace(old, new)
-        self.conf = os.path.join(workdir, "nginx.conf")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        self.error_log = os.path.join(workdir, "error.log")
-        # this machine's: a pid file and error log of its own, and workers as
-        # root so that they read the test's storage folder
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", workdir, "-c", self.conf, "-e", self.error_log,
-             "-g", f"daemon off; pid {workdir}/nginx.pid; user root;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_ready(self.proc, lambda: _answers(self.url + "/v2/"), 20):
-            self.stop()
-            raise RuntimeError(f"nginx did not start:\n{self.read_errors()}")
-
-    def read_errors(self):
-        try:
-            with open(self.error_log) as f:
-                return f.read()[-4000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        stop_process(self.proc, 10)
-
-
-def _answers(url):
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @pytest.fixture(scope="module")
 def fronted(tmp_path_factory):
+    # nginx's workers (nobody) read the blob files: the storage is in a
+    # folder anyone may enter, not under pytest's private ones
     work = tmp_path_factory.mktemp("nginx-front")
+    shared = open_folder("registry-nginx-storage-")
     server = Server(str(work / "registry"), NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120",
-                    NIXERY_BLOB_ACCEL=ACCEL).start()
-    nginx = Nginx(str(work / "nginx"), server.host, server.env["STORAGE_PATH"])
+                    NIXERY_BLOB_ACCEL=ACCEL, STORAGE_PATH=os.path.join(shared, "storage")).start()
+    nginx = Nginx(server.host, server.env["STORAGE_PATH"])
     yield server, nginx
     nginx.stop()
     server.stop()
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_clients_pull_through_nginx(fronted, tmp_path, podman):
@@ -90,8 +51,37 @@ def test_clients_pull_through_nginx(fronted, tmp_path, podman):
     out = run(podman + ["run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
                         "--ulimit", "nproc=1024:1024", image, "hello"]).stdout
     assert out == "Hello, world!\n"
-    # the blobs went out through nginx, as the registry's access log says
+    # the blobs went out through nginx, as the registry's access log says,
+    # sent by workers running as nginx's default user, not root
     assert '"GET /v2/shell/hello/blobs/sha256:' in server.read_log()
+    assert nginx.workers() == {"nobody"}
+
+
+def test_an_nginx_of_another_user_than_root_serves_pulls(fronted, tmp_path):
+    """Its pid file, temporary files and error log are where such a user
+    can write them; the blobs are readable by it."""
+    server, _ = fronted
+    nginx = Nginx(server.host, server.env["STORAGE_PATH"], as_user="nobody")
+    try:
+        assert nginx.workers() == {"nobody"}
+        skopeo_copy(nginx, "shell/hello", tmp_path / "oci")
+        rootfs = unpack(tmp_path / "oci", tmp_path / "bundle")
+        assert in_root(rootfs, "hello") == "Hello, world!\n"
+        assert "[emerg]" not in nginx.read_errors() and "[alert]" not in nginx.read_errors()
+    finally:
+        nginx.stop()
+
+
+def test_nginx_passes_on_what_it_saw_not_what_the_client_wrote(fronted):
+    server, nginx = fronted
+    page = requests.get(nginx.url + "/", headers={
+        "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https", "Forwarded": "for=203.0.113.9;host=evil.example",
+        "X-Request-ID": "nginx-e2e-forwarded"})
+    assert page.status_code == 200
+    assert "evil.example" not in page.text and f"{nginx.host}/shell/git/htop" in page.text
+    line = server.log_line("[nginx-e2e-forwarded]")
+    assert line.startswith("127.0.0.1 ") and "203.0.113.9" not in line
 
 
 def _largest_layer(nginx, name):
@@ -116,7 +106,7 @@ def test_blobs_through_nginx_keep_the_registrys_headers_and_ranges(fronted):
     assert whole.headers["Accept-Ranges"] == "bytes"
     _each_header_once(whole)
     # the registry checked it and sent no bytes of it: nginx did
-    line = next(l for l in server.read_log().splitlines() if "[nginx-e2e-1]" in l)
+    line = server.log_line("[nginx-e2e-1]")
     assert f'"GET /v2/git/blobs/{layer["digest"]}" 200 0 ' in line
     part = requests.get(url, headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == whole.content[100:200]
