@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import click
 
-from builders import compress, platforms as platforms_
+from builders import compress, nixcache, platforms as platforms_
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
 DEFAULT_CHANNEL = "nixos-unstable"
@@ -156,6 +156,11 @@ class Config:
     compressor: str = compress.DEFAULT
     compression_level: int | None = None
     log_level: str = "INFO"
+    # The Nix binary cache every built closure is copied to, signed with
+    # the secret key in nix_cache_key (a file of
+    # `nix-store --generate-binary-cache-key`).
+    nix_cache: str | None = None
+    nix_cache_key: str | None = None
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -248,6 +253,7 @@ class Config:
         object.__setattr__(self, "state_path", state)
         if self.metrics_path:
             object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
+        self._check_nix_cache()
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
 
@@ -284,6 +290,36 @@ class Config:
     @property
     def history_path(self) -> str:
         return os.path.join(self.state_path, "history")
+
+    def _check_nix_cache(self):
+        if not self.nix_cache:
+            if self.nix_cache_key:
+                raise ConfigError("NIXERY_NIX_CACHE_KEY is set but NIXERY_NIX_CACHE is not: name "
+                                  "the cache the key signs for")
+            return
+        try:
+            nixcache.check_url(self.nix_cache)
+        except ValueError as e:
+            raise ConfigError(f"NIXERY_NIX_CACHE {self.nix_cache!r} {e}") from None
+        if not self.nix_cache_key:
+            raise ConfigError("NIXERY_NIX_CACHE needs NIXERY_NIX_CACHE_KEY, the secret key file "
+                              "its paths are signed with (nix-store --generate-binary-cache-key)")
+        self.nix_cache_public_key  # readable and a key, or ConfigError
+
+    @property
+    def nix_cache_public_key(self) -> str | None:
+        """The public key of NIXERY_NIX_CACHE_KEY, for substituters' trusted-public-keys."""
+        if not self.nix_cache_key:
+            return None
+        try:
+            with open(self.nix_cache_key, encoding="ascii") as f:
+                return nixcache.public_key(f.read(4096))
+        except OSError as e:
+            raise ConfigError(f"NIXERY_NIX_CACHE_KEY {self.nix_cache_key!r} cannot be read: "
+                              f"{e.strerror}") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            reason = e if isinstance(e, nixcache.NotASecretKey) else "it is not a Nix secret key"
+            raise ConfigError(f"NIXERY_NIX_CACHE_KEY {self.nix_cache_key!r}: {reason}") from None
 
     def _check_gcs(self):
         if not self.gcs_bucket:
@@ -409,6 +445,8 @@ class Config:
             compressor=get("NIXERY_COMPRESSOR") or cls.compressor,
             compression_level=number("NIXERY_COMPRESSION_LEVEL", int, None),
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
+            nix_cache=get("NIXERY_NIX_CACHE"),
+            nix_cache_key=get("NIXERY_NIX_CACHE_KEY"),
         )
         return cls(**kwargs)
 
@@ -420,7 +458,10 @@ class Config:
         rows = []
         for field, names in VARIABLES.items():
             chosen = next((n for n in names if env.get(n, "").strip()), names[0])
-            rows.append((chosen, _shown(getattr(self, field)), bool(env.get(chosen, "").strip())))
+            shown = _shown(getattr(self, field))
+            if field == "nix_cache_key" and shown:
+                shown += f"  (public key {self.nix_cache_public_key})"
+            rows.append((chosen, shown, bool(env.get(chosen, "").strip())))
         return rows
 
 
@@ -471,6 +512,8 @@ VARIABLES = {
     "proxy_hops": ("NIXERY_PROXY_HOPS",),
     "log_format": ("LOG_FORMAT",),
     "log_level": ("LOG_LEVEL",),
+    "nix_cache": ("NIXERY_NIX_CACHE",),
+    "nix_cache_key": ("NIXERY_NIX_CACHE_KEY",),
 }
 
 # Query parameters whose values are secrets, wherever a URL carries them.

@@ -93,6 +93,12 @@ def drowsy_set(dest, seconds):
                                 f"sleep {seconds} # salt: {uuid.uuid4().hex}")])
 
 
+def remote_set(dest):
+    """A copy of the test package set whose `remote-only` (built only by a
+    remote builder) has not been built before: a salt of its own."""
+    return package_set(dest, [("echo salt: none", f"echo salt: {uuid.uuid4().hex}")])
+
+
 def at_once(n, fn):
     """fn(0) ... fn(n - 1), each on a thread of its own, all let go at the
     same moment; their results in that order."""

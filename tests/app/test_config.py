@@ -205,3 +205,26 @@ def test_storage_group_is_a_group_of_this_machine():
     with pytest.raises(ConfigError, match="NIXERY_STORAGE_GROUP is for the filesystem"):
         Config.from_env({"NIXERY_STORAGE_GROUP": group, "NIXERY_STORAGE_BACKEND": "gcs",
                          "BUCKET": "b"})
+
+
+def test_nix_cache_needs_a_readable_key(tmp_path):
+    from tests.nixstore import keypair
+    secret, public = keypair(tmp_path, "cache-1")
+    c = Config.from_env({"NIXERY_NIX_CACHE": f"file://{tmp_path}/cache",
+                         "NIXERY_NIX_CACHE_KEY": secret})
+    assert c.nix_cache_public_key == public
+    key_row = next(r for r in c.describe({"NIXERY_NIX_CACHE_KEY": secret})
+                   if r[0] == "NIXERY_NIX_CACHE_KEY")
+    assert key_row[1] == f"{secret}  (public key {public})"
+    for env, message in [
+        ({"NIXERY_NIX_CACHE": f"file://{tmp_path}/c"}, "NIXERY_NIX_CACHE needs NIXERY_NIX_CACHE_KEY"),
+        ({"NIXERY_NIX_CACHE": "s3://bucket", "NIXERY_NIX_CACHE_KEY": secret},
+         "NIXERY_NIX_CACHE 's3://bucket' must be a store URL"),
+        ({"NIXERY_NIX_CACHE": f"file://{tmp_path}/c", "NIXERY_NIX_CACHE_KEY": "/no/key"},
+         "NIXERY_NIX_CACHE_KEY '/no/key' cannot be read: No such file or directory"),
+        ({"NIXERY_NIX_CACHE": f"file://{tmp_path}/c",
+          "NIXERY_NIX_CACHE_KEY": str(tmp_path / "cache-1.pub")}, "is not a Nix secret key"),
+        ({"NIXERY_NIX_CACHE_KEY": secret}, "NIXERY_NIX_CACHE_KEY is set but NIXERY_NIX_CACHE is not"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Config.from_env(env)

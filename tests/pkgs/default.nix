@@ -25,8 +25,8 @@ let
 
   # mk: a derivation whose build script runs in busybox sh with every
   # applet on PATH.
-  mk = { pname, version ? "1.0", script, passthru ? {} }:
-    derivation {
+  mk = { pname, version ? "1.0", script, passthru ? {}, features ? [] }:
+    derivation ({
       name = "${pname}-${version}";
       inherit system;
       builder = bb;
@@ -36,7 +36,7 @@ let
         export PATH="$TMPDIR/tools"
         ${script}
       '' ];
-    } // { inherit pname version; meta = { description = "test package ${pname}"; }; } // passthru;
+    } // (if features == [] then {} else { requiredSystemFeatures = features; })) // { inherit pname version; meta = { description = "test package ${pname}"; }; } // passthru;
 
   # A program: a busybox shell script in $out/bin/<prog>.
   script = pname: prog: body: extra: mk {
@@ -286,6 +286,21 @@ let
     drowsy = script "drowsy" "drowsy" "echo awake" ''
       sleep 25 # salt: none
     '';
+
+    # Built only by a machine with the system feature `registry-builder`
+    # (tests/nixstore.py: RemoteBuilder), which this one lacks: a Nix
+    # remote builder.  A salt in its script (tests/conftest.py:
+    # remote_set) makes it new for each test.
+    remote-only = mk {
+      pname = "remote-only";
+      features = [ "registry-builder" ];
+      script = ''
+        mkdir -p $out/bin
+        printf '%s\n' '#!${bb} sh' 'echo "built by the remote builder"' > $out/bin/remote-only
+        chmod 0755 $out/bin/remote-only
+        echo salt: none > $out/salt
+      '';
+    };
 
     # For x86_64-linux only, as its meta says: an index for several
     # platforms leaves the others out.
