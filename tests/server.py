@@ -73,8 +73,9 @@ class Server(Local):
     """gunicorn with gunicorn.conf.py, configured through the environment like
     production; `app` another WSGI app than the registry under the same settings."""
 
-    def __init__(self, workdir, app=None, **env):
+    def __init__(self, workdir, app=None, wrap=None, **env):
         self.app = app
+        self.wrap = wrap  # argv -> the argv that runs it, e.g. in a namespace
         self.port = free_port()
         self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
@@ -93,8 +94,8 @@ class Server(Local):
         self.env["TMPDIR"] = self.tmp
         self.log = open(self.log_path, "ab")
         gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-        self.proc = subprocess.Popen([gunicorn, "-c", "gunicorn.conf.py",
-                                      *([self.app] if self.app else [])], cwd=ROOT,
+        argv = [gunicorn, "-c", "gunicorn.conf.py", *([self.app] if self.app else [])]
+        self.proc = subprocess.Popen(self.wrap(argv) if self.wrap else argv, cwd=ROOT,
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         # a worker still importing the app accepts but answers late
