@@ -57,6 +57,7 @@ def nix_logs(srv) -> str:
     return "".join(texts)
 
 
+@pytest.mark.xfail(reason="the binary cache is not wired into builds yet", strict=True)
 def test_an_empty_store_substitutes_what_another_instance_built(tmp_path):
     secret, public = keypair(tmp_path, "registry-e2e-1")
     cache = tmp_path / "cache"
