@@ -1,7 +1,6 @@
 """Shared fixtures: the offline package set, an app, its storage, a real server."""
 from __future__ import annotations
 
-import getpass
 import os
 import pathlib
 import shutil
@@ -23,13 +22,24 @@ PKGS = ROOT / "tests" / "pkgs"
 os.environ["NIX_CONFIG"] = "substituters =\nextra-platforms = aarch64-linux"
 
 
+def pytest_configure(config):
+    # Each run gets a temporary root of its own.  With
+    # tmp_path_retention_policy = none (setup.cfg) pytest takes no lock on
+    # its numbered folder in /tmp/pytest-of-<user>, so a second run on the
+    # machine (two checkouts tested at once) would delete the first one's
+    # folders under its running servers.
+    if config.option.basetemp is None and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
+        config._registry_temproot = tempfile.mkdtemp(prefix="registry-tests-")
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = config._registry_temproot
+
+
 def pytest_unconfigure(config):
-    # pytest removes each run's temporary folders (tmp_path_retention_policy
-    # in setup.cfg) but keeps their parent; nothing of a run stays in /tmp
-    try:
-        os.rmdir(os.path.join(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}"))
-    except OSError:
-        pass  # not empty (another run is going on) or gone already
+    # pytest removes each test's temporary folder (tmp_path_retention_policy
+    # in setup.cfg) but keeps their parents; nothing of a run stays in /tmp
+    root = getattr(config, "_registry_temproot", None)
+    if root is not None:
+        os.environ.pop("PYTEST_DEBUG_TEMPROOT", None)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
