@@ -29,7 +29,7 @@ import re
 from datetime import datetime
 
 from gunicorn import util
-from gunicorn.http import message, wsgi
+from gunicorn.http import message, unreader as unreaders, wsgi
 
 from .http1_response import PlainResponse
 
@@ -63,6 +63,16 @@ class PlainRequest:
         return False
 
 
+def limits(cfg) -> tuple[int, int, int]:
+    """gunicorn's limits on a request line (0: none), the number of header
+    fields and a field's length with its CRLF, as its parser clamps the
+    configured values: read off a request it parses with them, so that the
+    rules of clamping are gunicorn's own, not a copy that could drift."""
+    probe = message.Request(cfg, unreaders.IterUnreader([b"GET / HTTP/1.1\r\n\r\n"]),
+                            ("127.0.0.1", 0))
+    return probe.limit_request_line, probe.limit_request_fields, probe.limit_request_field_size
+
+
 def remote_addr(client) -> str:
     """REMOTE_ADDR as gunicorn sets it for a peer's address."""
     if isinstance(client, tuple):
@@ -85,9 +95,9 @@ class PlainHTTP:
         self.worker = worker
         cfg = worker.cfg
         self.cfg = cfg
-        self.limit_line = cfg.limit_request_line or _MAX_HEAD
-        self.limit_fields = cfg.limit_request_fields
-        self.limit_field = cfg.limit_request_field_size or _MAX_HEAD
+        line, self.limit_fields, field = limits(cfg)
+        self.limit_line = line or _MAX_HEAD  # no limit: the head's own bounds it
+        self.limit_field = field - 2  # gunicorn counts a field's CRLF
         self.secure_headers = dict(cfg.secure_scheme_headers)
         self.base = wsgi.base_environ(cfg)
         self.base["wsgi.multithread"] = True
