@@ -4,7 +4,7 @@ import os
 import shutil
 import sys
 
-from app.config import Config, ConfigError
+from app.config import HTTP_WORKERS, Config, ConfigError
 
 try:
     _config = Config.from_env()
@@ -20,8 +20,10 @@ wsgi_app = "app:create_app()"
 bind = [f"{_config.listen_address}:{_config.port}"]
 
 # Builds wait on Nix subprocesses, so threads serve other pulls meanwhile.
-# gthread, keeping a busy kept-alive connection on its thread (app/worker.py).
-worker_class = "app.worker.Worker"
+# gthread, keeping a busy kept-alive connection on its thread and reading
+# plain requests itself (app/worker.py); or, with NIXERY_HTTP_WORKER=gthread,
+# gunicorn's own.
+worker_class = HTTP_WORKERS[_config.http_worker]
 workers = max(2, multiprocessing.cpu_count())
 threads = 16
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from builders import compress, platforms as platforms_
 
 STORAGE_BACKENDS = ("filesystem", "gcs")
+# NIXERY_HTTP_WORKER: the gunicorn worker class each name runs
+HTTP_WORKERS = {"registry": "app.worker.Worker", "gthread": "gthread"}
 DEFAULT_CHANNEL = "nixos-unstable"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -122,6 +124,9 @@ class Config:
     log_format: str = "text"
     # Peers whose X-Forwarded-* headers are believed (gunicorn's setting).
     forwarded_allow_ips: str = "127.0.0.1"
+    # The gunicorn worker: the registry's own (app/worker.py, which reads
+    # plain requests itself) or gunicorn's stock gthread worker.
+    http_worker: str = "registry"
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
     # How layers are gzipped; the level defaults per compressor.
@@ -216,6 +221,9 @@ class Config:
         object.__setattr__(self, "state_path", state)
         if self.metrics_path:
             object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
+        if self.http_worker not in HTTP_WORKERS:
+            raise ConfigError(f"NIXERY_HTTP_WORKER must be registry (the registry's own worker) or "
+                              f"gthread (gunicorn's stock one), not {self.http_worker!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
 
@@ -353,6 +361,7 @@ class Config:
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),
             forwarded_allow_ips=get("FORWARDED_ALLOW_IPS") or cls.forwarded_allow_ips,
+            http_worker=get("NIXERY_HTTP_WORKER") or cls.http_worker,
             source_refresh=number("NIXERY_SOURCE_REFRESH", float, cls.source_refresh),
             channel_url=get("NIXERY_CHANNEL_URL") or cls.channel_url,
             archive_url=get("NIXERY_ARCHIVE_URL") or cls.archive_url,
