@@ -22,24 +22,24 @@ PKGS = ROOT / "tests" / "pkgs"
 os.environ["NIX_CONFIG"] = "substituters =\nextra-platforms = aarch64-linux"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    # Each run gets a temporary root of its own.  With
+    # Each run gets a temporary folder of its own.  With
     # tmp_path_retention_policy = none (setup.cfg) pytest takes no lock on
     # its numbered folder in /tmp/pytest-of-<user>, so a second run on the
     # machine (two checkouts tested at once) would delete the first one's
-    # folders under its running servers.
-    if config.option.basetemp is None and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
-        config._registry_temproot = tempfile.mkdtemp(prefix="registry-tests-")
-        os.environ["PYTEST_DEBUG_TEMPROOT"] = config._registry_temproot
+    # folders under its running servers.  Short: podman's run root must be
+    # under 50 characters, a unix socket's path under 108.
+    if config.option.basetemp is None:
+        config.option.basetemp = config._registry_basetemp = tempfile.mkdtemp(prefix="pytest-")
 
 
 def pytest_unconfigure(config):
     # pytest removes each test's temporary folder (tmp_path_retention_policy
-    # in setup.cfg) but keeps their parents; nothing of a run stays in /tmp
-    root = getattr(config, "_registry_temproot", None)
-    if root is not None:
-        os.environ.pop("PYTEST_DEBUG_TEMPROOT", None)
-        shutil.rmtree(root, ignore_errors=True)
+    # in setup.cfg) but keeps the run's; nothing of a run stays in /tmp
+    basetemp = getattr(config, "_registry_basetemp", None)
+    if basetemp is not None:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):
