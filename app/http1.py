@@ -20,7 +20,8 @@ tokens without `_`, values of visible ASCII, no `Content-Length`,
 limits on lines and fields.  Anything else goes back, unread, to gunicorn,
 which answers it (or refuses it) exactly as before.  A plain request gets
 the WSGI environ gunicorn would give it and an answer framed by gunicorn's
-rules (tests/app/test_http1.py holds both to gunicorn's own).
+rules (tests/app/test_http1.py holds both to gunicorn's own, and
+tests/e2e/test_http_differential.py the whole worker to stock gthread).
 """
 from __future__ import annotations
 

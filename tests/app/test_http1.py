@@ -112,6 +112,50 @@ def test_any_other_request_is_left_to_gunicorn(raw):
     assert plain().parse(raw.encode("latin-1"), trusted=True) is None
 
 
+def _gunicorn_reading(parser):
+    """What gunicorn's parser makes of the next request: the request as
+    read, body included, or what it raised."""
+    try:
+        req = next(parser)
+    except (StopIteration, ParseException) as e:
+        return type(e).__name__, str(e)
+    return req.method, req.uri, req.version, req.headers, req.body.read()
+
+
+DECLINED = {name: raw for name, raw in NOT_PLAIN.items() if raw}  # before a plain one
+
+
+@pytest.mark.parametrize("raw", DECLINED.values(), ids=DECLINED.keys())
+@pytest.mark.parametrize("buffered", [0, 10, None], ids=["none read ahead", "some", "all"])
+def test_a_request_declined_reaches_gunicorns_parser_untouched(raw, buffered):
+    """serve() may have read ahead (gunicorn's buffer) and from the socket
+    before it declines: gunicorn's parser then reads the very same bytes,
+    and the request after them, as on a connection of its own."""
+    data = raw.encode("latin-1") + b"GET /next HTTP/1.1\r\n\r\n"
+    cut = len(data) if buffered is None else buffered
+
+    def reading(declined_first: bool):
+        ours, theirs = socket.socketpair()
+        try:
+            parser = RequestParser(Config(), ours, PEER)
+            if declined_first:
+                parser.unreader.unread(data[:cut])  # as gunicorn left it, read ahead
+                theirs.sendall(data[cut:])
+            else:
+                theirs.sendall(data)
+            theirs.shutdown(socket.SHUT_WR)
+            if declined_first:
+                conn = types.SimpleNamespace(is_http2=False, parser=parser, server=SERVER,
+                                             sock=ours, client=PEER)
+                assert plain().serve(conn) is None
+            return [_gunicorn_reading(parser), _gunicorn_reading(parser)]
+        finally:
+            ours.close()
+            theirs.close()
+
+    assert reading(declined_first=True) == reading(declined_first=False)
+
+
 def gunicorn_reads(raw: bytes, cfg) -> bool:
     """Whether gunicorn's parser takes the request, rather than refusing it."""
     try:
