@@ -34,7 +34,9 @@ timeout = int(_config.nix_timeout) + 300
 graceful_timeout = timeout
 keepalive = 75
 
-# Behind a load balancer: believe X-Forwarded-* only from these peers.
+# Behind a load balancer: believe X-Forwarded-* only from these peers.  The
+# registry's rule for who the client is (app/proxy.py) reads the same list,
+# checked and normalized by app/config.py.
 forwarded_allow_ips = _config.forwarded_allow_ips
 
 accesslog = "-"
@@ -45,6 +47,12 @@ logger_class = ("app.logs.JsonAccessLogger" if _config.log_format == "json"
 
 
 def on_starting(server):
+    # gunicorn decides the scheme from the peers it trusts, the registry the
+    # client: another list given to gunicorn alone would split them
+    if ",".join(server.cfg.forwarded_allow_ips) != forwarded_allow_ips:
+        sys.exit("configuration error: gunicorn's forwarded_allow_ips was set apart from "
+                 "FORWARDED_ALLOW_IPS (by --forwarded-allow-ips or GUNICORN_CMD_ARGS): "
+                 "set FORWARDED_ALLOW_IPS alone")
     # counts of workers from an earlier run are not this run's
     shutil.rmtree(_metrics, ignore_errors=True)
     os.makedirs(_metrics, exist_ok=True)

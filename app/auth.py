@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import ipaddress
 import logging
 import os
 import threading
@@ -34,8 +33,7 @@ import bcrypt
 
 from builders.sync import LockedTTLCache
 
-from . import metrics, wire
-from .config import parse_peers
+from . import metrics, proxy, wire
 from .errors import RegistryError, TooManyRequests
 
 logger = logging.getLogger(__name__)
@@ -118,19 +116,13 @@ def _parse(path) -> dict[str, bytes]:
     return entries
 
 
-def peer_of(environ) -> str:
-    """The TCP peer, before any X-Forwarded-For rewrite (app/proxy.py)."""
-    orig = environ.get("werkzeug.proxy_fix.orig") or {}
-    return orig.get("REMOTE_ADDR") or environ.get("REMOTE_ADDR", "")
-
-
 class Authenticator:
     def __init__(self, *, htpasswd: Htpasswd | None = None, user_header: str | None = None,
-                 trusted_peers=(), realm="registry", clock=time.monotonic):
+                 user_header_peers: str = "", realm="registry", clock=time.monotonic):
         self.htpasswd = htpasswd
         self.user_header = ("HTTP_" + user_header.upper().replace("-", "_")
                             if user_header else None)
-        self.trusted_peers = trusted_peers
+        self.user_header_peers = proxy.Proxies(user_header_peers, any_peer=False)
         self.realm = realm
         self._clock = clock
         self._ok = LockedTTLCache(maxsize=4096, ttl=CACHE_SECONDS)
@@ -139,7 +131,7 @@ class Authenticator:
 
     def user_of(self, environ) -> str:
         """The user this request is from; Unauthorized or TooManyRequests."""
-        if self.user_header and self._trusted(peer_of(environ)):
+        if self.user_header and self.user_header_peers.trusts(proxy.peer_of(environ)):
             user = environ.get(self.user_header, "").strip()
             if user:
                 return user
@@ -158,20 +150,13 @@ class Authenticator:
         key = hashlib.sha256(f"{self.htpasswd.signature}\0{user}\0{password}".encode()).digest()
         if self._ok.get(key):
             return user
-        client = environ.get("REMOTE_ADDR", "")
+        client = environ.get("REMOTE_ADDR", "")  # the client (app/proxy.py)
         self._refuse_if_failing(client)
         if self.htpasswd.verify(user, password):
             self._ok[key] = True
             return user
         self._failed(client)
         raise self._challenge("wrong user name or password")
-
-    def _trusted(self, peer) -> bool:
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in net for net in self.trusted_peers)
 
     def _challenge(self, message):
         return Unauthorized(message, headers={
@@ -227,5 +212,4 @@ def from_config(config) -> Authenticator:
                        "NIXERY_TLS_IN_FRONT=1")
     return Authenticator(
         htpasswd=Htpasswd(config.htpasswd) if config.htpasswd else None,
-        user_header=config.user_header,
-        trusted_peers=parse_peers(config.user_header_peers or ""))
+        user_header=config.user_header, user_header_peers=config.user_header_peers or "")

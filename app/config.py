@@ -5,7 +5,6 @@ value stops the server at start with a message naming the variable.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import urllib.parse
@@ -13,24 +12,13 @@ from dataclasses import dataclass
 
 from builders import compress, platforms as platforms_
 
+from .proxy import Proxies
+
 STORAGE_BACKENDS = ("filesystem", "gcs")
 # NIXERY_HTTP_WORKER: the gunicorn worker class each name runs
 HTTP_WORKERS = {"registry": "app.worker.Worker", "gthread": "gthread"}
 DEFAULT_CHANNEL = "nixos-unstable"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def parse_peers(spec: str) -> tuple:
-    """Addresses and CIDR ranges, comma-separated; `*` is refused."""
-    nets = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        if part == "*":
-            raise ValueError("`*` would let any client name any user; list the proxy's "
-                             "addresses or ranges")
-        nets.append(ipaddress.ip_network(part, strict=False))
-    return tuple(nets)
 
 
 def script_name(environ=None) -> str:
@@ -108,9 +96,6 @@ class Config:
     user_header: str | None = None
     user_header_peers: str | None = None
     tls_in_front: bool = False
-    # Proxies in front that each append to X-Forwarded-For (a CDN and a
-    # load balancer: 2): the client's address is that many from the right.
-    proxy_hops: int = 1
     # New builds one client may start per hour, and at once (None: no limit).
     client_builds: tuple[int, int] | None = None
     # How long an image nobody pulls is kept, in days, when garbage is
@@ -182,11 +167,9 @@ class Config:
                               "the header is believed only from those addresses")
         if self.user_header_peers:
             try:
-                parse_peers(self.user_header_peers)
+                Proxies(self.user_header_peers, any_peer=False)
             except ValueError as e:
                 raise ConfigError(f"NIXERY_USER_HEADER_PEERS: {e}") from None
-        if self.proxy_hops < 1:
-            raise ConfigError(f"NIXERY_PROXY_HOPS must be at least 1, not {self.proxy_hops}")
         if self.client_builds is not None and (
                 len(self.client_builds) != 2 or min(self.client_builds) < 1):
             raise ConfigError("NIXERY_CLIENT_BUILDS must be two positive numbers: builds per "
@@ -221,6 +204,11 @@ class Config:
         object.__setattr__(self, "state_path", state)
         if self.metrics_path:
             object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
+        try:  # normalized: gunicorn is given it too, and refuses what this does
+            proxies = Proxies(self.forwarded_allow_ips)
+        except ValueError as e:
+            raise ConfigError(f"FORWARDED_ALLOW_IPS: {e}") from None
+        object.__setattr__(self, "forwarded_allow_ips", proxies.spec)
         if self.http_worker not in HTTP_WORKERS:
             raise ConfigError(f"NIXERY_HTTP_WORKER must be registry (the registry's own worker) or "
                               f"gthread (gunicorn's stock one), not {self.http_worker!r}")
@@ -322,6 +310,10 @@ class Config:
                 raise ConfigError(f"{name} must be 1 or 0, not {raw!r}")
             return raw in ("1", "true", "yes")
 
+        if get("NIXERY_PROXY_HOPS") is not None:
+            raise ConfigError("NIXERY_PROXY_HOPS is no longer read: list every proxy in front in "
+                              "FORWARDED_ALLOW_IPS (addresses and CIDR ranges); the client is the "
+                              "rightmost X-Forwarded-For address not among them")
         kwargs = dict(
             port=number("PORT", int, cls.port),
             listen_address=get("LISTEN_ADDRESS") or cls.listen_address,
@@ -356,7 +348,6 @@ class Config:
             user_header_peers=get("NIXERY_USER_HEADER_PEERS"),
             tls_in_front=flag("NIXERY_TLS_IN_FRONT"),
             client_builds=client_builds("NIXERY_CLIENT_BUILDS"),
-            proxy_hops=number("NIXERY_PROXY_HOPS", int, cls.proxy_hops),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),

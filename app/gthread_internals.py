@@ -188,8 +188,8 @@ def _check_plain() -> list[str]:
     client, server address, HTTP/2 flag and parser; the unreader's
     take_buffered() and unread(); the worker's request count, its
     keep-alive bookkeeping, load_wsgi() and handle_error(); and gunicorn's
-    own response checks, environ base, trusted-peer test and clamped
-    limits, so that plain requests are held to gunicorn's rules."""
+    own response checks, environ base and clamped limits, so that plain
+    requests are held to gunicorn's rules."""
     from gunicorn import util
     from gunicorn.http import message, wsgi
     from gunicorn.workers import base
@@ -210,11 +210,6 @@ def _check_plain() -> list[str]:
         method = getattr(base.Worker, name, None)
         if not inspect.isfunction(method) or list(inspect.signature(method).parameters) != args:
             missing.append(f"Worker.{name}({', '.join(args)})")
-    if list(inspect.signature(getattr(message, "_ip_in_allow_list", len)).parameters) != [
-            "ip_str", "allow_list", "networks"]:
-        missing.append("gunicorn.http.message._ip_in_allow_list(ip_str, allow_list, networks)")
-    if not callable(getattr(Config(), "forwarded_allow_networks", None)):
-        missing.append("Config.forwarded_allow_networks()")
     # app/http1.py reads the limits off a request gunicorn parsed (limits())
     probe = message.Request(Config(), http.unreader.IterUnreader([b"GET / HTTP/1.1\r\n\r\n"]),
                             ("127.0.0.1", 0))

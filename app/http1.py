@@ -33,6 +33,7 @@ from gunicorn import util
 from gunicorn.http import message, unreader as unreaders, wsgi
 
 from .http1_response import PlainResponse
+from .proxy import Proxies
 
 _LINE = rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1"          # no '#': gunicorn splits fragments
 # a token without '_' (gunicorn drops or refuses such names), its value
@@ -100,6 +101,7 @@ class PlainHTTP:
         self.limit_line = line or _MAX_HEAD  # no limit: the head's own bounds it
         self.limit_field = field - 2  # gunicorn counts a field's CRLF
         self.secure_headers = dict(cfg.secure_scheme_headers)
+        self.proxies = Proxies(",".join(cfg.forwarded_allow_ips))
         self.base = wsgi.base_environ(cfg)
         self.base["wsgi.multithread"] = True
         # a worker's settings stay as they are for its life
@@ -114,13 +116,14 @@ class PlainHTTP:
                 and getattr(cfg, "protocol", "http") == "http")
 
     def trusted(self, conn) -> bool:
-        """Whether the peer may set the scheme headers (forwarded_allow_ips),
-        decided once per connection, as gunicorn decides it per request."""
+        """Whether the peer may set the scheme headers (forwarded_allow_ips,
+        by app/proxy.py's rule, which is gunicorn's), decided once per
+        connection, as gunicorn decides it per request; a peer that is not
+        an IP socket (a unix socket's) is, for gunicorn."""
         trusted = getattr(conn, "plain_trusted", None)
         if trusted is None:
             client = conn.client
-            trusted = not isinstance(client, tuple) or message._ip_in_allow_list(
-                client[0], self.cfg.forwarded_allow_ips, self.cfg.forwarded_allow_networks())
+            trusted = not isinstance(client, tuple) or self.proxies.trusts(client[0])
             conn.plain_trusted = trusted
         return trusted
 

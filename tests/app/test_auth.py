@@ -151,7 +151,7 @@ def test_a_proxys_user_header_is_believed_only_from_its_addresses(tmp_path):
 
 
 def test_configuration_refuses_any_peer_and_half_settings(tmp_path):
-    with pytest.raises(ConfigError, match="`\\*` would let any client name any user"):
+    with pytest.raises(ConfigError, match="`\\*` would let any client in as the proxy"):
         Config(storage_path=str(tmp_path), user_header="X-User", user_header_peers="*")
     with pytest.raises(ConfigError, match="go together"):
         Config(storage_path=str(tmp_path), user_header="X-User")
@@ -164,23 +164,6 @@ def test_a_warning_when_nothing_says_tls_is_in_front(tmp_path, htpasswd, caplog)
         create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                           htpasswd=str(htpasswd)))
     assert "credentials travel in clear" in caplog.text and "NIXERY_TLS_IN_FRONT" in caplog.text
-
-
-def test_the_client_address_counts_trusted_hops_from_the_right(tmp_path):
-    """What builds are counted against: the entry the trusted proxies
-    appended, not what the client wrote at the left."""
-    from builders import quota
-    seen = []
-    for hops, expected in ((1, "198.51.100.9"), (2, "203.0.113.5")):
-        app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / f"s{hops}"),
-                                proxy_hops=hops))
-        images = app.extensions["images"]
-        real = images.image
-        images.image = lambda *a, client=None, **kw: seen.append(client) or real(
-            *a, client=client, **kw)
-        app.test_client().get("/v2/hello/manifests/latest", headers={
-            "X-Forwarded-For": "10.6.6.6, 203.0.113.5, 198.51.100.9"})
-        assert seen[-1] == quota.client_key(None, expected)
 
 
 def test_a_file_broken_while_serving_keeps_the_users_read_before(htpasswd):

@@ -26,13 +26,17 @@ ACCEL = "/_registry_blobs/"
 
 
 class Nginx(Local):
-    def __init__(self, workdir, upstream, storage_root):
+    """deploy/nginx.conf on 127.0.0.1 (and `also` other local addresses, on
+    the same port, e.g. `[::1]`)."""
+
+    def __init__(self, workdir, upstream, storage_root, also=()):
         need("nginx")
         self.port = free_port()
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         conf = (ROOT / "deploy" / "nginx.conf").read_text()
-        for old, new in (("listen 80;", f"listen 127.0.0.1:{self.port};"),
+        listen = " ".join(f"listen {a}:{self.port};" for a in ("127.0.0.1", *also))
+        for old, new in (("listen 80;", listen),
                          ("server 127.0.0.1:8080;", f"server {upstream};"),
                          ("alias /var/lib/registry/storage/;", f"alias {storage_root}/;")):
             assert old in conf, old
@@ -47,7 +51,7 @@ class Nginx(Local):
             ["nginx", "-p", workdir, "-c", self.conf, "-e", self.error_log,
              "-g", f"daemon off; pid {workdir}/nginx.pid; user root;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_ready(self.proc, lambda: _answers(self.url + "/v2/"), 20):
+        if not wait_ready(self.proc, lambda: _answers(self.url + "/healthz"), 20):
             self.stop()
             raise RuntimeError(f"nginx did not start:\n{self.read_errors()}")
 

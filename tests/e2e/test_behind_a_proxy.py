@@ -1,0 +1,90 @@
+"""Who the client is, behind Debian's nginx with deploy/nginx.conf, the
+registry trusting the proxy as a range (FORWARDED_ALLOW_IPS=127.0.0.0/8)
+and asking for credentials: the access log names the forwarded client.
+
+nginx listens on 127.0.0.1 and on ::1, so that one of its clients (::1)
+is outside the trusted range, as a remote client is: what X-Forwarded-For
+says about it is believed only as far as trusted proxies wrote it."""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import PKGS, need
+from tests.e2e.conftest import run
+from tests.e2e.test_nginx import Nginx
+from tests.server import Server
+
+WRITTEN_BY_THE_CLIENT = "203.0.113.66"
+
+
+@pytest.fixture(scope="module")
+def fronted(tmp_path_factory):
+    need("htpasswd")
+    work = tmp_path_factory.mktemp("behind-a-proxy")
+    users = work / "htpasswd"
+    run(["htpasswd", "-B", "-b", "-c", str(users), "alice", "wonderland"])
+    run(["htpasswd", "-B", "-b", str(users), "bob", "builder"])
+    server = Server(str(work / "registry"), NIXERY_PKGS_PATH=str(PKGS),
+                    NIXERY_HTPASSWD=str(users), NIXERY_TLS_IN_FRONT="1",
+                    FORWARDED_ALLOW_IPS="127.0.0.0/8").start()
+    try:
+        nginx = Nginx(str(work / "nginx"), server.host, server.env["STORAGE_PATH"],
+                      also=["[::1]"])
+    except RuntimeError:
+        server.stop()
+        raise
+    yield server, nginx
+    nginx.stop()
+    server.stop()
+
+
+def ask(nginx, path, *, via="::1", source=None, auth=None):
+    """A request through nginx from `via` (its ::1 or its 127.0.0.1
+    listener, from `source`): status, headers, body and the request id.
+    From ::1, the client writes an X-Forwarded-For of its own (a client in
+    the trusted range would be believed about it)."""
+    conn = http.client.HTTPConnection(via, nginx.port, timeout=30,
+                                      source_address=(source, 0) if source else None)
+    rid = uuid.uuid4().hex
+    sent = {"X-Request-ID": rid}
+    if via == "::1":
+        sent["X-Forwarded-For"] = WRITTEN_BY_THE_CLIENT
+    if auth:
+        import base64
+        sent["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    try:
+        conn.request("GET", path, headers=sent)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read(), rid
+    finally:
+        conn.close()
+
+
+def access_line(server, rid, timeout=10) -> str:
+    end = time.monotonic() + timeout
+    while True:
+        lines = [line for line in server.read_log().splitlines() if f"[{rid}]" in line
+                 and '"GET ' in line]
+        if lines or time.monotonic() > end:
+            assert lines, f"no access log line for {rid}"
+            return lines[-1]
+        time.sleep(0.1)
+
+
+def test_the_access_log_names_the_forwarded_client(fronted):
+    server, nginx = fronted
+    _, _, _, rid = ask(nginx, "/v2/", auth=("bob", "builder"))
+    line = access_line(server, rid)
+    assert line.startswith('::1 bob "GET /v2/" 200 '), line
+    # a client in the trusted range is the client too, not its proxy
+    _, _, _, rid = ask(nginx, "/v2/", via="127.0.0.1", source="127.0.0.3",
+                       auth=("bob", "builder"))
+    line = access_line(server, rid)
+    assert line.startswith('127.0.0.3 bob "GET /v2/" 200 '), line
+    log = server.read_log()
+    assert WRITTEN_BY_THE_CLIENT not in log
