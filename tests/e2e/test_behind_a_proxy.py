@@ -1,6 +1,8 @@
 """Who the client is, behind Debian's nginx with deploy/nginx.conf, the
 registry trusting the proxy as a range (FORWARDED_ALLOW_IPS=127.0.0.0/8)
-and asking for credentials: the access log names the forwarded client.
+and asking for credentials: logins locked out per client and user, the
+access log naming the forwarded client, and a missing login told apart
+from a wrong one.
 
 nginx listens on 127.0.0.1 and on ::1, so that one of its clients (::1)
 is outside the trusted range, as a remote client is: what X-Forwarded-For
@@ -76,6 +78,19 @@ def access_line(server, rid, timeout=10) -> str:
         time.sleep(0.1)
 
 
+def test_failed_logins_of_one_forwarded_client_lock_out_no_other(fronted):
+    server, nginx = fronted
+    statuses = [ask(nginx, "/v2/", auth=("alice", f"guess{i}"))[0] for i in range(40)]
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    status, _, body, _ = ask(nginx, "/v2/", auth=("alice", "wonderland"))
+    assert status == 429 and b"too many failed logins as 'alice' from ::1" in body
+    # alice from another client of the same proxy logs in, and so does
+    # bob from the client that failed
+    assert ask(nginx, "/v2/", via="127.0.0.1", source="127.0.0.2",
+               auth=("alice", "wonderland"))[0] == 200
+    assert ask(nginx, "/v2/", auth=("bob", "builder"))[0] == 200
+
+
 def test_the_access_log_names_the_forwarded_client(fronted):
     server, nginx = fronted
     _, _, _, rid = ask(nginx, "/v2/", auth=("bob", "builder"))
@@ -88,3 +103,16 @@ def test_the_access_log_names_the_forwarded_client(fronted):
     assert line.startswith('127.0.0.3 bob "GET /v2/" 200 '), line
     log = server.read_log()
     assert WRITTEN_BY_THE_CLIENT not in log
+
+
+def test_no_credentials_is_asked_to_log_in_not_told_it_is_wrong(fronted):
+    server, nginx = fronted
+    for auth in (None, ("", "")):
+        status, headers, body, _ = ask(nginx, "/v2/", via="127.0.0.1", auth=auth)
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Basic ")
+        [error] = json.loads(body)["errors"]
+        assert error["code"] == "UNAUTHORIZED"
+        assert error["message"].startswith("authentication required: log in")
+    status, _, body, _ = ask(nginx, "/v2/", via="127.0.0.1", auth=("bob", "guess"))
+    assert status == 401
+    assert json.loads(body)["errors"][0]["message"] == "wrong user name or password"
