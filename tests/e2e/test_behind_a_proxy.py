@@ -31,9 +31,11 @@ def fronted(tmp_path_factory):
     users = work / "htpasswd"
     run(["htpasswd", "-B", "-b", "-c", str(users), "alice", "wonderland"])
     run(["htpasswd", "-B", "-b", str(users), "bob", "builder"])
+    # one worker: each worker process counts failed logins of its own
     server = Server(str(work / "registry"), NIXERY_PKGS_PATH=str(PKGS),
                     NIXERY_HTPASSWD=str(users), NIXERY_TLS_IN_FRONT="1",
-                    FORWARDED_ALLOW_IPS="127.0.0.0/8").start()
+                    FORWARDED_ALLOW_IPS="127.0.0.0/8",
+                    GUNICORN_CMD_ARGS="--workers 1").start()
     try:
         nginx = Nginx(str(work / "nginx"), server.host, server.env["STORAGE_PATH"],
                       also=["[::1]"])
