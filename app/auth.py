@@ -21,6 +21,9 @@ Past more a minute from one client, whatever the user names, it is
 refused without a check too: bcrypt cannot be used to burn the CPU.  An
 unknown user costs a check against a dummy hash, as a known one does.
 Credentials are never logged.
+
+The probes answer without credentials, but a probe that brings good ones
+is signed in: /readyz shows its details to signed-in users.
 """
 from __future__ import annotations
 
@@ -170,6 +173,15 @@ class Authenticator:
         self._failed(client, user)
         raise self._challenge("wrong user name or password")
 
+    def signed_in(self, environ) -> str | None:
+        """The user of a request that may come without credentials (the
+        probes): None without them, and with wrong ones, which count as
+        failures all the same."""
+        try:
+            return self.user_of(environ)
+        except RegistryError:
+            return None
+
     def _challenge(self, message):
         return Unauthorized(message, headers={
             "WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"'})
@@ -206,7 +218,13 @@ class Authenticate:
         self.authenticator = authenticator
 
     def __call__(self, environ, start_response):
+        environ.pop("REMOTE_USER", None)  # this middleware's say alone
         if environ.get("PATH_INFO", "") in OPEN_PATHS:
+            if "HTTP_AUTHORIZATION" in environ or (
+                    self.authenticator.user_header in environ):
+                user = self.authenticator.signed_in(environ)
+                if user:
+                    environ["REMOTE_USER"] = user
             return self.app(environ, start_response)
         try:
             environ["REMOTE_USER"] = self.authenticator.user_of(environ)

@@ -1,8 +1,8 @@
 """Who the client is, behind Debian's nginx with deploy/nginx.conf, the
 registry trusting the proxy as a range (FORWARDED_ALLOW_IPS=127.0.0.0/8)
 and asking for credentials: logins locked out per client and user, the
-access log naming the forwarded client, and a missing login told apart
-from a wrong one.
+access log naming the forwarded client, a missing login told apart from a
+wrong one, and readiness details kept from anonymous forwarded callers.
 
 nginx listens on 127.0.0.1 and on ::1, so that one of its clients (::1)
 is outside the trusted range, as a remote client is: what X-Forwarded-For
@@ -118,3 +118,22 @@ def test_no_credentials_is_asked_to_log_in_not_told_it_is_wrong(fronted):
     status, _, body, _ = ask(nginx, "/v2/", via="127.0.0.1", auth=("bob", "guess"))
     assert status == 401
     assert json.loads(body)["errors"][0]["message"] == "wrong user name or password"
+
+
+def test_readiness_details_are_not_for_anonymous_forwarded_callers(fronted):
+    server, nginx = fronted
+    status, _, body, _ = ask(nginx, "/readyz")
+    assert status == 200
+    assert json.loads(body) == {"ready": True, "checks": {"storage": "ok", "nix": "ok"},
+                                "details": "for signed-in users, and callers on this machine"}
+    assert str(PKGS).encode() not in body and server.workdir.encode() not in body
+    # nginx is on this machine, yet forwards the client: no details either
+    assert b"package_source" not in ask(nginx, "/readyz", via="127.0.0.1")[2]
+    signed_in = json.loads(ask(nginx, "/readyz", auth=("bob", "builder"))[2])
+    assert str(PKGS) in signed_in["package_source"]["describe"]
+    # a caller on this machine itself, to gunicorn directly
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/readyz")
+    local = json.loads(conn.getresponse().read())
+    conn.close()
+    assert str(PKGS) in local["package_source"]["describe"]
