@@ -289,7 +289,7 @@ PAUSE = 0.005  # between the pieces of a cut payload: each a read of its own, mo
 
 def exchange(port, payload, cuts) -> tuple[bytes, str]:
     """What the server sent back, and how the connection ended."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     bounds = [0, *cuts, len(payload)]
 
