@@ -92,7 +92,7 @@ def create_app(config: Config | None = None, *, nix=None):
     from builders.sync import LockedTTLCache
 
     from . import auth, commands, errors, logs, metrics, ops, web
-    from .proxy import TrustedProxyFix
+    from .proxy import Forwarded, Proxies
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
 
@@ -112,8 +112,7 @@ def create_app(config: Config | None = None, *, nix=None):
     api = RegistryAPI(app.wsgi_app, store, images, blob_accel=config.blob_accel)
     if config.authenticates:
         api = auth.Authenticate(api, auth.from_config(config))
-    app.wsgi_app = TrustedProxyFix(RequestScope(api), config.forwarded_allow_ips,
-                                   hops=config.proxy_hops)
+    app.wsgi_app = Forwarded(RequestScope(api), Proxies(config.forwarded_allow_ips))
 
     @app.before_request
     def name_route():

@@ -13,17 +13,23 @@ Basic auth sends the password with every request, and a pull is dozens of
 requests, while bcrypt is slow on purpose: a successful check is
 remembered for a minute, keyed by a hash of the credentials and of the
 file's state (a changed password or file is noticed at once).  Failures
-are counted per client address, and past a few a minute the client is
-refused without a check, so bcrypt cannot be used to burn the CPU.  An
+are counted per client (the address app/proxy.py gives, IPv6 by its /64,
+as build quotas count them) and user name: past a few a minute that user
+is refused from that client without a check, while other clients, and
+other users of the same one (an office behind one address), still log in.
+Past more a minute from one client, whatever the user names, it is
+refused without a check too: bcrypt cannot be used to burn the CPU.  An
 unknown user costs a check against a dummy hash, as a known one does.
 Credentials are never logged.
+
+The probes answer without credentials, but a probe that brings good ones
+is signed in: /readyz shows its details to signed-in users.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-import ipaddress
 import logging
 import os
 import threading
@@ -32,20 +38,25 @@ from collections import deque
 
 import bcrypt
 
+from builders.quota import client_key
 from builders.sync import LockedTTLCache
 
-from . import metrics, wire
-from .config import parse_peers
+from . import metrics, proxy, wire
 from .errors import RegistryError, TooManyRequests
 
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = ("/healthz", "/readyz")
 CACHE_SECONDS = 60
-# Failed checks one address may make in FAIL_WINDOW seconds before it is
-# refused without one.
+# Failed checks of one user name from one client in FAIL_WINDOW seconds
+# before that user is refused from there without one, and failed checks
+# from one client, whatever the names, before the client is.
 FAIL_LIMIT = 10
+CLIENT_FAIL_LIMIT = 30
 FAIL_WINDOW = 60
+USER_KEY_MAX = 256  # of a name, in the failures' keys: any length may be sent
+LOG_IN = ("authentication required: log in (docker login, podman login, skopeo login) with a "
+          "user of this registry")
 BCRYPT_MAX = 72
 # the cost of a check of an unknown user, as of a known one
 _DUMMY = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=10))
@@ -118,35 +129,28 @@ def _parse(path) -> dict[str, bytes]:
     return entries
 
 
-def peer_of(environ) -> str:
-    """The TCP peer, before any X-Forwarded-For rewrite (app/proxy.py)."""
-    orig = environ.get("werkzeug.proxy_fix.orig") or {}
-    return orig.get("REMOTE_ADDR") or environ.get("REMOTE_ADDR", "")
-
-
 class Authenticator:
     def __init__(self, *, htpasswd: Htpasswd | None = None, user_header: str | None = None,
-                 trusted_peers=(), realm="registry", clock=time.monotonic):
+                 user_header_peers: str = "", realm="registry", clock=time.monotonic):
         self.htpasswd = htpasswd
         self.user_header = ("HTTP_" + user_header.upper().replace("-", "_")
                             if user_header else None)
-        self.trusted_peers = trusted_peers
+        self.user_header_peers = proxy.Proxies(user_header_peers, any_peer=False)
         self.realm = realm
         self._clock = clock
         self._ok = LockedTTLCache(maxsize=4096, ttl=CACHE_SECONDS)
-        self._failures: dict[str, deque] = {}
+        self._failures: dict[tuple, deque] = {}
         self._lock = threading.Lock()
 
     def user_of(self, environ) -> str:
         """The user this request is from; Unauthorized or TooManyRequests."""
-        if self.user_header and self._trusted(peer_of(environ)):
+        if self.user_header and self.user_header_peers.trusts(proxy.peer_of(environ)):
             user = environ.get(self.user_header, "").strip()
             if user:
                 return user
-        header = environ.get("HTTP_AUTHORIZATION", "")
+        header = environ.get("HTTP_AUTHORIZATION", "").strip()
         if not self.htpasswd or not header:
-            raise self._challenge("authentication required: log in (docker login, podman "
-                                  "login, skopeo login) with a user of this registry")
+            raise self._challenge(LOG_IN)
         scheme, _, token = header.partition(" ")
         try:
             user, sep, password = base64.b64decode(token.strip(), validate=True).decode(
@@ -155,45 +159,54 @@ class Authenticator:
             sep = ""
         if scheme.lower() != "basic" or not sep:
             raise self._challenge("authentication required: send HTTP Basic credentials")
+        if not user and not password:
+            raise self._challenge(LOG_IN)  # what `curl -u :` and empty logins send
         key = hashlib.sha256(f"{self.htpasswd.signature}\0{user}\0{password}".encode()).digest()
         if self._ok.get(key):
             return user
-        client = environ.get("REMOTE_ADDR", "")
-        self._refuse_if_failing(client)
+        address = environ.get("REMOTE_ADDR", "")  # the client (app/proxy.py)
+        client = client_key(None, address)
+        self._refuse_if_failing(client, user, address)
         if self.htpasswd.verify(user, password):
             self._ok[key] = True
             return user
-        self._failed(client)
+        self._failed(client, user)
         raise self._challenge("wrong user name or password")
 
-    def _trusted(self, peer) -> bool:
+    def signed_in(self, environ) -> str | None:
+        """The user of a request that may come without credentials (the
+        probes): None without them, and with wrong ones, which count as
+        failures all the same."""
         try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(address in net for net in self.trusted_peers)
+            return self.user_of(environ)
+        except RegistryError:
+            return None
 
     def _challenge(self, message):
         return Unauthorized(message, headers={
             "WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"'})
 
-    def _refuse_if_failing(self, client):
+    def _refuse_if_failing(self, client, user, address):
         now = self._clock()
         with self._lock:
-            failures = self._failures.get(client)
-            while failures and now - failures[0] > FAIL_WINDOW:
-                failures.popleft()
-            if failures is not None and len(failures) >= FAIL_LIMIT:
-                wait = int(FAIL_WINDOW - (now - failures[0])) + 1
-                raise TooManyRequests(
-                    f"too many failed logins from {client}: try again in {wait}s",
-                    headers={"Retry-After": str(wait)})
+            for key, limit, whom in (
+                    ((client, user[:USER_KEY_MAX]), FAIL_LIMIT, f"as {user[:64]!r} from {address}"),
+                    ((client, None), CLIENT_FAIL_LIMIT, f"from {address}")):
+                failures = self._failures.get(key)
+                while failures and now - failures[0] > FAIL_WINDOW:
+                    failures.popleft()
+                if failures is not None and len(failures) >= limit:
+                    wait = int(FAIL_WINDOW - (now - failures[0])) + 1
+                    raise TooManyRequests(f"too many failed logins {whom}: try again in {wait}s",
+                                          headers={"Retry-After": str(wait)})
 
-    def _failed(self, client):
+    def _failed(self, client, user):
+        now = self._clock()
         with self._lock:
-            if len(self._failures) > 10000:  # bounded: forget the oldest clients
-                self._failures.pop(next(iter(self._failures)))
-            self._failures.setdefault(client, deque()).append(self._clock())
+            for key in ((client, user[:USER_KEY_MAX]), (client, None)):
+                if key not in self._failures and len(self._failures) >= 10000:
+                    self._failures.pop(next(iter(self._failures)))  # bounded: the oldest go
+                self._failures.setdefault(key, deque()).append(now)
 
 
 class Authenticate:
@@ -205,7 +218,13 @@ class Authenticate:
         self.authenticator = authenticator
 
     def __call__(self, environ, start_response):
+        environ.pop("REMOTE_USER", None)  # this middleware's say alone
         if environ.get("PATH_INFO", "") in OPEN_PATHS:
+            if "HTTP_AUTHORIZATION" in environ or (
+                    self.authenticator.user_header in environ):
+                user = self.authenticator.signed_in(environ)
+                if user:
+                    environ["REMOTE_USER"] = user
             return self.app(environ, start_response)
         try:
             environ["REMOTE_USER"] = self.authenticator.user_of(environ)
@@ -227,5 +246,4 @@ def from_config(config) -> Authenticator:
                        "NIXERY_TLS_IN_FRONT=1")
     return Authenticator(
         htpasswd=Htpasswd(config.htpasswd) if config.htpasswd else None,
-        user_header=config.user_header,
-        trusted_peers=parse_peers(config.user_header_peers or ""))
+        user_header=config.user_header, user_header_peers=config.user_header_peers or "")

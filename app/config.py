@@ -5,9 +5,7 @@ value stops the server at start with a message naming the variable.
 """
 from __future__ import annotations
 
-import dataclasses
 import grp
-import ipaddress
 import os
 import re
 import urllib.parse
@@ -17,22 +15,13 @@ import click
 
 from builders import compress, nixcache, platforms as platforms_
 
+from .proxy import Proxies
+
 STORAGE_BACKENDS = ("filesystem", "gcs")
+# NIXERY_HTTP_WORKER: the gunicorn worker class each name runs
+HTTP_WORKERS = {"registry": "app.worker.Worker", "gthread": "gthread"}
 DEFAULT_CHANNEL = "nixos-unstable"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def parse_peers(spec: str) -> tuple:
-    """Addresses and CIDR ranges, comma-separated; `*` is refused."""
-    nets = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        if part == "*":
-            raise ValueError("`*` would let any client name any user; list the proxy's "
-                             "addresses or ranges")
-        nets.append(ipaddress.ip_network(part, strict=False))
-    return tuple(nets)
 
 
 def script_name(environ=None) -> str:
@@ -134,9 +123,6 @@ class Config:
     user_header: str | None = None
     user_header_peers: str | None = None
     tls_in_front: bool = False
-    # Proxies in front that each append to X-Forwarded-For (a CDN and a
-    # load balancer: 2): the client's address is that many from the right.
-    proxy_hops: int = 1
     # New builds one client may start per hour, and at once (None: no limit).
     client_builds: tuple[int, int] | None = None
     # How long an image nobody pulls is kept, in days, when garbage is
@@ -150,6 +136,9 @@ class Config:
     log_format: str = "text"
     # Peers whose X-Forwarded-* headers are believed (gunicorn's setting).
     forwarded_allow_ips: str = "127.0.0.1"
+    # The gunicorn worker: the registry's own (app/worker.py, which reads
+    # plain requests itself) or gunicorn's stock gthread worker.
+    http_worker: str = "registry"
     # Layers of an image, the symlink layer included.
     max_layers: int = 100
     # How layers are gzipped; the level defaults per compressor.
@@ -210,11 +199,9 @@ class Config:
                               "the header is believed only from those addresses")
         if self.user_header_peers:
             try:
-                parse_peers(self.user_header_peers)
+                Proxies(self.user_header_peers, any_peer=False)
             except ValueError as e:
                 raise ConfigError(f"NIXERY_USER_HEADER_PEERS: {e}") from None
-        if self.proxy_hops < 1:
-            raise ConfigError(f"NIXERY_PROXY_HOPS must be at least 1, not {self.proxy_hops}")
         if self.client_builds is not None and (
                 len(self.client_builds) != 2 or min(self.client_builds) < 1):
             raise ConfigError("NIXERY_CLIENT_BUILDS must be two positive numbers: builds per "
@@ -254,6 +241,14 @@ class Config:
         if self.metrics_path:
             object.__setattr__(self, "metrics_path", os.path.abspath(self.metrics_path))
         self._check_nix_cache()
+        try:  # normalized: gunicorn is given it too, and refuses what this does
+            proxies = Proxies(self.forwarded_allow_ips)
+        except ValueError as e:
+            raise ConfigError(f"FORWARDED_ALLOW_IPS: {e}") from None
+        object.__setattr__(self, "forwarded_allow_ips", proxies.spec)
+        if self.http_worker not in HTTP_WORKERS:
+            raise ConfigError(f"NIXERY_HTTP_WORKER must be registry (the registry's own worker) or "
+                              f"gthread (gunicorn's stock one), not {self.http_worker!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
 
@@ -397,6 +392,9 @@ class Config:
                 raise ConfigError(f"{name} must be 1 or 0, not {raw!r}")
             return raw in ("1", "true", "yes")
 
+        for name, instead in RETIRED.items():
+            if get(name) is not None:
+                raise ConfigError(f"{name} is no longer read: {instead}")
         kwargs = dict(
             port=number("PORT", int, cls.port),
             listen_address=get("LISTEN_ADDRESS") or cls.listen_address,
@@ -434,11 +432,11 @@ class Config:
             user_header_peers=get("NIXERY_USER_HEADER_PEERS"),
             tls_in_front=flag("NIXERY_TLS_IN_FRONT"),
             client_builds=client_builds("NIXERY_CLIENT_BUILDS"),
-            proxy_hops=number("NIXERY_PROXY_HOPS", int, cls.proxy_hops),
             state_path=get("NIXERY_STATE_PATH"),
             metrics_path=get("PROMETHEUS_MULTIPROC_DIR"),
             log_format=(get("LOG_FORMAT") or cls.log_format).lower(),
             forwarded_allow_ips=get("FORWARDED_ALLOW_IPS") or cls.forwarded_allow_ips,
+            http_worker=get("NIXERY_HTTP_WORKER") or cls.http_worker,
             source_refresh=number("NIXERY_SOURCE_REFRESH", float, cls.source_refresh),
             channel_url=get("NIXERY_CHANNEL_URL") or cls.channel_url,
             archive_url=get("NIXERY_ARCHIVE_URL") or cls.archive_url,
@@ -509,11 +507,18 @@ VARIABLES = {
     "tls_in_front": ("NIXERY_TLS_IN_FRONT",),
     "client_builds": ("NIXERY_CLIENT_BUILDS",),
     "forwarded_allow_ips": ("FORWARDED_ALLOW_IPS",),
-    "proxy_hops": ("NIXERY_PROXY_HOPS",),
+    "http_worker": ("NIXERY_HTTP_WORKER",),
     "log_format": ("LOG_FORMAT",),
     "log_level": ("LOG_LEVEL",),
     "nix_cache": ("NIXERY_NIX_CACHE",),
     "nix_cache_key": ("NIXERY_NIX_CACHE_KEY",),
+}
+
+# Variables no longer read, refused at start with what to set instead.
+RETIRED = {
+    "NIXERY_PROXY_HOPS": "list every proxy in front in FORWARDED_ALLOW_IPS (addresses and CIDR "
+                         "ranges); the client is the rightmost X-Forwarded-For address not "
+                         "among them",
 }
 
 # Query parameters whose values are secrets, wherever a URL carries them.

@@ -188,7 +188,7 @@ def _check_plain() -> list[str]:
     client, server address, HTTP/2 flag and parser; the unreader's
     take_buffered() and unread(); the worker's request count, its
     keep-alive bookkeeping, load_wsgi() and handle_error(); and gunicorn's
-    own response checks, environ base and trusted-peer test, so that plain
+    own response checks, environ base and clamped limits, so that plain
     requests are held to gunicorn's rules."""
     from gunicorn import util
     from gunicorn.http import message, wsgi
@@ -210,11 +210,12 @@ def _check_plain() -> list[str]:
         method = getattr(base.Worker, name, None)
         if not inspect.isfunction(method) or list(inspect.signature(method).parameters) != args:
             missing.append(f"Worker.{name}({', '.join(args)})")
-    if list(inspect.signature(getattr(message, "_ip_in_allow_list", len)).parameters) != [
-            "ip_str", "allow_list", "networks"]:
-        missing.append("gunicorn.http.message._ip_in_allow_list(ip_str, allow_list, networks)")
-    if not callable(getattr(Config(), "forwarded_allow_networks", None)):
-        missing.append("Config.forwarded_allow_networks()")
+    # app/http1.py reads the limits off a request gunicorn parsed (limits())
+    probe = message.Request(Config(), http.unreader.IterUnreader([b"GET / HTTP/1.1\r\n\r\n"]),
+                            ("127.0.0.1", 0))
+    missing += [f"gunicorn.http.message.Request.{a}, an int" for a in (
+        "limit_request_line", "limit_request_fields", "limit_request_field_size")
+        if not isinstance(getattr(probe, a, None), int)]
     for module, names in ((wsgi, ("STATUS_RE", "TOKEN_RE", "HEADER_VALUE_RE", "SERVER",
                                   "base_environ", "InvalidResponseHeader",
                                   "InvalidResponseHeaderName")),

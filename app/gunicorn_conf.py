@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 
-from app.config import Config, ConfigError
+from app.config import HTTP_WORKERS, Config, ConfigError
 
 try:
     _config = Config.from_env()
@@ -24,8 +24,10 @@ wsgi_app = "app:create_app()"
 bind = [f"{_config.listen_address}:{_config.port}"]
 
 # Builds wait on Nix subprocesses, so threads serve other pulls meanwhile.
-# gthread, keeping a busy kept-alive connection on its thread (app/worker.py).
-worker_class = "app.worker.Worker"
+# gthread, keeping a busy kept-alive connection on its thread and reading
+# plain requests itself (app/worker.py); or, with NIXERY_HTTP_WORKER=gthread,
+# gunicorn's own.
+worker_class = HTTP_WORKERS[_config.http_worker]
 workers = max(2, multiprocessing.cpu_count())
 threads = 16
 
@@ -36,7 +38,9 @@ timeout = int(_config.nix_timeout) + 300
 graceful_timeout = timeout
 keepalive = 75
 
-# Behind a load balancer: believe X-Forwarded-* only from these peers.
+# Behind a load balancer: believe X-Forwarded-* only from these peers.  The
+# registry's rule for who the client is (app/proxy.py) reads the same list,
+# checked and normalized by app/config.py.
 forwarded_allow_ips = _config.forwarded_allow_ips
 
 # gunicorn's control socket (gunicornc) would default to one path per user,
@@ -53,6 +57,12 @@ logger_class = ("app.logs.JsonAccessLogger" if _config.log_format == "json"
 
 
 def on_starting(server):
+    # gunicorn decides the scheme from the peers it trusts, the registry the
+    # client: another list given to gunicorn alone would split them
+    if ",".join(server.cfg.forwarded_allow_ips) != forwarded_allow_ips:
+        sys.exit("configuration error: gunicorn's forwarded_allow_ips was set apart from "
+                 "FORWARDED_ALLOW_IPS (by --forwarded-allow-ips or GUNICORN_CMD_ARGS): "
+                 "set FORWARDED_ALLOW_IPS alone")
     # counts of workers from an earlier run are not this run's
     shutil.rmtree(_metrics, ignore_errors=True)
     os.makedirs(_metrics, exist_ok=True)

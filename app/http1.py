@@ -20,7 +20,8 @@ tokens without `_`, values of visible ASCII, no `Content-Length`,
 limits on lines and fields.  Anything else goes back, unread, to gunicorn,
 which answers it (or refuses it) exactly as before.  A plain request gets
 the WSGI environ gunicorn would give it and an answer framed by gunicorn's
-rules (tests/app/test_http1.py holds both to gunicorn's own).
+rules (tests/app/test_http1.py holds both to gunicorn's own, and
+tests/e2e/test_http_differential.py the whole worker to stock gthread).
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ import re
 from datetime import datetime
 
 from gunicorn import util
-from gunicorn.http import message, wsgi
+from gunicorn.http import message, unreader as unreaders, wsgi
 
 from .http1_response import PlainResponse
+from .proxy import Proxies
 
 _LINE = rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1"          # no '#': gunicorn splits fragments
 # a token without '_' (gunicorn drops or refuses such names), its value
@@ -63,6 +65,16 @@ class PlainRequest:
         return False
 
 
+def limits(cfg) -> tuple[int, int, int]:
+    """gunicorn's limits on a request line (0: none), the number of header
+    fields and a field's length with its CRLF, as its parser clamps the
+    configured values: read off a request it parses with them, so that the
+    rules of clamping are gunicorn's own, not a copy that could drift."""
+    probe = message.Request(cfg, unreaders.IterUnreader([b"GET / HTTP/1.1\r\n\r\n"]),
+                            ("127.0.0.1", 0))
+    return probe.limit_request_line, probe.limit_request_fields, probe.limit_request_field_size
+
+
 def remote_addr(client) -> str:
     """REMOTE_ADDR as gunicorn sets it for a peer's address."""
     if isinstance(client, tuple):
@@ -85,10 +97,11 @@ class PlainHTTP:
         self.worker = worker
         cfg = worker.cfg
         self.cfg = cfg
-        self.limit_line = cfg.limit_request_line or _MAX_HEAD
-        self.limit_fields = cfg.limit_request_fields
-        self.limit_field = cfg.limit_request_field_size or _MAX_HEAD
+        line, self.limit_fields, field = limits(cfg)
+        self.limit_line = line or _MAX_HEAD  # no limit: the head's own bounds it
+        self.limit_field = field - 2  # gunicorn counts a field's CRLF
         self.secure_headers = dict(cfg.secure_scheme_headers)
+        self.proxies = Proxies(",".join(cfg.forwarded_allow_ips))
         self.base = wsgi.base_environ(cfg)
         self.base["wsgi.multithread"] = True
         # a worker's settings stay as they are for its life
@@ -103,13 +116,14 @@ class PlainHTTP:
                 and getattr(cfg, "protocol", "http") == "http")
 
     def trusted(self, conn) -> bool:
-        """Whether the peer may set the scheme headers (forwarded_allow_ips),
-        decided once per connection, as gunicorn decides it per request."""
+        """Whether the peer may set the scheme headers (forwarded_allow_ips,
+        by app/proxy.py's rule, which is gunicorn's), decided once per
+        connection, as gunicorn decides it per request; a peer that is not
+        an IP socket (a unix socket's) is, for gunicorn."""
         trusted = getattr(conn, "plain_trusted", None)
         if trusted is None:
             client = conn.client
-            trusted = not isinstance(client, tuple) or message._ip_in_allow_list(
-                client[0], self.cfg.forwarded_allow_ips, self.cfg.forwarded_allow_networks())
+            trusted = not isinstance(client, tuple) or self.proxies.trusts(client[0])
             conn.plain_trusted = trusted
         return trusted
 

@@ -11,6 +11,8 @@ import time
 
 from gunicorn.glogging import Logger as GunicornLogger
 
+from .proxy import Proxies
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # What we accept as a caller's X-Request-ID; anything else gets a new id.
@@ -63,9 +65,9 @@ def configure(level="INFO", fmt="text"):
 
 
 class AccessLogger(GunicornLogger):
-    """gunicorn's access log as one event per request, with the client's
-    address from X-Forwarded-For (gunicorn only honours that header from
-    FORWARDED_ALLOW_IPS peers, see gunicorn.conf.py) and the request id.
+    """gunicorn's access log as one event per request, with the client by
+    app/proxy.py's rule (from gunicorn's forwarded_allow_ips, which
+    gunicorn.conf.py sets to FORWARDED_ALLOW_IPS) and the request id.
 
     A line is written straight to the streams of gunicorn's own access log
     handler (`-` or a file) when that is all the access log has: logging's
@@ -78,19 +80,14 @@ class AccessLogger(GunicornLogger):
 
     def setup(self, cfg):
         super().setup(cfg)
-        allowed = cfg.forwarded_allow_ips
-        self._trust_any = "*" in allowed
-        self._trusted = frozenset(allowed)
+        self._proxies = Proxies(",".join(cfg.forwarded_allow_ips))
         self._streams = _message_only_handlers(self.access_log)
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
             return
         rid = next((v for k, v in resp.headers if k.lower() == "x-request-id"), "-")
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
-        peer = environ.get("REMOTE_ADDR", "-")
-        trusted = self._trust_any or peer in self._trusted
-        client = forwarded.split(",")[0].strip() if forwarded and trusted else peer
+        client = self._proxies.client_of(environ) or "-"
         user = environ.get("REMOTE_USER") or "-"
         method = environ.get("REQUEST_METHOD")
         path = environ.get("RAW_URI") or environ.get("PATH_INFO")

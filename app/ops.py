@@ -5,10 +5,10 @@ import logging
 import threading
 import time
 
-from flask import Blueprint, Response, current_app, json
+from flask import Blueprint, Response, current_app, json, request
 
 from builders import process
-from . import metrics
+from . import metrics, proxy
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,22 @@ def readyz():
             checks[name] = f"failing: {e}"
             logger.warning("readiness check %s failed: %s", name, e)
     ready = all(v == "ok" for v in checks.values())
-    # the package source is reported, not required: cached images still
-    # pull without it, and an outage of it would otherwise take every
-    # instance out of the load balancer at once
-    source = current_app.extensions["images"].revisions.state.report()
-    source["describe"] = current_app.extensions["images"].source.describe()
-    return Response(json.dumps({"ready": ready, "checks": checks, "package_source": source})
-                    + "\n", status=200 if ready else 503, mimetype="application/json")
+    # Probes need no credentials, but why a check fails, and where the
+    # packages come from, name this machine's paths and hosts: those are
+    # for signed-in users and for callers on this machine itself.
+    if request.environ.get("REMOTE_USER") or proxy.is_local(request.environ):
+        # the package source is reported, not required: cached images still
+        # pull without it, and an outage of it would otherwise take every
+        # instance out of the load balancer at once
+        source = current_app.extensions["images"].revisions.state.report()
+        source["describe"] = current_app.extensions["images"].source.describe()
+        body = {"ready": ready, "checks": checks, "package_source": source}
+    else:
+        body = {"ready": ready,
+                "checks": {k: "ok" if v == "ok" else "failing" for k, v in checks.items()},
+                "details": "for signed-in users, and callers on this machine"}
+    return Response(json.dumps(body) + "\n", status=200 if ready else 503,
+                    mimetype="application/json")
 
 
 @bp.route("/metrics")

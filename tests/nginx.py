@@ -21,11 +21,13 @@ MARKS = {"# what clients reach": "listen", "# where gunicorn listens": "server",
 RUNTIME_PREFIX = "/tmp/nginx-registry"
 
 
-def render(*, listen: str, upstream: str, storage_root: str, runtime: str) -> str:
-    """The shipped file with `listen`, the upstream `server` and the blob
-    `alias` set on the lines their comments mark, and its pid and
-    temporary files under `runtime`."""
-    values = {"listen": listen, "server": upstream, "alias": storage_root.rstrip("/") + "/"}
+def render(*, listen, upstream: str, storage_root: str, runtime: str) -> str:
+    """The shipped file with `listen` (an address, or a list of them), the
+    upstream `server` and the blob `alias` set on the lines their comments
+    mark, and its pid and temporary files under `runtime`."""
+    addresses = [listen] if isinstance(listen, str) else list(listen)
+    values = {"listen": "; listen ".join(addresses), "server": upstream,
+              "alias": storage_root.rstrip("/") + "/"}
     text = CONF.read_text()
     for mark, directive in MARKS.items():
         pattern = re.compile(rf"^(\s*){directive}\s[^;]*;(\s*{re.escape(mark)}.*)$",
@@ -46,11 +48,12 @@ def open_folder(prefix: str) -> str:
 
 
 class Nginx(Local):
-    """Debian's nginx with deploy/nginx.conf: started by root (its workers
-    then run as nginx's default user, nobody), or, with `as_user`, by that
-    user from the start."""
+    """Debian's nginx with deploy/nginx.conf on 127.0.0.1 (and `also` other
+    local addresses, on the same port, e.g. `[::1]`): started by root (its
+    workers then run as nginx's default user, nobody), or, with `as_user`,
+    by that user from the start."""
 
-    def __init__(self, upstream, storage_root, as_user=None):
+    def __init__(self, upstream, storage_root, as_user=None, also=()):
         need("nginx")
         self.port = free_port()
         self.dir = open_folder("nginx-registry-test-")
@@ -58,7 +61,8 @@ class Nginx(Local):
             shutil.chown(self.dir, user=as_user)
         self.conf = os.path.join(self.dir, "nginx.conf")
         with open(self.conf, "w") as f:
-            f.write(render(listen=f"127.0.0.1:{self.port}", upstream=upstream,
+            f.write(render(listen=[f"{a}:{self.port}" for a in ("127.0.0.1", *also)],
+                           upstream=upstream,
                            storage_root=storage_root, runtime=self.dir))
         os.chmod(self.conf, 0o644)
         self.log_path = os.path.join(self.dir, "stderr.log")
@@ -69,7 +73,8 @@ class Nginx(Local):
                        *command]
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        if not wait_ready(self.proc, lambda: _answers(self.url + "/v2/"), 20):
+        # /healthz: /v2/ asks for credentials when pulls need them
+        if not wait_ready(self.proc, lambda: _answers(self.url + "/healthz"), 20):
             self.stop()
             raise RuntimeError(f"nginx did not start:\n{self.read_errors()}")
 

@@ -137,11 +137,11 @@ class _Recording(dict):
 
 def test_every_setting_has_its_variable_listed():
     import dataclasses
-    from app.config import VARIABLES
+    from app.config import RETIRED, VARIABLES
     env = _Recording()
     Config.from_env(env)
     listed = {name for names in VARIABLES.values() for name in names}
-    assert env.asked == listed
+    assert env.asked == listed | set(RETIRED)
     derived = {"storage_chosen"}
     assert set(VARIABLES) == {f.name for f in dataclasses.fields(Config)} - derived
 
@@ -228,3 +228,42 @@ def test_nix_cache_needs_a_readable_key(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             Config.from_env(env)
+
+
+def _gunicorn_conf(tmp_path, **env) -> dict:
+    """The settings gunicorn.conf.py gives gunicorn in this environment."""
+    import json as _json
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    code = ("import runpy, json; c = runpy.run_path('gunicorn.conf.py'); "
+            "print(json.dumps({k: c[k] for k in ('worker_class', 'forwarded_allow_ips')}))")
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("LISTEN_ADDRESS", "FORWARDED_ALLOW_IPS", "NIXERY_HTTP_WORKER")}
+    full.update(STORAGE_PATH=str(tmp_path), **env)
+    return _json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full,
+                                      capture_output=True, text=True, check=True).stdout)
+
+
+def test_the_http_worker_is_the_registrys_or_gunicorns_stock_one(tmp_path):
+    assert Config.from_env({}).http_worker == "registry"
+    assert _gunicorn_conf(tmp_path)["worker_class"] == "app.worker.Worker"
+    assert Config.from_env({"NIXERY_HTTP_WORKER": "gthread"}).http_worker == "gthread"
+    assert _gunicorn_conf(tmp_path, NIXERY_HTTP_WORKER="gthread")["worker_class"] == "gthread"
+
+
+def test_another_http_worker_stops_gunicorn_with_one_line_naming_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    done = subprocess.run([gunicorn, "-c", "gunicorn.conf.py"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60,
+                          env=dict(os.environ, NIXERY_HTTP_WORKER="eventlet",
+                                   STORAGE_PATH=str(tmp_path)))
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "configuration error: NIXERY_HTTP_WORKER must be registry (the registry's own worker) "
+        "or gthread (gunicorn's stock one), not 'eventlet'"]

@@ -8,8 +8,9 @@ import types
 import pytest
 from gunicorn.config import Config
 from gunicorn.http import RequestParser, wsgi
+from gunicorn.http.errors import ParseException
 
-from app.http1 import PlainHTTP, addresses
+from app.http1 import PlainHTTP, addresses, limits
 from app.http1_response import PlainResponse
 
 PEER = ("127.0.0.1", 40000)
@@ -110,6 +111,116 @@ def test_a_plain_request_gets_the_environ_gunicorn_gives_it(raw, trusted):
 def test_any_other_request_is_left_to_gunicorn(raw):
     assert plain().parse(raw.encode("latin-1"), trusted=True) is None
 
+
+def _gunicorn_reading(parser):
+    """What gunicorn's parser makes of the next request: the request as
+    read, body included, or what it raised."""
+    try:
+        req = next(parser)
+    except (StopIteration, ParseException) as e:
+        return type(e).__name__, str(e)
+    return req.method, req.uri, req.version, req.headers, req.body.read()
+
+
+DECLINED = {name: raw for name, raw in NOT_PLAIN.items() if raw}  # before a plain one
+
+
+@pytest.mark.parametrize("raw", DECLINED.values(), ids=DECLINED.keys())
+@pytest.mark.parametrize("buffered", [0, 10, None], ids=["none read ahead", "some", "all"])
+def test_a_request_declined_reaches_gunicorns_parser_untouched(raw, buffered):
+    """serve() may have read ahead (gunicorn's buffer) and from the socket
+    before it declines: gunicorn's parser then reads the very same bytes,
+    and the request after them, as on a connection of its own."""
+    data = raw.encode("latin-1") + b"GET /next HTTP/1.1\r\n\r\n"
+    cut = len(data) if buffered is None else buffered
+
+    def reading(declined_first: bool):
+        ours, theirs = socket.socketpair()
+        try:
+            parser = RequestParser(Config(), ours, PEER)
+            if declined_first:
+                parser.unreader.unread(data[:cut])  # as gunicorn left it, read ahead
+                theirs.sendall(data[cut:])
+            else:
+                theirs.sendall(data)
+            theirs.shutdown(socket.SHUT_WR)
+            if declined_first:
+                conn = types.SimpleNamespace(is_http2=False, parser=parser, server=SERVER,
+                                             sock=ours, client=PEER)
+                assert plain().serve(conn) is None
+            return [_gunicorn_reading(parser), _gunicorn_reading(parser)]
+        finally:
+            ours.close()
+            theirs.close()
+
+    assert reading(declined_first=True) == reading(declined_first=False)
+
+
+def gunicorn_reads(raw: bytes, cfg) -> bool:
+    """Whether gunicorn's parser takes the request, rather than refusing it."""
+    try:
+        gunicorn_environ(raw, cfg)
+    except ParseException:
+        return False
+    return True
+
+
+# gunicorn's settings as configured, and the limits its parser applies:
+# the line at most 8190 (0: none), 1 to 32768 fields (0: 32768), a field
+# 8190 with its CRLF when 0
+LIMITS = {
+    "defaults": ({}, (4094, 100, 8190)),
+    "small": ({"limit_request_line": 60, "limit_request_fields": 3,
+               "limit_request_field_size": 40}, (60, 3, 40)),
+    "over gunicorn's bounds": ({"limit_request_line": 10000, "limit_request_fields": 40000},
+                               (8190, 32768, 8190)),
+    "zeros": ({"limit_request_line": 0, "limit_request_fields": 0,
+               "limit_request_field_size": 0}, (0, 32768, 8190)),
+}
+
+
+def configured(settings) -> Config:
+    cfg = Config()
+    for name, value in settings.items():
+        cfg.set(name, value)
+    return cfg
+
+
+@pytest.mark.parametrize("settings, expected", LIMITS.values(), ids=LIMITS.keys())
+def test_limits_are_gunicorns_clamped_as_it_clamps_them(settings, expected):
+    assert limits(configured(settings)) == expected
+
+
+def _around(limit):
+    return [n for n in range(limit - 3, limit + 3) if n > 0]
+
+
+@pytest.mark.parametrize("settings", [s for s, _ in LIMITS.values()], ids=LIMITS.keys())
+def test_a_request_at_and_around_each_limit_is_taken_exactly_when_gunicorn_takes_it(settings):
+    """Taken, with gunicorn's environ, if and only if gunicorn's parser
+    reads it; else left to gunicorn, which refuses it (414 or 431)."""
+    cfg = configured(settings)
+    line_limit, fields_limit, field_limit = limits(cfg)
+    requests = []
+    for n in _around(line_limit or 8190):  # the line, "GET /aa..a HTTP/1.1"
+        requests.append(f"GET /{'a' * (n - len('GET / HTTP/1.1'))} HTTP/1.1\r\n\r\n")
+    for n in _around(field_limit):  # a field with its CRLF, "X-Pad: bb..b\r\n"
+        requests.append(f"GET / HTTP/1.1\r\nX-Pad: {'b' * (n - len('X-Pad: ') - 2)}\r\n\r\n")
+    for n in _around(min(fields_limit, 200)):  # many fields (a head is at most 16 KB)
+        requests.append("GET / HTTP/1.1\r\n" + "".join(f"X-{i}: {i}\r\n" for i in range(n))
+                        + "\r\n")
+    taken = 0
+    for raw in (r.encode() for r in requests):
+        parsed = plain(cfg).parse(raw, trusted=True)
+        assert (parsed is not None) == gunicorn_reads(raw, cfg), raw[:80]
+        if parsed is not None:
+            taken += 1
+            _, expected = gunicorn_environ(raw, cfg)
+            environ = parsed[1]
+            addresses(environ, PEER, SERVER)
+            assert {k: v for k, v in environ.items() if k not in OBJECTS} == \
+                {k: v for k, v in expected.items() if k not in OBJECTS}
+    assert 0 < taken < len(requests)
 
 def test_scheme_headers_count_only_from_trusted_peers():
     raw = b"GET /v2/ HTTP/1.1\r\nX-Forwarded-Proto: https\r\n\r\n"

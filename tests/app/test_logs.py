@@ -70,6 +70,17 @@ def test_the_client_is_the_forwarded_address_only_from_a_trusted_peer(make_logge
     assert (tmp_path / "access.log").read_text().startswith('198.51.100.9 alice "GET ')
 
 
+def test_the_client_is_the_one_app_proxy_names(make_logger, tmp_path):
+    """Trusted ranges, the rightmost untrusted entry: never the proxy, nor
+    what the client wrote at the left."""
+    log = make_logger(forwarded_allow_ips="127.0.0.0/8,10.0.0.0/8")
+    log_one(log, environ(peer="127.0.0.2", forwarded="192.0.2.66, 203.0.113.7, 10.1.1.1"))
+    log_one(log, environ(peer="10.9.9.9", forwarded="192.0.2.66, 203.0.113.7"))
+    log_one(log, environ(peer="10.9.9.9", forwarded="192.0.2.66, 10.1.1.1, 127.0.0.1"))
+    clients = [line.split()[0] for line in (tmp_path / "access.log").read_text().splitlines()]
+    assert clients == ["203.0.113.7", "203.0.113.7", "192.0.2.66"]
+
+
 def test_json_lines(make_logger, tmp_path):
     log = make_logger(JsonAccessLogger)
     log_one(log)

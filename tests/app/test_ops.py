@@ -115,3 +115,45 @@ def test_readiness_fails_at_once_when_gcs_does_not_answer(tmp_path, gcs_key):
     assert body["ready"] is False and body["checks"]["storage"].startswith("failing: ")
     assert body["checks"]["nix"] == "ok"
     assert client.get("/healthz").status_code == 200  # alive all the same
+
+
+def test_readyz_details_only_to_this_machine_and_signed_in_users(tmp_path, monkeypatch):
+    import base64
+
+    import bcrypt
+    from app import create_app
+    from app.config import Config
+    from storage.errors import StorageUnavailable
+    from tests.conftest import PKGS
+    users = tmp_path / "htpasswd"
+    users.write_text("alice:" + bcrypt.hashpw(b"wonderland", bcrypt.gensalt(4)).decode() + "\n")
+    app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
+                            htpasswd=str(users), tls_in_front=True))
+    login = {"Authorization": "Basic " + base64.b64encode(b"alice:wonderland").decode()}
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"alice:guess").decode()}
+
+    def readyz(peer, headers=None):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = peer
+        r = client.get("/readyz", headers=headers or {})
+        return r.status_code, r.get_json()
+
+    anonymous = [readyz("198.51.100.2"), readyz("198.51.100.2", wrong),
+                 # nginx on this machine, forwarding a remote client
+                 readyz("127.0.0.1", {"X-Forwarded-For": "198.51.100.2"})]
+    for status, body in anonymous:
+        assert status == 200
+        assert body == {"ready": True, "checks": {"storage": "ok", "nix": "ok"},
+                        "details": "for signed-in users, and callers on this machine"}
+    for status, body in (readyz("127.0.0.1"), readyz("::1"), readyz("198.51.100.2", login),
+                         readyz("127.0.0.1", dict(login, **{"X-Forwarded-For": "10.0.0.1"}))):
+        assert status == 200 and str(PKGS) in body["package_source"]["describe"]
+
+    def down(key):
+        raise StorageUnavailable(f"{tmp_path}/s is on fire")
+    monkeypatch.setattr(app.extensions["storage"], "exists", down)
+    status, body = readyz("198.51.100.2")
+    assert status == 503 and body["checks"] == {"storage": "failing", "nix": "ok"}
+    assert str(tmp_path) not in str(body)
+    status, body = readyz("127.0.0.1")
+    assert status == 503 and body["checks"]["storage"] == f"failing: {tmp_path}/s is on fire"

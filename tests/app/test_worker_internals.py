@@ -50,6 +50,10 @@ def handle_exit_without_frame(self, sig):
     pass
 
 
+def request_init_without_limits(self, cfg, unreader, peer_addr, req_number=1):
+    pass
+
+
 def worker_init_without_ppid(self, age, ppid, sockets, app, timeout, cfg, log):
     self.alive = True
 
@@ -64,7 +68,7 @@ def worker_init_without_ppid(self, age, ppid, sockets, app, timeout, cfg, log):
     # what app/http1.py and app/http1_response.py take from gunicorn
     (Unreader, "take_buffered", None, "Unreader.take_buffered()"),
     (Worker, "handle_error", handle_exit_without_frame, "Worker.handle_error("),
-    (message, "_ip_in_allow_list", None, "_ip_in_allow_list"),
+    (message.Request, "__init__", request_init_without_limits, "Request.limit_request_line"),
     (wsgi, "HEADER_VALUE_RE", None, "gunicorn.http.wsgi.HEADER_VALUE_RE"),
     (Worker, "__init__", worker_init_without_ppid, "'ppid'"),
 ])

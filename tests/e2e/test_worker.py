@@ -190,6 +190,9 @@ def test_pipelined_requests_get_the_answers_they_get_alone(one_thread):
 UNREADABLE = {
     "a header over gunicorn's limit": (b"GET /v2/ HTTP/1.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
                                        431),
+    # gunicorn counts a field's CRLF: 8,189 characters and the CRLF are past its 8,190
+    "a header just past gunicorn's limit": (b"GET /v2/ HTTP/1.1\r\nX-A: " + b"a" * 8184
+                                            + b"\r\n\r\n", 431),
     "a request line over its limit": (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
     "a header without a colon": (b"GET /v2/ HTTP/1.1\r\nBad Header\r\n\r\n", 400),
     "a control character": (b"GET /v2/ HTTP/1.1\r\nX-A: a\x01b\r\n\r\n", 400),
