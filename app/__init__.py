@@ -37,6 +37,15 @@ def _quota(config):
                       + config.build_queue_timeout + 60)
 
 
+def _nix_cache(config):
+    """The Nix binary cache built closures are copied to, or None."""
+    if not config.nix_cache:
+        return None
+    from builders.nixcache import BinaryCache
+    return BinaryCache(config.nix_cache, config.nix_cache_key,
+                       timeout=config.nix_timeout + 300)
+
+
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
     from builders import gc, sources
@@ -67,7 +76,8 @@ def make_images(config: Config, store, *, nix=None):
         layerstore=layerstore, nix=nix, jobs=Jobs(),
         history=_history(config.history_path),
         nix_timeout=config.nix_timeout, pull_wait=config.pull_wait, platforms=config.platforms,
-        mark_every=gc.mark_every(config.retention), quota=_quota(config))
+        mark_every=gc.mark_every(config.retention), quota=_quota(config),
+        nix_cache=_nix_cache(config))
 
 
 def _check_blob_folders(store):
@@ -106,6 +116,8 @@ def create_app(config: Config | None = None, *, nix=None):
     images = app.extensions["images"] = make_images(config, store, nix=nix)
     app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
     app.extensions["nix_check"] = ops.NixCheck()
+    from builders.nixremote import RemoteBuilders
+    app.extensions["nix_builders"] = RemoteBuilders()
     app.extensions["stored"] = metrics.StoredCollector(store)
     # /v2 is answered below Flask (app/registry.py says why); pages and
     # operators' endpoints by Flask; both within one request scope

@@ -1,5 +1,9 @@
 """The registry's configuration: the only module that reads the environment.
 
+gunicorn's settings import it before workers start and before they set
+prometheus_client's multiprocess folder: nothing it imports at the top may
+import prometheus_client (which picks its kind of values when imported).
+
 Variable names are Nixery's, so existing deployments keep working.  A bad
 value stops the server at start with a message naming the variable.
 """
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 
 import click
 
-from builders import compress, nixcache, platforms as platforms_
+from builders import compress, platforms as platforms_
 
 from .proxy import Proxies
 
@@ -287,6 +291,7 @@ class Config:
         return os.path.join(self.state_path, "history")
 
     def _check_nix_cache(self):
+        from builders import nixcache
         if not self.nix_cache:
             if self.nix_cache_key:
                 raise ConfigError("NIXERY_NIX_CACHE_KEY is set but NIXERY_NIX_CACHE is not: name "
@@ -306,6 +311,7 @@ class Config:
         """The public key of NIXERY_NIX_CACHE_KEY, for substituters' trusted-public-keys."""
         if not self.nix_cache_key:
             return None
+        from builders import nixcache
         try:
             with open(self.nix_cache_key, encoding="ascii") as f:
                 return nixcache.public_key(f.read(4096))

@@ -80,7 +80,7 @@ def worker_exit(server, worker):
         server.log.info("worker %s waits for %d build job(s) before it exits: %s", worker.pid,
                         len(jobs), ", ".join(f"{job.name} ({job.progress()})" for job in jobs))
         for job in jobs:
-            job.wait(graceful_timeout)
+            job.settle(graceful_timeout)
 
 
 def child_exit(server, worker):

@@ -47,6 +47,22 @@ def _check_storage():
     return "ok"
 
 
+def _nix_beyond_this_machine() -> dict:
+    """The binary cache and remote builders, where configured: reported,
+    not required (images already built pull without them)."""
+    found = {}
+    cache = current_app.extensions["images"].nix_cache
+    if cache is not None:
+        found["nix_cache"] = cache.status()
+    try:
+        builders = current_app.extensions["nix_builders"].report()
+    except Exception as e:  # Nix could not say: reported like a failing builder
+        builders = [{"error": f"cannot read Nix's builders: {e}"}]
+    if builders:
+        found["nix_builders"] = builders
+    return found
+
+
 @bp.route("/readyz")
 def readyz():
     checks = {}
@@ -66,7 +82,8 @@ def readyz():
         # instance out of the load balancer at once
         source = current_app.extensions["images"].revisions.state.report()
         source["describe"] = current_app.extensions["images"].source.describe()
-        body = {"ready": ready, "checks": checks, "package_source": source}
+        body = {"ready": ready, "checks": checks, "package_source": source,
+                **_nix_beyond_this_machine()}
     else:
         body = {"ready": ready,
                 "checks": {k: "ok" if v == "ok" else "failing" for k, v in checks.items()},

@@ -28,6 +28,7 @@ class Built:
     record: ImageRecord
     store_paths: int      # in the closure
     nix_seconds: float    # of the whole build's time
+    roots: tuple = ()     # the requested packages' store paths (the closure's roots)
 
 
 class ImageBuilder:
@@ -82,7 +83,7 @@ class ImageBuilder:
             sbom=self.store_sbom(bom, manifests), licenses=_licenses(resolved),
             revision=revision.identity)
         self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
-        return Built(record, len(closure), nix_seconds)
+        return Built(record, len(closure), nix_seconds, tuple(roots))
 
     def _resolve(self, image: Image, source: dict, deadline):
         """Every requested attribute path, or the reasons some cannot be had:

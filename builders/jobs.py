@@ -63,6 +63,8 @@ class Job:
         self.reservation = None     # its room in that client's build quota, once it builds
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._settled = threading.Event()   # done, and its follow-ups too
+        self._followups = []
         self._record = None
         self._error: dict | None = None
         self.set_phase("starting")
@@ -96,6 +98,26 @@ class Job:
             if error is not None:
                 self._error = (error.to_dict() if isinstance(error, BuildError) else error)
             self._done.set()
+
+    def after(self, step) -> None:
+        """Run `step()` once the job is done and its outcome handed to the
+        requests that wait (copying a closure to a binary cache, say): in
+        the job's thread, before a stopping worker may exit."""
+        self._followups.append(step)
+
+    def run_followups(self) -> None:
+        try:
+            for step in self._followups:
+                try:
+                    step()
+                except Exception:  # the image is served: a follow-up fails alone
+                    logger.exception("a follow-up of the job for %s failed", self.name)
+        finally:
+            self._settled.set()
+
+    def settle(self, timeout: float) -> bool:
+        """Whether the job and its follow-ups ended within `timeout` seconds."""
+        return self._settled.wait(timeout)
 
     @property
     def done(self) -> bool:
@@ -177,6 +199,7 @@ class Jobs:
         else:
             job.finish(record=record)
         finally:
+            job.run_followups()
             with self._lock:
                 del self._running[job.key]
             if job.reservation is not None:

@@ -22,3 +22,8 @@ SOURCE_UP = Gauge("registry_package_source_up",
                   multiprocess_mode="livemostrecent")
 JOBS = Gauge("registry_build_jobs", "Image jobs running now, by phase", ["phase"],
              multiprocess_mode="livesum")
+NIX_CACHE_COPIES = Counter("registry_nix_cache_copies", "Closures copied to the Nix binary "
+                           "cache (NIXERY_NIX_CACHE), by outcome", ["outcome"])
+NIX_BUILDERS = Gauge("registry_nix_builders_reachable", "Remote builders Nix is set up with: "
+                     "those that answered the last readiness check, and all of them", ["state"],
+                     multiprocess_mode="livemax")

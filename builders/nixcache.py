@@ -20,8 +20,6 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
 from . import process
 
 logger = logging.getLogger(__name__)
@@ -29,10 +27,6 @@ logger = logging.getLogger(__name__)
 # Store URLs `nix copy --to` opens in Debian's Nix 2.8 (it has no s3:// store).
 SCHEMES = ("file", "ssh", "ssh-ng")
 NIX = ("nix", "--extra-experimental-features", "nix-command")
-
-COPIES = Counter("registry_nix_cache_copies", "Closures copied to the Nix binary cache, by "
-                 "outcome", ["outcome"])
-
 
 class NotASecretKey(ValueError):
     """A secret key file that is not one `nix-store --generate-binary-cache-key` wrote."""
@@ -106,7 +100,10 @@ class BinaryCache:
         with self._lock:
             self._last = status
             self._failures += not status.ok
-        COPIES.labels("ok" if status.ok else "failed").inc()
+        # imported here: app/config.py checks the settings with this module
+        # before prometheus_client may be imported (gunicorn's settings)
+        from . import metrics
+        metrics.NIX_CACHE_COPIES.labels("ok" if status.ok else "failed").inc()
         if status.ok:
             logger.info("copied %d store paths to the Nix binary cache %s in %.1fs", len(paths),
                         self.url, status.seconds)

@@ -61,7 +61,7 @@ class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, claims, builder, layerstore, nix,
                  jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0,
                  platforms=(platforms_.HOST,), mark_every: float = gc.MARK_EVERY,
-                 quota=None):
+                 quota=None, nix_cache=None):
         self.storage = storage
         self.revisions = revisions
         self.failures = failures
@@ -76,6 +76,7 @@ class ImageService:
         self.jobs = jobs
         self.platforms = tuple(platforms)
         self.quota = quota
+        self.nix_cache = nix_cache  # builders/nixcache.py's BinaryCache, or None
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
         self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
 
@@ -349,6 +350,9 @@ class ImageService:
                         image.name, built.store_paths, len(record.layers), built.nix_seconds,
                         time.monotonic() - started)
             outcome = "built"
+            if self.nix_cache is not None:
+                # once the pulls waiting for it have the image
+                job.after(lambda: self.nix_cache.copy(built.roots, log_path=job.log_path))
             self._marked[keys.manifest(key)] = True  # just written: as good as marked
             try:
                 self.revisions.built(revision)

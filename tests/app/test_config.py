@@ -267,3 +267,22 @@ def test_another_http_worker_stops_gunicorn_with_one_line_naming_it(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "configuration error: NIXERY_HTTP_WORKER must be registry (the registry's own worker) "
         "or gthread (gunicorn's stock one), not 'eventlet'"]
+
+
+def test_the_configuration_imports_no_metrics():
+    """gunicorn's settings read the configuration before they set
+    prometheus_client's multiprocess folder: had anything imported
+    prometheus_client by then, every worker's counters would be its own."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    from tests.nixstore import keypair
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        secret, _ = keypair(folder, "k")
+        code = ("import sys; from app.config import Config; "
+                f"Config.from_env({{'NIXERY_NIX_CACHE': 'file:///c', 'NIXERY_NIX_CACHE_KEY': {secret!r}}}); "
+                "import app.gunicorn_conf; print('prometheus_client' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                              text=True, check=True)
+    assert done.stdout.strip() == "False"

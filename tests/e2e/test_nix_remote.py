@@ -57,7 +57,6 @@ def nix_logs(srv) -> str:
     return "".join(texts)
 
 
-@pytest.mark.xfail(reason="the binary cache is not wired into builds yet", strict=True)
 def test_an_empty_store_substitutes_what_another_instance_built(tmp_path):
     secret, public = keypair(tmp_path, "registry-e2e-1")
     cache = tmp_path / "cache"
@@ -77,7 +76,7 @@ def test_an_empty_store_substitutes_what_another_instance_built(tmp_path):
     second = Server(str(tmp_path / "second"), wrap=store.wrap, NIXERY_PKGS_PATH=str(PKGS),
                     NIX_TIMEOUT="120",
                     NIX_CONFIG=f"substituters = file://{cache}\ntrusted-public-keys = {public}\n"
-                               "build-users-group =\n")
+                               "build-users-group =\n").start()
     try:
         skopeo_copy(second, "hello", tmp_path / "oci")
         rootfs = unpack(tmp_path / "oci", tmp_path / "bundle")
@@ -95,3 +94,47 @@ def test_an_empty_store_substitutes_what_another_instance_built(tmp_path):
     finally:
         second.stop()
         store.remove()
+
+
+def readyz(srv) -> dict:
+    """/readyz with its details, as a caller on this machine sees it."""
+    return requests.get(f"{srv.url}/readyz", timeout=60).json()
+
+
+def test_a_cache_that_cannot_be_written_fails_no_pull(tmp_path):
+    secret, _ = keypair(tmp_path, "registry-e2e-1")
+    (tmp_path / "not-a-folder").write_text("")
+    srv = Server(str(tmp_path / "registry"), NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120",
+                 NIXERY_NIX_CACHE=f"file://{tmp_path}/not-a-folder/cache",
+                 NIXERY_NIX_CACHE_KEY=secret, GUNICORN_CMD_ARGS="--workers 1").start()
+    try:
+        skopeo_copy(srv, "hello", tmp_path / "oci")
+        line = srv.log_line("could not copy", timeout=60)
+        assert "(the image is served all the same)" in line
+        cache = readyz(srv)["nix_cache"]
+        assert cache["failed_copies"] == 1 and cache["last_copy"]["ok"] is False
+        metrics = requests.get(f"{srv.url}/metrics", timeout=10).text
+        assert 'registry_nix_cache_copies_total{outcome="failed"} 1.0' in metrics
+    finally:
+        srv.stop()
+
+
+def test_readiness_reports_the_builders_and_the_cache(builder, tmp_path):
+    secret, _ = keypair(tmp_path, "registry-e2e-1")
+    srv = Server(str(tmp_path / "registry"), NIXERY_PKGS_PATH=remote_set(tmp_path / "pkgs"),
+                 NIX_TIMEOUT="120", NIXERY_NIX_CACHE=f"file://{tmp_path}/cache",
+                 NIXERY_NIX_CACHE_KEY=secret, GUNICORN_CMD_ARGS="--workers 1",
+                 **remote_env(builder)).start()
+    try:
+        skopeo_copy(srv, "remote-only", tmp_path / "oci")
+        srv.log_line("to the Nix binary cache", timeout=60)
+        report = readyz(srv)
+        assert report["ready"] is True
+        assert report["nix_cache"]["last_copy"]["ok"] is True
+        assert report["nix_builders"] == [{"uri": "ssh://root@127.0.0.1",
+                                           "systems": "x86_64-linux", "reachable": True}]
+        metrics = requests.get(f"{srv.url}/metrics", timeout=10).text
+        assert 'registry_nix_builders_reachable{state="reachable"} 1.0' in metrics
+        assert 'registry_nix_cache_copies_total{outcome="ok"} 1.0' in metrics
+    finally:
+        srv.stop()
