@@ -21,6 +21,7 @@ import time
 
 from . import metrics
 from .errors import BuildError
+from .words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ class Job:
                 total = 0
             if total:
                 # Nix logs when it starts a path, not when it is done with it
-                return f"{phase}: started {done} of {total} store paths to build or fetch"
+                return (f"{phase}: started {done} of {counted(total, 'store path')} to build or "
+                        "fetch")
         if phase == "making layers" and self.layers_total:
             return (f"{phase}: {self.layers_done} of {self.layers_total} stored, "
                     f"{self.layer_bytes / 1e6:.1f} MB")
