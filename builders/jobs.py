@@ -26,7 +26,9 @@ from .words import counted
 logger = logging.getLogger(__name__)
 
 # What a job does, in order; /metrics counts jobs in each.
-PHASES = ("starting", "waiting for another worker", "waiting for a build slot",
+# The words are the user's: they end up in a pull's "still building (...)".
+WAITING_FOR_ANOTHER = "waiting for the build another pull started"
+PHASES = ("starting", WAITING_FOR_ANOTHER, "waiting for a build slot",
           "evaluating", "realising", "making layers", "storing", "waiting for its platforms")
 
 _WILL_BUILD = re.compile(r"^these (\d+) derivations will be built:|^this derivation will be built:")

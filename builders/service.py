@@ -25,7 +25,7 @@ from . import gc, metrics, platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
                      PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image import Image
-from .jobs import Job
+from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
 from .records import ImageRecord, IndexRecord, cache_key, index_key, load_record
 from .sync import LockedTTLCache
@@ -263,13 +263,13 @@ class ImageService:
         # the other side's clock stamps its failure: allow for some skew
         waiting_since = time.time() - CLOCK_SKEW
         with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN,
-                              on_wait=lambda: job.set_phase("waiting for another worker")
+                              on_wait=lambda: job.set_phase(WAITING_FOR_ANOTHER)
                               ) as waited:
             if waited:
                 self._raise_outcome(key, waiting_since)
             claim = self.claims.acquire(key)
             if claim is None:
-                job.set_phase("waiting for another instance")
+                job.set_phase(WAITING_FOR_ANOTHER)
                 claim = self._wait_for_claim(key, waiting_since)
             try:
                 with claim.kept():

@@ -2,7 +2,10 @@
 import json
 import threading
 
+import pytest
+
 from builders.claims import Claims
+from builders.errors import BuildInProgress
 from builders.image import Image
 from builders.records import cache_key
 from storage import FilesystemStorage, keys
@@ -74,3 +77,16 @@ def test_the_claim_of_an_instance_that_died_is_taken_over(tmp_path, caplog):
     assert record.packages == ["drowsy"]
     assert two.nix.runs == 3  # resolve, realise, closure: the build, by two
     assert "taking over the claim of died mid-build" in caplog.text
+
+
+def test_a_pull_waiting_for_another_instances_build_says_so_in_a_users_words(tmp_path):
+    one, two = two_instances(tmp_path, 4)
+    image = Image.from_name("drowsy")
+    with pytest.raises(BuildInProgress):
+        one.image(image, "latest", wait=0.5)
+    with pytest.raises(BuildInProgress) as info:
+        two.image(image, "latest", wait=1)
+    assert info.value.progress == "waiting for the build another pull started"
+    assert "worker" not in info.value.message and "instance" not in info.value.message
+    assert two.image(image, "latest", wait=60).manifests == \
+        one.image(image, "latest", wait=60).manifests
