@@ -63,7 +63,7 @@ def prebuild(names, names_file, tag):
         if isinstance(started, Job):
             jobs[name] = started
         else:
-            outcomes[name] = "already built"
+            outcomes[name] = _failed_platforms(started) or "already built"
 
     def current(_):
         running = [f"{n} ({job.progress()})" for n, job in jobs.items() if n not in outcomes]
@@ -77,8 +77,8 @@ def prebuild(names, names_file, tag):
                 if name in outcomes or not job.done:
                     continue
                 try:
-                    job.outcome()
-                    outcomes[name] = f"built in {job.seconds:.0f}s"
+                    outcomes[name] = (_failed_platforms(job.outcome())
+                                      or f"built in {job.seconds:.0f}s")
                 except Exception as e:  # storage trouble too: say it, go on with the rest
                     outcomes[name] = f"failed: {getattr(e, 'message', e)}"
                 bar.update(1)
@@ -91,6 +91,12 @@ def prebuild(names, names_file, tag):
         failed += outcomes[name].startswith("failed")
     if failed:
         raise SystemExit(1)
+
+
+def _failed_platforms(record) -> str | None:
+    """`failed: ...` for an index some of whose platforms failed to build."""
+    failed = getattr(record, "failed", None)
+    return "failed: " + "; ".join(failed.values()) if failed else None
 
 
 @click.command("sbom")

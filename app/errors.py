@@ -93,6 +93,13 @@ class BuildTimeout(RegistryError):
     code, status = "BUILD_TIMEOUT", 422
 
 
+class BuildInterrupted(RegistryError):
+    """The machine stopped the build (a builder killed, a full disk, Nix out
+    of reach): nothing is wrong with the image and a later pull builds it,
+    so a 5xx (the status line still carries the message, for containerd)."""
+    code, status = "BUILD_INTERRUPTED", 503
+
+
 class SourceUnavailable(RegistryError):
     code, status = "SOURCE_UNAVAILABLE", 502
 
@@ -149,6 +156,9 @@ _DOMAIN = {
     build.BuildFailed: lambda e, page: BuildFailed(e.message, _detail(e, page)),
     build.BuildTimeout: lambda e, page: BuildTimeout(e.message, _detail(
         e, page, limit_seconds=e.limit, setting="NIX_TIMEOUT")),
+    build.BuildInterrupted: lambda e, page: BuildInterrupted(e.message, _detail(
+        e, page, cause=e.cause, retry_after_seconds=e.retry_after),
+        headers={"Retry-After": str(e.retry_after)}),
     build.SourceUnavailable: lambda e, page: SourceUnavailable(e.message, _detail(e, page)),
     build.InvalidImage: lambda e, page: ManifestUnknown(e.message),
     build.BuildQueueFull: lambda e, page: TooManyRequests(

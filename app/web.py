@@ -76,7 +76,9 @@ def index():
 
 
 STATUS_TEXT = {"building": "building", "built": "built", "cached": "cached",
-               "failed": "failed", "timeout": "timed out", "not built": "not built yet"}
+               "failed": "failed", "timeout": "timed out",
+               "interrupted": "stopped by the machine, not by the image: pull again",
+               "not built": "not built yet"}
 
 
 def _name_and_tag(ref):

@@ -116,9 +116,12 @@ class ImageBuilder:
             raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
         return resolved
 
-    def index(self, image: Image, key: str, members, left_out: dict[str, str]) -> IndexRecord:
+    def index(self, image: Image, key: str, members, left_out: dict[str, str],
+              failed: dict[str, str] | None = None) -> IndexRecord:
         """Store the index of `image` in both formats, listing `members`
-        ([(platform, its ImageRecord)]), and its record."""
+        ([(platform, its ImageRecord)]), and its record, unless some
+        platforms `failed` (platform name -> why): that index is served
+        while they fail, not kept."""
         manifests = {}
         for media_type in manifest.INDEX_TYPES:
             member_type = manifest.INDEX_MEMBERS[media_type]
@@ -128,8 +131,9 @@ class ImageBuilder:
             manifests[media_type] = body.decode()
         record = IndexRecord(key=key, packages=list(image.packages),
                              members={p.name: r.key for p, r in members}, left_out=left_out,
-                             manifests=manifests)
-        self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
+                             manifests=manifests, failed=dict(failed or {}))
+        if not record.failed:
+            self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
         return record
 
     def add_sbom(self, image: Image, revision: Revision, record: ImageRecord,

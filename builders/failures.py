@@ -14,6 +14,10 @@ what it says about the image:
   `timeout_seconds`, long enough that a client asking twice in a row
   (docker's HEAD then GET) costs one build, short enough that a slow moment
   does not become an outage;
+- trouble of the machine's (a builder killed by a signal, a full disk, Nix
+  or its builders out of reach) says nothing of the image: seconds
+  (`BuildInterrupted.retry_after`), so that a pull retried after that
+  builds again;
 - anything else (an unreachable source, storage trouble) answers only the
   requests that waited for the build that met it.
 """
@@ -25,8 +29,8 @@ import time
 
 from storage import keys
 from . import manifest
-from .errors import (BuildError, BuildFailed, BuildTimeout, InvalidImage, PackagesNotFound,
-                     PackageUnbuildable)
+from .errors import (BuildError, BuildFailed, BuildInterrupted, BuildTimeout, InvalidImage,
+                     PackagesNotFound, PackageUnbuildable, PlatformUnsupported)
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,23 @@ logger = logging.getLogger(__name__)
 VERDICTS = (PackagesNotFound, PackageUnbuildable, BuildFailed, InvalidImage)
 VERDICT_SECONDS = 3600
 TIMEOUT_SECONDS = 60
+INTERRUPTED_SECONDS = BuildInterrupted.retry_after
+
+
+def kind(error: BuildError) -> tuple[str, str]:
+    """What a failure says, for logs and metrics: (`verdict`, the image's
+    own; `timeout`; `machine`, trouble of the machine's; or `passing`, of
+    the source or storage) and its cause."""
+    if isinstance(error, BuildInterrupted):
+        return "machine", error.cause
+    if isinstance(error, BuildTimeout):
+        return "timeout", "nix-timeout"
+    for cls, cause in ((PackagesNotFound, "not-found"), (PlatformUnsupported, "unsupported"),
+                       (PackageUnbuildable, "refused"), (BuildFailed, "build-error"),
+                       (InvalidImage, "invalid")):
+        if isinstance(error, cls):
+            return "verdict", cause
+    return "passing", type(error).__name__
 
 
 class Failures:
@@ -52,6 +73,8 @@ class Failures:
         """How long `error` answers new pulls of its image, in seconds."""
         if isinstance(error, BuildTimeout):
             return self.timeout_seconds
+        if isinstance(error, BuildInterrupted):
+            return INTERRUPTED_SECONDS
         if isinstance(error, VERDICTS):
             return self.verdict_seconds
         return 0

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS builds (
     image TEXT NOT NULL,        -- canonical: system and sorted packages
     tag TEXT NOT NULL,
     key TEXT NOT NULL,          -- the manifest cache key
-    status TEXT NOT NULL,       -- building | built | failed | timeout
+    status TEXT NOT NULL,       -- building | built | failed | timeout | interrupted
     phase TEXT,                 -- what a building job is doing (builders/jobs.py)
     started REAL NOT NULL,
     finished REAL,
@@ -148,7 +148,7 @@ class BuildHistory:
             (image, tag)).fetchone())
 
     def recent(self, limit=20, *, failed=False) -> list[Build]:
-        where = "WHERE status IN ('failed', 'timeout')" if failed else ""
+        where = "WHERE status IN ('failed', 'timeout', 'interrupted')" if failed else ""
         rows = self._db().execute(f"SELECT * FROM builds {where} ORDER BY id DESC LIMIT ?",
                                   (limit,)).fetchall()
         return [self._row(r) for r in rows]

@@ -17,13 +17,14 @@ build side by side, each exactly as a pull pinned to that platform would.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 
 from storage import keys
-from . import gc, metrics, platforms as platforms_
-from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
-                     PackagesNotFound, PlatformUnsupported, RevisionNotFound)
+from . import failures as failures_, gc, metrics, platforms as platforms_
+from .errors import (BuildError, BuildInProgress, BuildInterrupted, BuildQueueFull, BuildTimeout,
+                     InvalidImage, PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image import Image
 from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
@@ -77,6 +78,9 @@ class ImageService:
         self.platforms = tuple(platforms)
         self.quota = quota
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
+        # indexes served while some of their platforms fail, not stored:
+        # briefly, so that a platform that builds again soon is listed soon
+        self._partial = LockedTTLCache(maxsize=1024, ttl=BuildInterrupted.retry_after)
         self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
 
     @property
@@ -145,7 +149,7 @@ class ImageService:
             image = self.pinned(image)
             key = cache_key(image, revision, self.max_layers)
             run = lambda job: self._find_or_build(image, tag, revision, key, job)  # noqa: E731
-        record = self._records.get(key)
+        record = self._records.get(key) or self._partial.get(key)
         if record is not None:
             metrics.MANIFEST_CACHE.labels("memory").inc()
             return record
@@ -211,8 +215,11 @@ class ImageService:
     def _find_or_make_index(self, image, tag, revision, key, job: Job) -> IndexRecord:
         """The index of `image` on every platform, from storage or made from
         each platform's image, whose jobs run side by side.  A platform
-        its packages are not available on is left out; one that fails
-        fails the index, with the platform named."""
+        its packages are not available on is left out.  One that fails does
+        not fail the others' pulls: the index of the platforms that built
+        is served, and not stored, so that a later pull tries the failed
+        one again; only when none built does the pull fail, naming the
+        platform (a failure of the machine's first: it is retried)."""
         record = self._load(key)
         if record is not None:
             self._records[key] = record
@@ -224,7 +231,7 @@ class ImageService:
             except BuildError as e:  # remembered: it is known already
                 parts[platform] = e
         job.watch({p.name: part for p, part in parts.items() if isinstance(part, Job)})
-        members, left_out = [], {}
+        members, left_out, failed = [], {}, {}
         for platform, part in parts.items():
             if isinstance(part, Job):
                 part.wait(None)  # every job ends, within NIX_TIMEOUT and its uploads
@@ -235,17 +242,27 @@ class ImageService:
             if isinstance(part, PlatformUnsupported):
                 left_out[platform.name] = part.message
             elif isinstance(part, BuildError):
-                raise _on_platform(part, platform)
+                failed[platform.name] = _on_platform(part, platform)
             else:
                 members.append((platform, part))
         if not members:
+            if failed:
+                raise next((e for e in failed.values() if isinstance(e, BuildInterrupted)),
+                           next(iter(failed.values())))
             raise PlatformUnsupported(
                 f"{image.name} is available on none of this registry's platforms: "
                 + "; ".join(left_out.values()))
-        record = self.builder.index(image, key, members, left_out)
+        record = self.builder.index(image, key, members, left_out,
+                                    {name: e.message for name, e in failed.items()})
         if left_out:
             logger.info("index of %s leaves out %s", image.name, ", ".join(left_out))
-        self._records[key] = record
+        if failed:
+            logger.warning("index of %s is served without %s, which failed to build: %s",
+                           image.name, ", ".join(failed),
+                           "; ".join(e.message for e in failed.values()))
+            self._partial[key] = record
+        else:
+            self._records[key] = record
         return record
 
     def _load(self, key) -> ImageRecord | IndexRecord | None:
@@ -318,6 +335,12 @@ class ImageService:
         except BuildQueueFull:
             raise  # not a failure of the image: the next request may get a slot
         except BuildError as e:
+            kind, cause = failures_.kind(e)
+            metrics.BUILD_FAILURES.labels(kind, cause).inc()
+            if kind == "machine":
+                logger.warning("the build of %s for %s was stopped by the machine (%s), which is "
+                               "no verdict on the image: %s", image.name, image.system, cause,
+                               e.message)
             self.failures.remember(key, e)
             raise
 
@@ -342,8 +365,17 @@ class ImageService:
             logger.info("building %s for %s from %s, %s", image.name, image.system,
                         self.source.describe(), revision.description)
             with metrics.BUILDS_IN_FLIGHT.track_inprogress():
-                built = self.builder.build(image, revision, key, job, phase,
-                                           source=self.source.describe())
+                try:
+                    built = self.builder.build(image, revision, key, job, phase,
+                                               source=self.source.describe())
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    # making the layers filled this machine's disk
+                    raise BuildInterrupted(
+                        f"the build machine has no disk space left ({e.strerror}); not a "
+                        "fault of the image: pull again in a moment, once its operator has "
+                        "freed some", cause="disk") from e
             record = built.record
             logger.info("built %s: %d store paths in %d layers, Nix %.1fs, total %.1fs",
                         image.name, built.store_paths, len(record.layers), built.nix_seconds,
@@ -360,10 +392,12 @@ class ImageService:
                                            for l in record.layers])
             return record
         except BuildError as e:
-            outcome = {BuildTimeout: "timeout", PackagesNotFound: "not_found"}.get(type(e), "failed")
+            outcome = {BuildTimeout: "timeout", PackagesNotFound: "not_found",
+                       BuildInterrupted: "interrupted"}.get(type(e), "failed")
             if build:
-                self.history.failed(build, status="timeout" if outcome == "timeout" else "failed",
-                                    code=type(e).__name__, message=e.message)
+                self.history.failed(build, status=outcome if outcome in (
+                    "timeout", "interrupted") else "failed", code=type(e).__name__,
+                    message=e.message)
             raise
         except Exception as e:
             if build:

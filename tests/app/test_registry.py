@@ -377,7 +377,7 @@ def test_several_platforms_give_an_index_to_clients_that_take_one(tmp_path):
     assert pinned.headers["Docker-Content-Digest"] == index["manifests"][1]["digest"]
 
 
-def test_a_platform_that_fails_is_named_in_the_error(tmp_path):
+def test_a_platform_that_fails_fails_no_other_platforms_pull(tmp_path):
     from app import create_app
     from app.config import Config
     from builders.manifest import OCI_INDEX
@@ -386,11 +386,39 @@ def test_a_platform_that_fails_is_named_in_the_error(tmp_path):
     client = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                                platforms=(AMD64, ARM64))).test_client()
     r = client.get("/v2/no-arm/manifests/latest", headers={"Accept": OCI_INDEX})
+    assert r.status_code == 200
+    assert [m["platform"]["architecture"] for m in r.get_json()["manifests"]] == ["amd64"]
+    # the platform that failed says why when it is pulled
+    r = client.get("/v2/arm64/no-arm/manifests/latest")
     assert r.status_code == 422
-    error = r.get_json()["errors"][0]
-    assert error["message"].startswith("linux/arm64 (aarch64-linux): package no-arm failed to build")
-    # a client that takes no index still gets the platform that built
+    assert r.get_json()["errors"][0]["message"].startswith("package no-arm failed to build")
+    # a client that takes no index gets the platform that built
     assert client.get("/v2/no-arm/manifests/latest").status_code == 200
+
+
+def test_a_platform_with_no_builder_is_a_retryable_503_and_the_others_pull(
+        tmp_path, monkeypatch):
+    import uuid
+    from app import create_app
+    from app.config import Config
+    from builders.manifest import OCI_INDEX
+    from builders.platforms import AMD64, ARM64
+    from tests.conftest import package_set
+    monkeypatch.setenv("NIX_CONFIG", "substituters =")  # this Nix cannot build aarch64-linux
+    pkgs = package_set(tmp_path / "pkgs", [("Hello, world!", f"Hello, {uuid.uuid4().hex}!")])
+    client = create_app(Config(pkgs_path=pkgs, storage_path=str(tmp_path / "s"),
+                               platforms=(AMD64, ARM64))).test_client()
+    r = client.get("/v2/hello/manifests/latest", headers={"Accept": OCI_INDEX})
+    assert r.status_code == 200
+    assert [m["platform"]["architecture"] for m in r.get_json()["manifests"]] == ["amd64"]
+    r = client.get("/v2/arm64/hello/manifests/latest")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "10"
+    error = r.get_json()["errors"][0]
+    assert error["code"] == "BUILD_INTERRUPTED" and error["detail"]["cause"] == "no-builder"
+    assert error["message"].startswith("this registry's Nix cannot build for aarch64-linux")
+    # containerd shows only the status line of a HEAD: it says why too
+    assert "cannot build for aarch64-linux" in client.head(
+        "/v2/arm64/hello/manifests/latest").status
 
 
 CYCLONEDX = "application/vnd.cyclonedx+json"

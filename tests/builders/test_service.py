@@ -10,8 +10,9 @@ import time
 import pytest
 
 from builders import tarball
-from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildTimeout, InvalidImage,
-                             PackagesNotFound, PackageUnbuildable, SourceUnavailable)
+from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildInterrupted,
+                             BuildTimeout, InvalidImage, PackagesNotFound, PackageUnbuildable,
+                             SourceUnavailable)
 from builders.image import Image
 from builders.platforms import AMD64
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
@@ -27,7 +28,7 @@ from builders.revisions import Revisions
 from builders.service import ImageService
 from builders.sources import PathSource
 from storage import FilesystemStorage, keys
-from tests.conftest import PKGS, drowsy_set
+from tests.conftest import PKGS, drowsy_set, killed_once_set
 
 
 class CountingStorage(FilesystemStorage):
@@ -384,6 +385,36 @@ def test_outcomes_remembered_by_kind(tmp_path):
     now[0] += 31
     assert failures.known("slow") is None and failures.recall("slow") is None
     assert isinstance(failures.known("broken"), BuildFailed)
+
+
+def test_a_build_the_machine_stopped_is_remembered_for_seconds_not_as_a_verdict(tmp_path):
+    from prometheus_client import REGISTRY
+    pkgs, marker = killed_once_set(tmp_path / "pkgs")
+    svc = service(tmp_path / "store", pkgs=pkgs)
+    now = [time.time()]
+    svc.failures = Failures(svc.storage, clock=lambda: now[0])
+    image = Image.from_name("killed-once")
+
+    def failed(kind, cause):
+        return REGISTRY.get_sample_value("registry_build_failures_total",
+                                         {"kind": kind, "cause": cause}) or 0
+    before = failed("machine", "signal")
+    try:
+        with pytest.raises(BuildInterrupted) as info:
+            svc.image(image, "latest")
+        assert "killed by signal 9 (Killed)" in info.value.message
+        assert failed("machine", "signal") == before + 1
+        # a pull right after (docker's HEAD then GET) costs no second build
+        runs = svc.nix.runs
+        with pytest.raises(BuildInterrupted):
+            svc.image(image, "latest")
+        assert svc.nix.runs == runs
+        # seconds later it is forgotten, and the pull builds the image
+        now[0] += BuildInterrupted.retry_after + 1
+        record = svc.image(image, "latest")
+        assert record.packages == ["killed-once"] and svc.nix.runs > runs
+    finally:
+        os.unlink(marker)
 
 
 def test_each_stored_layer_is_reported_with_its_size(tmp_path):

@@ -1,0 +1,45 @@
+"""Failures that heal, seen through a real gunicorn server and real clients:
+a build the machine stopped is no verdict on the image, and a pull a
+moment later builds it."""
+from __future__ import annotations
+
+import os
+import time
+
+import requests
+
+from tests.conftest import killed_once_set
+from tests.e2e.test_clients import in_root, skopeo_copy, unpack
+from tests.e2e.test_operators import samples
+from tests.server import Server
+
+
+def test_an_image_whose_builder_was_killed_pulls_a_moment_later(tmp_path):
+    pkgs, marker = killed_once_set(tmp_path / "pkgs")
+    srv = Server(str(tmp_path / "srv"), NIXERY_PKGS_PATH=pkgs, NIX_TIMEOUT="120").start()
+    try:
+        # the builder kills itself with SIGKILL, as the out-of-memory killer would
+        r = requests.get(f"{srv.url}/v2/killed-once/manifests/latest", timeout=120)
+        killed_at = time.monotonic()
+        assert r.status_code == 503, r.text
+        error = r.json()["errors"][0]
+        assert error["code"] == "BUILD_INTERRUPTED" and error["detail"]["cause"] == "signal"
+        assert "killed by signal 9 (Killed)" in error["message"]
+        assert r.headers["Retry-After"] == "10"
+        # logged and counted apart from the image's own failures
+        assert "was stopped by the machine (signal), which is no verdict on the image" in \
+            srv.read_log()
+        counted = samples(srv, "registry_build_failures_total")
+        assert counted == {(("cause", "signal"), ("kind", "machine")): 1.0}
+        page = requests.get(f"{srv.url}/builds/killed-once:latest", timeout=10).text
+        assert 'id="status">stopped by the machine, not by the image: pull again<' in page
+        # within a minute, the same image pulls: Nix builds it again
+        time.sleep(int(r.headers["Retry-After"]) + 1)
+        skopeo_copy(srv, "killed-once", tmp_path / "oci")
+        assert time.monotonic() - killed_at < 60
+        rootfs = unpack(tmp_path / "oci", tmp_path / "bundle")
+        assert in_root(rootfs, "killed-once") == "built on the second try\n"
+        assert srv.read_log().count("builders.service: building killed-once for") == 2
+    finally:
+        srv.stop()
+        os.unlink(marker)
