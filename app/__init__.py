@@ -42,7 +42,9 @@ def make_images(config: Config, store, *, nix=None):
     from builders import gc, sources
     from builders.build import ImageBuilder
     from builders.claims import Claims
-    from builders.failures import Failures
+    import os
+
+    from builders.failures import Failures, Settings
     from builders.jobs import Jobs
     from builders.layerstore import LayerStore
     from builders.locks import BuildLocks
@@ -57,7 +59,9 @@ def make_images(config: Config, store, *, nix=None):
         store,
         revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh,
                             strict=config.strict_tags),
-        failures=Failures(store, verdict_seconds=config.failure_ttl),
+        failures=Failures(store, verdict_seconds=config.failure_ttl, settings=Settings(
+            nix_timeout=config.nix_timeout, platforms=config.platforms,
+            nix_config=config.nix_config, nix_conf=os.path.join(config.nix_conf_dir, "nix.conf"))),
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
         claims=Claims(store, lease=config.build_lease),

@@ -128,6 +128,10 @@ class Config:
     compressor: str = compress.DEFAULT
     compression_level: int | None = None
     log_level: str = "INFO"
+    # Nix's own settings (NIX_CONFIG; nix.conf in NIX_CONF_DIR), as Nix
+    # reads them: a remembered failure holds for these only.
+    nix_config: str | None = None
+    nix_conf_dir: str = "/etc/nix"
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -359,5 +363,7 @@ class Config:
             compressor=get("NIXERY_COMPRESSOR") or cls.compressor,
             compression_level=number("NIXERY_COMPRESSION_LEVEL", int, None),
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
+            nix_config=get("NIX_CONFIG"),
+            nix_conf_dir=get("NIX_CONF_DIR") or cls.nix_conf_dir,
         )
         return cls(**kwargs)

@@ -80,7 +80,7 @@ class ImageService:
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
         # indexes served while some of their platforms fail, not stored:
         # briefly, so that a platform that builds again soon is listed soon
-        self._partial = LockedTTLCache(maxsize=1024, ttl=BuildInterrupted.retry_after)
+        self._partial = LockedTTLCache(maxsize=1024, ttl=failures_.RECHECK_SECONDS)
         self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
 
     @property
@@ -341,7 +341,9 @@ class ImageService:
                 logger.warning("the build of %s for %s was stopped by the machine (%s), which is "
                                "no verdict on the image: %s", image.name, image.system, cause,
                                e.message)
-            self.failures.remember(key, e)
+            self.failures.remember(key, e, about={
+                "image": image.name, "asked": image.asked or image.name, "tag": tag,
+                "system": image.system, "revision": revision.description})
             raise
 
     def _tracked_build(self, image, tag, revision, key, job: Job) -> ImageRecord:

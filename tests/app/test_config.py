@@ -119,3 +119,11 @@ def test_gunicorn_waits_for_builds(tmp_path):
     assert conf["forwarded_allow_ips"] == "10.0.0.1,10.0.0.2"
     assert conf["logger_class"] == "app.logs.JsonAccessLogger"
     assert conf["bind"] == ["0.0.0.0:9999"]
+
+
+def test_nix_settings_are_read_for_the_failures_they_decide():
+    c = Config.from_env({"NIX_CONFIG": "substituters =\nmax-jobs = 2",
+                         "NIX_CONF_DIR": "/etc/nix-registry"})
+    assert c.nix_config == "substituters =\nmax-jobs = 2"
+    assert c.nix_conf_dir == "/etc/nix-registry"
+    assert Config.from_env({}).nix_conf_dir == "/etc/nix"

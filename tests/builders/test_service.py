@@ -356,6 +356,48 @@ def test_verdicts_expire(tmp_path):
                     clock=lambda: now[0]).recall("k") is None
 
 
+def test_verdicts_hold_for_the_settings_that_decided_them(tmp_path):
+    from builders.failures import Settings
+    from builders.platforms import ARM64
+    now = [0.0]
+    conf = tmp_path / "nix.conf"
+    conf.write_text("sandbox = false\n")
+    base = dict(nix_timeout=60, platforms=(AMD64,), nix_config="substituters =",
+                nix_conf=str(conf))
+
+    def failures(**changed):
+        return Failures(FilesystemStorage(tmp_path / "s"),
+                        settings=Settings(**{**base, **changed}, clock=lambda: now[0]))
+    failures().remember("k", BuildFailed("package broken failed to build"))
+    assert isinstance(failures().recall("k"), BuildFailed)
+    # another timeout, other platforms or other Nix settings may well build it
+    for changed in ({"nix_timeout": 600}, {"platforms": (AMD64, ARM64)},
+                    {"nix_config": "substituters = https://cache.example"}):
+        assert failures(**changed).recall("k") is None, changed
+    same = failures()
+    conf.write_text("sandbox = false\nmax-jobs = 8\n")  # nix.conf edited
+    now[0] += 1
+    assert same.recall("k") is None
+    assert failures().recall("k") is None
+
+
+def test_a_pull_after_a_settings_change_runs_nix_again(tmp_path):
+    from builders.failures import Settings
+    svc = service(tmp_path)
+    with pytest.raises(BuildFailed):
+        svc.image(Image.from_name("broken"), "latest")
+    runs = svc.nix.runs
+    with pytest.raises(BuildFailed):
+        svc.image(Image.from_name("broken"), "latest")
+    assert svc.nix.runs == runs
+    # the operator raised NIX_TIMEOUT: the old verdict is moot
+    other = service(tmp_path)
+    other.failures = Failures(other.storage, settings=Settings(nix_timeout=600))
+    with pytest.raises(BuildFailed):
+        other.image(Image.from_name("broken"), "latest")
+    assert other.nix.runs > 0
+
+
 def test_a_pull_waits_a_bounded_time_and_the_build_goes_on(tmp_path):
     svc = service(tmp_path / "store", pkgs=drowsy_set(tmp_path / "pkgs", 4), pull_wait=1)
     image = Image.from_name("drowsy")
@@ -384,6 +426,10 @@ def test_outcomes_remembered_by_kind(tmp_path):
     assert failures.recall("offline") is None  # may work on the next try
     now[0] += 31
     assert failures.known("slow") is None and failures.recall("slow") is None
+    # memory answers for seconds only; storage, where an operator may have
+    # cleared it, is read again, and the verdict holds
+    assert failures.known("broken") is None
+    assert isinstance(failures.recall("broken"), BuildFailed)
     assert isinstance(failures.known("broken"), BuildFailed)
 
 
