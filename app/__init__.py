@@ -115,4 +115,5 @@ def create_app(config: Config | None = None, *, nix=None):
     app.cli.add_command(commands.prebuild)
     app.cli.add_command(commands.sbom)
     app.cli.add_command(commands.gc)
+    app.cli.add_command(commands.failures)
     return app

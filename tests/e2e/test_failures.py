@@ -4,11 +4,14 @@ moment later builds it."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import requests
 
-from tests.conftest import killed_once_set
+from builders.failures import RECHECK_SECONDS
+from tests.conftest import PKGS, ROOT, killed_once_set
+from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.e2e.test_operators import samples
 from tests.server import Server
@@ -43,3 +46,37 @@ def test_an_image_whose_builder_was_killed_pulls_a_moment_later(tmp_path):
     finally:
         srv.stop()
         os.unlink(marker)
+
+
+def flask(server, *args):
+    """The operator's command, where the server's environment is set."""
+    return run([os.path.join(os.path.dirname(sys.executable), "flask"), "--app", "app", *args],
+               cwd=ROOT, env=server.env)
+
+
+def test_an_operator_clears_a_failure_and_the_next_pull_runs_nix(tmp_path):
+    srv = Server(str(tmp_path / "srv"), NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120").start()
+
+    def builds():
+        return srv.read_log().count("builders.service: building broken for")
+    try:
+        for _ in range(2):
+            r = requests.get(f"{srv.url}/v2/broken/manifests/latest", timeout=120)
+            assert r.status_code == 422
+        assert builds() == 1  # remembered: the second pull ran no Nix
+        listed = flask(srv, "failures", "list").stdout
+        assert "  verdict (build-error)  broken:latest (x86_64-linux)  key " in listed
+        assert listed.rstrip().endswith("package broken failed to build (broken-1.0 with exit "
+                                        "code 1)")
+        cleared = flask(srv, "failures", "clear", "broken:latest").stdout
+        assert cleared.startswith("cleared broken:latest (x86_64-linux)")
+        cleared_at = time.monotonic()
+        while builds() == 1:
+            assert time.monotonic() - cleared_at < RECHECK_SECONDS + 10, \
+                "the server kept answering the cleared failure"
+            assert requests.get(f"{srv.url}/v2/broken/manifests/latest",
+                                timeout=120).status_code == 422
+            time.sleep(0.5)
+        assert flask(srv, "failures", "list").stdout.count("broken:latest") == 1
+    finally:
+        srv.stop()
