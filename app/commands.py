@@ -162,8 +162,8 @@ def gc(dry_run):
     by_kind = report.judged() if dry_run else report.deleted
     total = collection.total(by_kind.values())
     for kind, tally in sorted(by_kind.items()):
-        click.echo(f"{kind}: {verb} {tally.objects} objects, {_mb(tally.bytes)}")
-    click.echo(f"{verb} {total.objects} objects, {_mb(total.bytes)} in all"
+        click.echo(f"{kind}: {verb} {counted(tally.objects, 'object')}, {_mb(tally.bytes)}")
+    click.echo(f"{verb} {counted(total.objects, 'object')}, {_mb(total.bytes)} in all"
                + (f"; {report.survived} kept, used while they were judged"
                   if report.survived else ""))
     if report.pruned_tags:

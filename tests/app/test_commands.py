@@ -111,14 +111,14 @@ def test_gc_says_what_would_go_then_deletes_it(tmp_path):
     dry = app.test_cli_runner().invoke(args=["gc", "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert f"would delete layers/{digest} (0.3 MB)" in dry.output
-    assert "would delete 1 objects, 0.3 MB in all" in dry.output
+    assert "would delete 1 object, 0.3 MB in all" in dry.output
     assert store.exists(keys.blob(digest))
     assert "listing storage" in dry.stderr  # the progress bar
 
     run = app.test_cli_runner().invoke(args=["gc"])
     assert run.exit_code == 0, run.output
     assert f"deleted layers/{digest} (0.3 MB)" in run.output
-    assert "layers: deleted 1 objects, 0.3 MB" in run.output
+    assert "layers: deleted 1 object, 0.3 MB" in run.output
     assert not store.exists(keys.blob(digest))
     assert store.exists(keys.manifest(kept.key))
     metrics = app.test_client().get("/metrics").get_data(as_text=True)
