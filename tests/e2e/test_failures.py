@@ -3,14 +3,17 @@ a build the machine stopped is no verdict on the image, and a pull a
 moment later builds it."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 import time
 
 import requests
 
+from builders import process
 from builders.failures import RECHECK_SECONDS
-from tests.conftest import PKGS, ROOT, killed_once_set
+from tests.conftest import PKGS, ROOT, drowsy_set, killed_once_set
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
 from tests.e2e.test_operators import samples
@@ -80,3 +83,47 @@ def test_an_operator_clears_a_failure_and_the_next_pull_runs_nix(tmp_path):
         assert flask(srv, "failures", "list").stdout.count("broken:latest") == 1
     finally:
         srv.stop()
+
+
+def test_a_build_whose_worker_died_is_taken_over_at_once_and_leaves_no_orphan(tmp_path):
+    lease = 600  # the next build must not wait for it
+    srv = Server(str(tmp_path / "srv"), NIXERY_PKGS_PATH=drowsy_set(tmp_path / "pkgs", 10),
+                 NIX_TIMEOUT="300", NIXERY_PULL_WAIT="1", NIXERY_BUILD_LEASE=str(lease)).start()
+    url = f"{srv.url}/v2/drowsy/manifests/latest"
+    try:
+        assert requests.get(url, timeout=60).status_code == 429
+        # the worker that builds it, as its claim names it, and its Nix processes
+        claims = tmp_path / "srv" / "storage" / "claims"
+        end = time.monotonic() + 60
+        while True:
+            held = [json.loads(p.read_text()) for p in claims.glob("*")] if claims.exists() else []
+            worker = held[0]["pid"] if held else None
+            building = worker and [p for p in process.descendants(worker)
+                                   if "nix-store" in _cmdline(p)]
+            if building:
+                break
+            assert time.monotonic() < end, "the build did not start"
+            time.sleep(0.2)
+        nix = process.descendants(worker)
+        os.kill(worker, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # its Nix processes die with it: nothing keeps building for nobody
+        while [p for p in nix if process.start_time(p) is not None]:
+            assert time.monotonic() - killed_at < 15, "Nix outlived its worker"
+            time.sleep(0.2)
+        # the next pull's build takes the dead worker's claim over at once
+        while requests.get(url, timeout=60).status_code != 200:
+            assert time.monotonic() - killed_at < 120
+            time.sleep(1)
+        assert time.monotonic() - killed_at < lease
+        assert f"its process (pid {worker} on this machine) is gone" in srv.read_log()
+    finally:
+        srv.stop()
+
+
+def _cmdline(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
