@@ -202,6 +202,8 @@ class ImageService:
             if error is not None:
                 metrics.MANIFEST_CACHE.labels("failure").inc()
                 raise error
+            # only now, about to build: a stored image needs nothing of the source
+            self.revisions.admit(revision)
             if self.quota is not None and job.client is not None:
                 # not built anywhere: a build of its client's, if its quota allows
                 job.reservation = self.quota.reserve(job.client)

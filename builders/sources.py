@@ -76,6 +76,12 @@ class Source(abc.ABC):
         """Raise SourceUnavailable when the source does not answer now."""
         self._resolve("latest")
 
+    def admit(self, revision: Revision) -> None:
+        """Raise RevisionNotFound when `revision` must not be built here (a
+        commit tag outside the source's history), SourceUnavailable when
+        that cannot be told now.  Asked only before a build: an image
+        stored already is served without asking the source anything."""
+
     def resolve(self, tag: str) -> Revision:
         """The revision `tag` names now."""
         revision = self._resolve(self.selector(tag) or "latest")
@@ -200,14 +206,19 @@ class ChannelSource(Source):
 
     def _resolve(self, tag):
         if COMMIT_RE.match(tag):
-            if not (self.any_commit or tag in self._verified):
-                self._check(tag)
-                self._verified.add(tag)
             return Revision(f"nixpkgs@{tag}", self._archive(tag), f"commit {tag[:12]}")
         channel = self.channel if tag == "latest" else tag
         commit = self._head(channel)
         return Revision(f"channel:{channel}@{commit}", self._archive(commit),
                         f"{channel} at {commit[:12]}")
+
+    def admit(self, revision):
+        commit = revision.pin
+        if not revision.identity.startswith("nixpkgs@") or self.any_commit \
+                or commit in self._verified:
+            return  # a channel's own head, or checked already
+        self._check(commit)
+        self._verified.add(commit)
 
     def _archive(self, commit):
         return {"type": "tarball", "url": self.archive_url.format(rev=commit)}
@@ -291,7 +302,6 @@ class GitSource(Source):
 
     def _resolve(self, tag):
         if self.immutable(tag):
-            self._check_commit(tag)
             return Revision(f"git:{self.url}@{tag}",
                             {"type": "git", "url": self.url, "rev": tag, "allRefs": True},
                             f"commit {tag[:12]}")
@@ -315,6 +325,10 @@ class GitSource(Source):
         return Revision(f"git:{self.url}@{commit}",
                         {"type": "git", "url": self.url, "rev": commit, "ref": ref},
                         f"{ref} at {commit[:12]}")
+
+    def admit(self, revision):
+        if "ref" not in revision.nix:  # a commit tag; a ref's commit is its tip
+            self._check_commit(revision.pin)
 
     def _check_commit(self, commit):
         """Return when a branch or tag of the remote holds `commit`; else
