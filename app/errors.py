@@ -227,6 +227,13 @@ def for_unreadable_request(exc: BaseException) -> RegistryError | None:
     return RequestInvalid(f"the request could not be read: {exc}", status=status)
 
 
+def for_tls_on_plain_http() -> RegistryError:
+    """The answer to a TLS handshake sent to the plain HTTP port."""
+    return RequestInvalid("this registry speaks plain HTTP here, not HTTPS: pull with "
+                          "--tls-verify=false (podman, skopeo), or list it in docker's "
+                          "insecure-registries")
+
+
 def _http_error(exc: HTTPException, method, path) -> RegistryError:
     if exc.code == 405:
         return Unsupported(f"{method} is not supported: this registry is pull-only")
