@@ -93,6 +93,7 @@ def create_app(config: Config | None = None, *, nix=None):
     store = app.extensions["storage"] = storage_mod.from_config(config)
     images = app.extensions["images"] = make_images(config, store, nix=nix)
     app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
+    app.extensions["examples"] = web.Examples(images)
     app.extensions["nix_check"] = ops.NixCheck()
     app.extensions["stored"] = metrics.StoredCollector(store)
     # /v2 is answered below Flask (app/registry.py says why); pages and

@@ -351,7 +351,8 @@ class ImageService:
     def _tracked_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
         """The builder's build, with its history entry, its log file, its log
         lines and its metrics."""
-        build = self.history.start(image.label, tag, key) if self.history else None
+        build = (self.history.start(image.label, tag, key, asked=image.asked or image.name)
+                 if self.history else None)
         job.log_path = build and build.log_path
 
         def phase(name):

@@ -129,7 +129,8 @@ class PathSource(Source):
 
     keeps_revisions = True
     tags_help = ("The tag latest is the folder as it is now; the content hash of a revision "
-                 "images were built from (e.g. efc650e0f34d) pulls those images again.")
+                 "images were built from (its first 12 hex digits, as above) pulls those "
+                 "images again.")
 
     def __init__(self, path):
         self.path = path
