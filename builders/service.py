@@ -29,6 +29,7 @@ from .image import Image
 from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
 from .records import ImageRecord, IndexRecord, cache_key, index_key, load_record
+from .sources import FOLDER_TAG_RE
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class ImageService:
         # briefly, so that a platform that builds again soon is listed soon
         self._partial = LockedTTLCache(maxsize=1024, ttl=failures_.RECHECK_SECONDS)
         self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
+        # whether an image is stored at a folder's earlier revision (tags/list)
+        self._stored = LockedTTLCache(maxsize=4096, ttl=60)
 
     @property
     def source(self):
@@ -141,13 +144,19 @@ class ImageService:
         more builds."""
         return self._start(image, tag, self.revisions.resolve(tag), client)
 
-    def _start(self, image: Image, tag: str, revision, client=None):
+    def _key(self, image: Image, revision) -> str:
+        """The key `image` is kept under at `revision`: its index's, for a
+        name that pins no platform when the registry serves several."""
         if image.platform is None and len(self.platforms) > 1:
-            key = index_key(image, revision, self.platforms, self.max_layers)
+            return index_key(image, revision, self.platforms, self.max_layers)
+        return cache_key(self.pinned(image), revision, self.max_layers)
+
+    def _start(self, image: Image, tag: str, revision, client=None):
+        key = self._key(image, revision)
+        if image.platform is None and len(self.platforms) > 1:
             run = lambda job: self._find_or_make_index(image, tag, revision, key, job)  # noqa: E731
         else:
             image = self.pinned(image)
-            key = cache_key(image, revision, self.max_layers)
             run = lambda job: self._find_or_build(image, tag, revision, key, job)  # noqa: E731
         record = self._records.get(key) or self._partial.get(key)
         if record is not None:
@@ -158,6 +167,34 @@ class ImageService:
             metrics.MANIFEST_CACHE.labels("failure").inc()
             raise error
         return self.jobs.start(key, image.name, tag, run, client=client)
+
+    def tags(self, image: Image) -> list[str]:
+        """The tags `image` is pulled by: the package source's, but for a
+        folder's earlier revisions it was not built at, which name nothing
+        to build any more (a pull of them answers 404)."""
+        return [tag for tag in self.revisions.tags()
+                if not (self.source.keeps_revisions and FOLDER_TAG_RE.fullmatch(tag))
+                or self._pullable(image, tag)]
+
+    def _pullable(self, image: Image, tag: str) -> bool:
+        try:
+            revision = self.revisions.resolve(tag)
+        except BuildError:
+            return False
+        if revision.buildable:
+            return True
+        key = self._key(image, revision)
+        found = self._stored.get(key)
+        if found is None:
+            stored = [key]
+            if image.platform is None and len(self.platforms) > 1:
+                # its platforms' images serve too (one built before others were served)
+                stored += [cache_key(image.on(p), revision, self.max_layers)
+                           for p in self.platforms]
+            found = self._records.get(key) is not None or any(
+                self.storage.exists(keys.manifest(k)) for k in stored)
+            self._stored[key] = found
+        return found
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds (for pages)."""

@@ -297,6 +297,26 @@ def test_every_valid_name_has_its_tags_listed(client):
     assert client.get("/v2/Hello/tags/list").status_code == 400
 
 
+def test_tags_listed_are_tags_that_pull(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.sources import tree_hash
+    from tests.conftest import package_set
+    pkgs = package_set(tmp_path / "pkgs")
+    client = create_app(Config(pkgs_path=pkgs, storage_path=str(tmp_path / "s"),
+                               source_refresh=0)).test_client()
+    assert client.get("/v2/hello/manifests/latest").status_code == 200
+    earlier = tree_hash(pkgs)[:12]
+    with open(f"{pkgs}/default.nix", "a") as f:
+        f.write("# the folder changed\n")
+    assert client.get("/v2/hello/tags/list").get_json()["tags"] == [earlier, "latest"]
+    # curl was never built at the earlier revision: that tag would not pull it
+    assert client.get("/v2/curl/tags/list").get_json()["tags"] == ["latest"]
+    assert client.get(f"/v2/curl/manifests/{earlier}").status_code == 404
+    r = client.get("/v2/hello/shell/tags/list")
+    assert r.status_code == 404 and r.get_json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
 def test_tags_are_paged_with_a_link_to_the_next_page(app, client, monkeypatch):
     tags = ["latest", "nixos-24.05", "nixos-unstable", "release-1", "v1", "has/slash"]
     monkeypatch.setattr(app.extensions["images"].revisions.source, "tags", lambda: sorted(tags))
