@@ -66,7 +66,10 @@ class ImageBuilder:
 
         phase("storing")
         labels = provenance(image, revision)
-        config_ref = self.layerstore.store_blob(self._config(image, resolved, stored, labels))
+        created = manifest.created(revision.created if revision.created is not None else next(
+            (r.source_date for r in resolved if r.source_date is not None), None))
+        config_ref = self.layerstore.store_blob(
+            self._config(image, resolved, stored, labels, created))
         manifests = {}
         for media_type in manifest.MANIFEST_TYPES:
             body = manifest.render(media_type, config_ref, stored, annotations=labels)
@@ -74,7 +77,7 @@ class ImageBuilder:
             manifests[media_type] = body.decode()
         bom = sbom.make(image_name=image.name, platform=image.platform, revision=revision,
                         source=source, closure=closure, requested=resolved,
-                        seed=config_ref["digest"])
+                        seed=config_ref["digest"], created=created)
         record = ImageRecord(
             key=key, packages=list(image.packages), system=image.system,
             manifests=manifests, config=config_ref, layers=stored,
@@ -185,7 +188,7 @@ class ImageBuilder:
         return {**blob, "referrers": referrers}
 
     @staticmethod
-    def _config(image, resolved, stored, labels) -> bytes:
+    def _config(image, resolved, stored, labels, created) -> bytes:
         by_attr = {r.attr_path: r for r in resolved}
         env = []
         if "cacert" in by_attr:
@@ -193,7 +196,7 @@ class ImageBuilder:
         cmd = ["bash"] if "bashInteractive" in by_attr else None
         return manifest.image_config(arch=image.arch, variant=image.platform.variant,
                                      diff_ids=[l["diff_id"] for l in stored], env=env, cmd=cmd,
-                                     labels=labels)
+                                     labels=labels, created_at=created)
 
 
 def _licenses(resolved) -> dict[str, list[str]]:

@@ -77,6 +77,8 @@ class Resolved:
     platforms: tuple[str, ...] = ()  # the systems it is limited to, when unsupported
     # meta.license: each a dict of spdxId, shortName, fullName (those known)
     licenses: tuple[dict, ...] = ()
+    # when the package source's revision was made, where Nix knows (git)
+    source_date: int | None = None
 
 
 class Deadline:
@@ -209,6 +211,7 @@ class Nix:
                 description=entry.get("description", ""),
                 platforms=tuple(entry.get("platforms", ())),
                 licenses=tuple(entry.get("licenses", ())),
+                source_date=entry.get("sourceDate"),
             ))
         return results
 

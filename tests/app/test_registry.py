@@ -441,6 +441,40 @@ def test_a_platform_with_no_builder_is_a_retryable_503_and_the_others_pull(
         "/v2/arm64/hello/manifests/latest").status
 
 
+def created_of(client, name, tag="latest"):
+    """An image's config `created`, and its SBOM's timestamp."""
+    import json as json_
+    from builders.manifest import OCI_MANIFEST
+    manifest = client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    assert manifest.status_code == 200, manifest.get_data(as_text=True)
+    config = client.get(f"/v2/{name}/blobs/{manifest.get_json()['config']['digest']}")
+    sbom = client.get(f"/sbom/{name}:{tag}").get_json()
+    return json_.loads(config.data)["created"], sbom["metadata"]["timestamp"]
+
+
+def test_an_image_is_created_when_its_source_revision_was(tmp_path):
+    import os
+    import subprocess
+    from app import create_app
+    from app.config import Config
+    from tests.conftest import PKGS, package_set
+    # a folder has no date: the fixed time of the store's files
+    folder = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "a")))
+    assert created_of(folder.test_client(), "hello") == ("1970-01-01T00:00:01Z",
+                                                         "1970-01-01T00:00:01+00:00")
+    # a git commit's time (the committer's: when it entered the history)
+    repo = tmp_path / "repo"
+    package_set(repo)
+    env = dict(os.environ, GIT_AUTHOR_DATE="2020-01-01T00:00:00Z",
+               GIT_COMMITTER_DATE="2024-05-06T07:08:09Z")
+    for args in (["init", "-q", "-b", "main"], ["add", "default.nix"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
+    git = create_app(Config(pkgs_repo=f"file://{repo}", storage_path=str(tmp_path / "b")))
+    assert created_of(git.test_client(), "hello") == ("2024-05-06T07:08:09Z",
+                                                      "2024-05-06T07:08:09+00:00")
+
+
 CYCLONEDX = "application/vnd.cyclonedx+json"
 
 

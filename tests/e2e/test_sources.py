@@ -219,9 +219,16 @@ def test_channel_is_pinned_to_its_commit(channel_host, tmp_path):
     srv = Server(str(tmp_path / "srv"), NIXERY_CHANNEL="nixos-test", NIXERY_CHANNEL_URL=base,
                  NIXERY_ARCHIVE_URL=base + "/archive/{rev}.tar.gz",
                  NIXERY_SOURCE_REFRESH="3").start()
+    released = 1717171717  # 2024-05-31T16:08:37Z: when the channel published the commit
+    os.utime(tmp_path / "www" / "nixos-test" / "git-revision", (released, released))
     try:
         assert hello_says(srv, tmp_path, "latest") == "from the channel"
         assert f"nixos-test at {first_commit[:12]}" in srv.read_log()
+        # the image was created when the channel released its revision
+        manifest = requests.get(f"{srv.url}/v2/hello/manifests/latest",
+                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        config = requests.get(f"{srv.url}/v2/hello/blobs/{manifest.json()['config']['digest']}")
+        assert config.json()["created"] == "2024-05-31T16:08:37Z"
         publish("after a channel update")
         time.sleep(3.5)
         assert hello_says(srv, tmp_path, "whatever-tag") == "after a channel update"
