@@ -89,7 +89,7 @@ class LingeringWorker(ThreadWorker):
         other error as gunicorn answers it."""
         # imported here, in the worker: they make the metrics, which
         # gunicorn's master (where this module is imported) must not
-        from . import errors, logs, metrics, wire
+        from . import errors, metrics
         error = errors.for_unreadable_request(exc)
         if error is None:
             return super().handle_error(req, client, addr, exc)
