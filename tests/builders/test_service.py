@@ -463,6 +463,24 @@ def test_a_build_the_machine_stopped_is_remembered_for_seconds_not_as_a_verdict(
         os.unlink(marker)
 
 
+def test_layers_that_fill_the_disk_are_the_machines_trouble(tmp_path, monkeypatch):
+    import tempfile
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], check=True)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tiny))  # where layers are made
+        svc = service(tmp_path / "store")
+        with pytest.raises(BuildInterrupted) as info:
+            svc.image(Image.from_name("hello"), "latest")
+        assert info.value.cause == "disk"
+        assert info.value.message.startswith(
+            "the build machine has no disk space left (No space left on device)")
+        assert svc.failures.lifetime(info.value) == BuildInterrupted.retry_after
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+
+
 def test_each_stored_layer_is_reported_with_its_size(tmp_path):
     svc = service(tmp_path)
     git = svc.image(Image.from_name("git"), "latest")
