@@ -39,11 +39,11 @@ def _quota(config):
 
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
+    import os
+
     from builders import gc, sources
     from builders.build import ImageBuilder
     from builders.claims import Claims
-    import os
-
     from builders.failures import Failures, Settings
     from builders.jobs import Jobs
     from builders.layerstore import LayerStore
