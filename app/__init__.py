@@ -48,10 +48,12 @@ def _nix_cache(config):
 
 def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
+    import os
+
     from builders import gc, sources
     from builders.build import ImageBuilder
     from builders.claims import Claims
-    from builders.failures import Failures
+    from builders.failures import Failures, Settings
     from builders.jobs import Jobs
     from builders.layerstore import LayerStore
     from builders.locks import BuildLocks
@@ -66,7 +68,9 @@ def make_images(config: Config, store, *, nix=None):
         store,
         revisions=Revisions(sources.from_config(config), store, refresh=config.source_refresh,
                             strict=config.strict_tags),
-        failures=Failures(store, verdict_seconds=config.failure_ttl),
+        failures=Failures(store, verdict_seconds=config.failure_ttl, settings=Settings(
+            nix_timeout=config.nix_timeout, platforms=config.platforms,
+            nix_config=config.nix_config, nix_conf=os.path.join(config.nix_conf_dir, "nix.conf"))),
         locks=BuildLocks(config.lock_path, max_builds=config.max_builds,
                          queue_timeout=config.build_queue_timeout),
         claims=Claims(store, lease=config.build_lease),
@@ -115,6 +119,7 @@ def create_app(config: Config | None = None, *, nix=None):
         _check_blob_folders(store)
     images = app.extensions["images"] = make_images(config, store, nix=nix)
     app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
+    app.extensions["examples"] = web.Examples(images)
     app.extensions["nix_check"] = ops.NixCheck()
     from builders.nixremote import RemoteBuilders
     app.extensions["nix_builders"] = RemoteBuilders()
@@ -140,4 +145,5 @@ def create_app(config: Config | None = None, *, nix=None):
     app.cli.add_command(commands.gc)
     from .cli import show_config
     app.cli.add_command(show_config)
+    app.cli.add_command(commands.failures)
     return app

@@ -111,7 +111,8 @@ def show_config():
 cli = click.version_option(package_name="nix-image-registry", prog_name=PROG)(RegistryGroup(
     name=PROG, help="The Nix image registry: serve it, and look after what it stores.  "
     "Settings come from the environment (see `config`)."))
-for command in (serve, show_config, commands.gc, commands.prebuild, commands.sbom):
+for command in (serve, show_config, commands.gc, commands.prebuild, commands.sbom,
+                commands.failures):
     cli.add_command(command)
 
 

@@ -11,7 +11,9 @@ from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
 
 from builders.errors import BuildError
+from builders.failures import RECHECK_SECONDS
 from builders.image import Image
+from builders.words import counted
 from builders.jobs import Job
 from storage import keys
 
@@ -64,7 +66,7 @@ def prebuild(names, names_file, tag):
         if isinstance(started, Job):
             jobs[name] = started
         else:
-            outcomes[name] = "already built"
+            outcomes[name] = _failed_platforms(started) or "already built"
 
     def current(_):
         running = [f"{n} ({job.progress()})" for n, job in jobs.items() if n not in outcomes]
@@ -78,8 +80,8 @@ def prebuild(names, names_file, tag):
                 if name in outcomes or not job.done:
                     continue
                 try:
-                    job.outcome()
-                    outcomes[name] = f"built in {job.seconds:.0f}s"
+                    outcomes[name] = (_failed_platforms(job.outcome())
+                                      or f"built in {job.seconds:.0f}s")
                 except Exception as e:  # storage trouble too: say it, go on with the rest
                     outcomes[name] = f"failed: {getattr(e, 'message', e)}"
                 bar.update(1)
@@ -92,6 +94,12 @@ def prebuild(names, names_file, tag):
         failed += outcomes[name].startswith("failed")
     if failed:
         raise SystemExit(1)
+
+
+def _failed_platforms(record) -> str | None:
+    """`failed: ...` for an index some of whose platforms failed to build."""
+    failed = getattr(record, "failed", None)
+    return "failed: " + "; ".join(failed.values()) if failed else None
 
 
 @click.command("sbom")
@@ -190,8 +198,8 @@ def gc(dry_run):
     by_kind = report.judged() if dry_run else report.deleted
     total = collection.total(by_kind.values())
     for kind, tally in sorted(by_kind.items()):
-        click.echo(f"{kind}: {verb} {tally.objects} objects, {_mb(tally.bytes)}")
-    click.echo(f"{verb} {total.objects} objects, {_mb(total.bytes)} in all"
+        click.echo(f"{kind}: {verb} {counted(tally.objects, 'object')}, {_mb(tally.bytes)}")
+    click.echo(f"{verb} {counted(total.objects, 'object')}, {_mb(total.bytes)} in all"
                + (f"; {report.survived} kept, used while they were judged"
                   if report.survived else ""))
     if report.pruned_tags:
@@ -199,6 +207,98 @@ def gc(dry_run):
                    + ", ".join(report.pruned_tags))
     if report.logs.objects:
         click.echo(f"build logs: {verb} {report.logs.objects}, {_mb(report.logs.bytes)}")
+
+
+@click.group("failures")
+def failures():
+    """Remembered build failures: what answers pulls without running Nix.
+
+    Every instance shares them through storage.  Clearing one makes the next
+    pull of its image run Nix again, on every instance within seconds.
+    """
+
+
+@failures.command("list")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also failures that no longer answer pulls: expired, or met under other "
+                   "settings (NIX_TIMEOUT, platforms, Nix's).")
+@with_appcontext
+def list_failures(show_all):
+    """The failures that answer pulls now: age, state, kind, image, key, reason."""
+    from builders import failures as failures_
+
+    now = time.time()
+    remembered = [r for r in current_app.extensions["images"].failures.remembered()
+                  if show_all or r.state == "in force"]
+    if not remembered:
+        click.echo("no remembered failures answer pulls" if not show_all
+                   else "no remembered failures")
+        return
+    for r in remembered:
+        kind, cause = failures_.kind(r.error)
+        state = f"{r.state} {_age(r.until - now)} more" if r.state == "in force" else r.state
+        click.echo(f"{_age(now - r.at)} ago  {state}  {kind} ({cause})  {r.image}  "
+                   f"key {r.key.rpartition('/')[2][:12]}  {r.error.message}")
+
+
+@failures.command("clear")
+@click.argument("refs", nargs=-1, metavar="IMAGE...")
+@click.option("--all", "clear_all", is_flag=True, help="Forget every remembered failure.")
+@with_appcontext
+def clear_failures(refs, clear_all):
+    """Forget remembered failures, so the next pull of their images runs Nix.
+
+    IMAGE is the image as pulled: shell/hello for every tag, shell/hello:latest
+    for that tag, arm64/hello for that platform only.
+    """
+    if bool(refs) == clear_all:
+        raise click.UsageError("name the images whose failures to forget, or --all")
+    wanted = [_image_ref(ref) for ref in refs]
+    store = current_app.extensions["images"].failures
+    cleared = kept = 0
+    for r in store.remembered():
+        if not (clear_all or any(_failed_as(r, image, tag) for image, tag in wanted)):
+            continue
+        if store.forget(r):
+            cleared += 1
+            click.echo(f"cleared {r.image}: {r.error.message}")
+        else:
+            kept += 1
+            click.echo(f"kept {r.image}: it failed again while it was being cleared")
+    if not cleared and not kept:
+        click.echo("no remembered failures of " + (", ".join(refs) if refs else "any image"))
+        return
+    click.echo(f"cleared {counted(cleared, 'failure')}; the next pull of each image "
+               f"runs Nix again (on every instance within {RECHECK_SECONDS}s)")
+
+
+def _image_ref(ref: str):
+    """(Image, tag or None) of IMAGE as a client writes it."""
+    name, sep, tag = ref.partition(":")
+    if not grammar.valid_name(name) or (sep and not grammar.TAG_RE.fullmatch(tag)):
+        raise click.UsageError(f"not an image as pulled: {ref!r} (e.g. shell/hello or "
+                               "shell/hello:latest)")
+    try:
+        return Image.from_name(name), (tag if sep else None)
+    except BuildError as e:
+        raise click.UsageError(f"{ref}: {e.message}") from None
+
+
+def _failed_as(remembered, image: Image, tag: str | None) -> bool:
+    """Whether a remembered failure is of `image` (on its platform, when its
+    name pins one), pulled as `tag` (any, when None)."""
+    about = remembered.about
+    return (about.get("image") == image.name
+            and (image.platform is None or about.get("system") == image.platform.system)
+            and (tag is None or about.get("tag") == tag))
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _mb(n: int) -> str:

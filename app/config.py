@@ -154,6 +154,10 @@ class Config:
     # `nix-store --generate-binary-cache-key`).
     nix_cache: str | None = None
     nix_cache_key: str | None = None
+    # Nix's own settings (NIX_CONFIG; nix.conf in NIX_CONF_DIR), as Nix
+    # reads them: a remembered failure holds for these only.
+    nix_config: str | None = None
+    nix_conf_dir: str = "/etc/nix"
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -451,6 +455,8 @@ class Config:
             log_level=(get("LOG_LEVEL") or cls.log_level).upper(),
             nix_cache=get("NIXERY_NIX_CACHE"),
             nix_cache_key=get("NIXERY_NIX_CACHE_KEY"),
+            nix_config=get("NIX_CONFIG"),
+            nix_conf_dir=get("NIX_CONF_DIR") or cls.nix_conf_dir,
         )
         return cls(**kwargs)
 
@@ -465,6 +471,8 @@ class Config:
             shown = _shown(getattr(self, field))
             if field == "nix_cache_key" and shown:
                 shown += f"  (public key {self.nix_cache_public_key})"
+            if field == "nix_config":
+                shown = _nix_settings(self.nix_config or "")
             rows.append((chosen, shown, bool(env.get(chosen, "").strip())))
         return rows
 
@@ -518,6 +526,8 @@ VARIABLES = {
     "log_level": ("LOG_LEVEL",),
     "nix_cache": ("NIXERY_NIX_CACHE",),
     "nix_cache_key": ("NIXERY_NIX_CACHE_KEY",),
+    "nix_config": ("NIX_CONFIG",),
+    "nix_conf_dir": ("NIX_CONF_DIR",),
 }
 
 # Variables no longer read, refused at start with what to set instead.
@@ -553,6 +563,18 @@ def mask(value: str) -> str:
         for pair in parts.query.split("&") if pair
         for k, _, v in [pair.partition("=")])
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _nix_settings(text: str) -> str:
+    """NIX_CONFIG on one line (`\\n` between settings), access tokens masked."""
+    lines = []
+    for line in text.splitlines():
+        name, sep, _ = line.partition("=")
+        if sep and name.strip() in ("access-tokens", "extra-access-tokens"):
+            line = f"{name.strip()} = ***"
+        if line.strip():
+            lines.append(line.strip())
+    return "\\n".join(lines)
 
 
 def _shown(value) -> str:

@@ -93,6 +93,13 @@ class BuildTimeout(RegistryError):
     code, status = "BUILD_TIMEOUT", 422
 
 
+class BuildInterrupted(RegistryError):
+    """The machine stopped the build (a builder killed, a full disk, Nix out
+    of reach): nothing is wrong with the image and a later pull builds it,
+    so a 5xx (the status line still carries the message, for containerd)."""
+    code, status = "BUILD_INTERRUPTED", 503
+
+
 class SourceUnavailable(RegistryError):
     code, status = "SOURCE_UNAVAILABLE", 502
 
@@ -149,6 +156,9 @@ _DOMAIN = {
     build.BuildFailed: lambda e, page: BuildFailed(e.message, _detail(e, page)),
     build.BuildTimeout: lambda e, page: BuildTimeout(e.message, _detail(
         e, page, limit_seconds=e.limit, setting="NIX_TIMEOUT")),
+    build.BuildInterrupted: lambda e, page: BuildInterrupted(e.message, _detail(
+        e, page, cause=e.cause, retry_after_seconds=e.retry_after),
+        headers={"Retry-After": str(e.retry_after)}),
     build.SourceUnavailable: lambda e, page: SourceUnavailable(e.message, _detail(e, page)),
     build.InvalidImage: lambda e, page: ManifestUnknown(e.message),
     build.BuildQueueFull: lambda e, page: TooManyRequests(
@@ -215,6 +225,13 @@ def for_unreadable_request(exc: BaseException) -> RegistryError | None:
         return None
     status = next((s for cls, s in _UNREADABLE_STATUS.items() if isinstance(exc, cls)), 400)
     return RequestInvalid(f"the request could not be read: {exc}", status=status)
+
+
+def for_tls_on_plain_http() -> RegistryError:
+    """The answer to a TLS handshake sent to the plain HTTP port."""
+    return RequestInvalid("this registry speaks plain HTTP here, not HTTPS: pull with "
+                          "--tls-verify=false (podman, skopeo), or list it in docker's "
+                          "insecure-registries")
 
 
 def _http_error(exc: HTTPException, method, path) -> RegistryError:

@@ -164,7 +164,7 @@ class RegistryAPI:
         return manifest.render_referrers(descriptors)
 
     def tags(self, call: Call, name: str) -> Reply:
-        """The tags every image name may be pulled by, `n` at a time after
+        """The tags the image `name` may be pulled by, `n` at a time after
         `last`, with a Link to the next page, as the distribution spec says."""
         query = urllib.parse.parse_qs(call.environ.get("QUERY_STRING", ""))
         last = query.get("last", [""])[0]
@@ -176,8 +176,11 @@ class RegistryAPI:
         except ValueError:
             raise PaginationInvalid(f"n must be a whole number of tags, not {raw_n!r}",
                                     {"n": raw_n}) from None
-        tags = [t for t in self.images.revisions.tags()
-                if t > last and grammar.TAG_RE.fullmatch(t)]
+        try:
+            image = Image.from_name(name)
+        except BuildError as e:  # a name that is no image has no tags
+            raise NameUnknown(e.message, {"name": name}) from None
+        tags = [t for t in self.images.tags(image) if t > last and grammar.TAG_RE.fullmatch(t)]
         headers = [("Content-Type", "application/json")]
         if n is not None and len(tags) > n:
             tags = tags[:n]

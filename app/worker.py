@@ -29,6 +29,7 @@ import datetime
 import logging
 import os
 import select
+import socket
 import threading
 import time
 
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 # How often a thread waiting on its connection looks up from it, to see a
 # worker stopped without a signal (max_requests, its parent gone).
 CHECK_EVERY = 1.0
+# How long a new connection's thread waits for its first bytes, to tell a
+# TLS handshake apart before gunicorn reads them.
+FIRST_BYTES_WAIT = 0.5
 
 
 
@@ -85,15 +89,30 @@ class LingeringWorker(ThreadWorker):
         other error as gunicorn answers it."""
         # imported here, in the worker: they make the metrics, which
         # gunicorn's master (where this module is imported) must not
-        from . import errors, logs, metrics, wire
+        from . import errors, metrics
         error = errors.for_unreadable_request(exc)
         if error is None:
             return super().handle_error(req, client, addr, exc)
         peer = remote_addr(addr or "")
         self.log.warning("Invalid request from ip=%s: %s", peer, exc)
+        resp = self._refuse(client, error)
+        # counted and logged like every answer, as what it is: nothing of
+        # the request (its method, its path) is known for sure
+        metrics.count_request("unreadable", "-", str(resp.status_code))
+        try:
+            self.log.access(resp, req, {"REMOTE_ADDR": peer, "REQUEST_METHOD": "-",
+                                        "RAW_URI": "-"}, datetime.timedelta(0))
+        except Exception:
+            self.log.exception("cannot write the access log")
+        return None
+
+    def _refuse(self, client, error) -> PlainResponse:
+        """Write the registry's JSON answer of `error`, and the end of the
+        connection, to a client whose request was not read."""
+        from . import logs, wire
         status, headers, body = error.render()
-        rid = logs.new_request_id(None)
         resp = PlainResponse(client, "GET", must_close=True)  # its method is unknown
+        rid = logs.new_request_id(None)
         resp.start_response(wire.STATUS_LINES[status],
                             [*headers, wire.API_VERSION, ("X-Request-ID", rid)])
         try:
@@ -101,15 +120,35 @@ class LingeringWorker(ThreadWorker):
             resp.close()
         except OSError:
             self.log.debug("Failed to send error message.")
-        # counted and logged like every answer, as what it is: nothing of
-        # the request (its method, its path) is known for sure
-        metrics.count_request("unreadable", "-", str(status))
+        return resp
+
+    def _tls_on_plain_port(self, conn) -> bool:
+        """Whether a new connection opens with a TLS handshake on this plain
+        HTTP port, as skopeo and podman do before they try http://: then it
+        is answered in plain HTTP (Go's TLS client reads that as "server
+        gave HTTP response to HTTPS client") and closed, with one INFO line
+        instead of a warning and an access line of an unreadable request:
+        it is every such pull's first connection."""
+        if conn.parser is not None or self.cfg.is_ssl:
+            return False  # not a new connection, or TLS is gunicorn's here
+        # a client writes its first bytes as soon as it is connected, but the
+        # thread may be quicker: wait for them a moment (then gunicorn waits)
+        poll = select.poll()
+        poll.register(conn.sock.fileno(), select.POLLIN)
         try:
-            self.log.access(resp, req, {"REMOTE_ADDR": peer, "REQUEST_METHOD": "-",
-                                        "RAW_URI": "-"}, datetime.timedelta(0))
-        except Exception:
-            self.log.exception("cannot write the access log")
-        return None
+            if not poll.poll(FIRST_BYTES_WAIT * 1000):
+                return False
+            head = conn.sock.recv(2, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False  # gone
+        if head != b"\x16\x03":  # a TLS record of a handshake, any version
+            return False
+        from . import errors
+        self.log.info("TLS handshake from ip=%s on this plain-HTTP port (a client trying "
+                      "HTTPS first); answered in plain HTTP", remote_addr(conn.client or ""))
+        conn.sock.setblocking(True)
+        self._refuse(conn.sock, errors.for_tls_on_plain_http())
+        return True
 
     def _starved(self) -> bool:
         """Whether a connection waits that no free thread will take."""
@@ -128,6 +167,8 @@ class LingeringWorker(ThreadWorker):
             self._queued -= 1
             self._held += 1
         try:
+            if self._tls_on_plain_port(conn):
+                return False
             keepalive = super().handle(conn)  # a connection's first request is gunicorn's
             while True:
                 if keepalive is not True or not self.alive or self._starved():

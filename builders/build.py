@@ -67,7 +67,10 @@ class ImageBuilder:
 
         phase("storing")
         labels = provenance(image, revision)
-        config_ref = self.layerstore.store_blob(self._config(image, resolved, stored, labels))
+        created = manifest.created(revision.created if revision.created is not None else next(
+            (r.source_date for r in resolved if r.source_date is not None), None))
+        config_ref = self.layerstore.store_blob(
+            self._config(image, resolved, stored, labels, created))
         manifests = {}
         for media_type in manifest.MANIFEST_TYPES:
             body = manifest.render(media_type, config_ref, stored, annotations=labels)
@@ -75,7 +78,7 @@ class ImageBuilder:
             manifests[media_type] = body.decode()
         bom = sbom.make(image_name=image.name, platform=image.platform, revision=revision,
                         source=source, closure=closure, requested=resolved,
-                        seed=config_ref["digest"])
+                        seed=config_ref["digest"], created=created)
         record = ImageRecord(
             key=key, packages=list(image.packages), system=image.system,
             manifests=manifests, config=config_ref, layers=stored,
@@ -117,9 +120,12 @@ class ImageBuilder:
             raise PackagesRefused("; ".join(refused), log_tail="\n".join(logs))
         return resolved
 
-    def index(self, image: Image, key: str, members, left_out: dict[str, str]) -> IndexRecord:
+    def index(self, image: Image, key: str, members, left_out: dict[str, str],
+              failed: dict[str, str] | None = None) -> IndexRecord:
         """Store the index of `image` in both formats, listing `members`
-        ([(platform, its ImageRecord)]), and its record."""
+        ([(platform, its ImageRecord)]), and its record, unless some
+        platforms `failed` (platform name -> why): that index is served
+        while they fail, not kept."""
         manifests = {}
         for media_type in manifest.INDEX_TYPES:
             member_type = manifest.INDEX_MEMBERS[media_type]
@@ -129,8 +135,9 @@ class ImageBuilder:
             manifests[media_type] = body.decode()
         record = IndexRecord(key=key, packages=list(image.packages),
                              members={p.name: r.key for p, r in members}, left_out=left_out,
-                             manifests=manifests)
-        self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
+                             manifests=manifests, failed=dict(failed or {}))
+        if not record.failed:
+            self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
         return record
 
     def add_sbom(self, image: Image, revision: Revision, record: ImageRecord,
@@ -182,7 +189,7 @@ class ImageBuilder:
         return {**blob, "referrers": referrers}
 
     @staticmethod
-    def _config(image, resolved, stored, labels) -> bytes:
+    def _config(image, resolved, stored, labels, created) -> bytes:
         by_attr = {r.attr_path: r for r in resolved}
         env = []
         if "cacert" in by_attr:
@@ -190,7 +197,7 @@ class ImageBuilder:
         cmd = ["bash"] if "bashInteractive" in by_attr else None
         return manifest.image_config(arch=image.arch, variant=image.platform.variant,
                                      diff_ids=[l["diff_id"] for l in stored], env=env, cmd=cmd,
-                                     labels=labels)
+                                     labels=labels, created_at=created)
 
 
 def _licenses(resolved) -> dict[str, list[str]]:

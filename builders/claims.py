@@ -8,6 +8,11 @@ lease while it builds.  An instance that dies stops renewing, and once its
 lease has ended another instance takes the claim over, with a write
 conditional on the version of the claim it saw, so of several takers one
 wins.  The others wait for the image's record or its failure.
+
+A claim also names the process that holds it: its machine (as processes
+see it, builders/process.py), pid and start time.  On that machine a
+claim whose process is gone (a worker killed mid-build) is taken over at
+once rather than after its lease; across machines the lease is the rule.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import time
 import uuid
 
 from storage import keys
-from . import manifest
+from . import manifest, process
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +89,24 @@ class Claims:
         self.lease = lease
         self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         self._clock = clock
+        self._machine = process.machine()
 
     def record(self) -> bytes:
-        return manifest.canonical({"owner": self.owner, "expires": self._clock() + self.lease})
+        pid = os.getpid()
+        return manifest.canonical({"owner": self.owner, "expires": self._clock() + self.lease,
+                                   "machine": self._machine, "pid": pid,
+                                   "started": process.start_time(pid)})
+
+    def _gone(self, held: dict) -> bool:
+        """Whether the process holding a claim is known to be gone: it ran
+        on this machine, and no process of its pid and start time is left."""
+        if self._machine is None or held.get("machine") != self._machine:
+            return False
+        started = process.start_time(held.get("pid") or 0)
+        if started is None:
+            return True
+        # the pid is another process's now (pids are reused)
+        return held.get("started") is not None and started != held["started"]
 
     def acquire(self, key: str) -> Claim | None:
         """The claim on the image `key`, or None while another instance holds it."""
@@ -96,8 +116,11 @@ class Claims:
             data, version = current
             held = json.loads(data)
             if not held.get("released") and held["expires"] > self._clock():
-                return None
-            if not held.get("released"):
+                if not self._gone(held):
+                    return None
+                logger.warning("taking over the claim of %s on %s: its process (pid %s on "
+                               "this machine) is gone", held["owner"], key[:12], held["pid"])
+            elif not held.get("released"):
                 logger.warning("taking over the claim of %s on %s: its lease ended",
                                held["owner"], key[:12])
         mine = self.storage.put_if(keys.claim(key), self.record(), version=version)

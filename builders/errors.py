@@ -63,6 +63,23 @@ class BuildFailed(BuildError):
     """Nix tried to build and the build failed."""
 
 
+class BuildInterrupted(BuildError):
+    """The build was stopped by trouble of the machine's, not by anything
+    the image is: its builder killed by a signal (the out-of-memory
+    killer), a full disk, a Nix daemon or remote builder that cannot be
+    reached, no builder for the image's platform.  A later pull may well
+    build it, so it is never the image's verdict."""
+
+    # What a client is told to wait, and how long the failure answers new
+    # pulls of the image without Nix (builders/failures.py)
+    retry_after = 10
+
+    def __init__(self, message, *, cause, log_tail=""):
+        super().__init__(message, log_tail=log_tail)
+        # signal | disk | nix-daemon | remote-builder | no-builder | setup (no Nix)
+        self.cause = cause
+
+
 class BuildTimeout(BuildError):
     """The Nix work for one image outlived NIX_TIMEOUT."""
 

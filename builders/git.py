@@ -28,10 +28,19 @@ def run(url, *args, timeout, check=True):
     except FileNotFoundError:
         raise SourceUnavailable("git is not installed") from None
     if check and done.returncode != 0:
-        last = done.stderr_tail.strip().splitlines()[-1:] or ["no output"]
-        raise SourceUnavailable(f"cannot read the git repository {url}: {last[0]}",
-                                log_tail=done.stderr_tail)
+        raise SourceUnavailable(f"cannot read the git repository {url}: git says "
+                                f"{said(done.stderr_tail)}", log_tail=done.stderr_tail)
     return done
+
+
+def said(stderr: str) -> str:
+    """What git's errors say, as one sentence: its `fatal:` and `error:`
+    lines, without the advice it prints after them."""
+    lines = [line.split(": ", 1)[1].strip().rstrip(".") for line in stderr.splitlines()
+             if line.startswith(("fatal: ", "error: "))]
+    if not lines:  # no error of git's own: its last words
+        lines = [line.strip() for line in stderr.strip().splitlines()[-1:]] or ["nothing"]
+    return "; ".join(dict.fromkeys(lines)) + "."
 
 
 def ls_remote(url, *patterns, timeout, symref=False) -> dict:

@@ -21,8 +21,9 @@ CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     image TEXT NOT NULL,        -- canonical: system and sorted packages
     tag TEXT NOT NULL,
+    asked TEXT,                 -- the name as the client wrote it (shell/hello)
     key TEXT NOT NULL,          -- the manifest cache key
-    status TEXT NOT NULL,       -- building | built | failed | timeout
+    status TEXT NOT NULL,       -- building | built | failed | timeout | interrupted
     phase TEXT,                 -- what a building job is doing (builders/jobs.py)
     started REAL NOT NULL,
     finished REAL,
@@ -59,6 +60,7 @@ class Build:
     layers: list | None
     log_path: str
     phase: str | None = None
+    asked: str | None = None
 
 
 class BuildHistory:
@@ -90,6 +92,8 @@ class BuildHistory:
                 columns = {row[1] for row in db.execute("PRAGMA table_info(builds)")}
                 if "phase" not in columns:  # a history from before builds had phases
                     db.execute("ALTER TABLE builds ADD COLUMN phase TEXT")
+                if "asked" not in columns:  # from before it kept the name as asked
+                    db.execute("ALTER TABLE builds ADD COLUMN asked TEXT")
                 return
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
@@ -115,10 +119,13 @@ class BuildHistory:
         d["layers"] = json.loads(d["layers"]) if d["layers"] else None
         return Build(**d, log_path=self.log_path(d["id"]))
 
-    def start(self, image, tag, key) -> Build:
+    def start(self, image, tag, key, asked=None) -> Build:
+        """A build of `image` (canonical) begins, pulled as `asked` (the
+        name as the client wrote it) and `tag`."""
         db = self._db()
-        cur = db.execute("INSERT INTO builds (image, tag, key, status, started) "
-                         "VALUES (?, ?, ?, 'building', ?)", (image, tag, key, time.time()))
+        cur = db.execute("INSERT INTO builds (image, tag, asked, key, status, started) "
+                         "VALUES (?, ?, ?, ?, 'building', ?)",
+                         (image, tag, asked, key, time.time()))
         # a build a killed worker left 'building' is not building any more
         db.execute("UPDATE builds SET status='failed', message='the build was interrupted', "
                    "finished=? WHERE image=? AND tag=? AND status='building' AND id<?",
@@ -148,7 +155,12 @@ class BuildHistory:
             (image, tag)).fetchone())
 
     def recent(self, limit=20, *, failed=False) -> list[Build]:
-        where = "WHERE status IN ('failed', 'timeout')" if failed else ""
+        """The latest builds (those that failed, with `failed`), but for
+        names that were no image (unknown packages, a typo): pages list
+        builds, not what anyone typed."""
+        where = "WHERE (code IS NULL OR code NOT IN ('PackagesNotFound', 'InvalidImage'))"
+        if failed:
+            where += " AND status IN ('failed', 'timeout', 'interrupted')"
         rows = self._db().execute(f"SELECT * FROM builds {where} ORDER BY id DESC LIMIT ?",
                                   (limit,)).fetchall()
         return [self._row(r) for r in rows]

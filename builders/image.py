@@ -1,7 +1,7 @@
 """Image names: which packages, for which system."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from . import platforms
 from .errors import InvalidImage
@@ -38,6 +38,9 @@ class Image:
 
     packages: tuple[str, ...]
     platform: Platform | None = None
+    # the name as the client wrote it (`shell/hello`), for people; two names
+    # that ask for the same packages are the same image
+    asked: str = field(default="", compare=False)
 
     @classmethod
     def from_name(cls, name: str) -> "Image":
@@ -59,7 +62,7 @@ class Image:
             else:
                 pinned = platforms.PREFIXES[meta]
         packages.extend(components)
-        return cls(tuple(sorted(set(packages))), pinned)
+        return cls(tuple(sorted(set(packages))), pinned, asked=name)
 
     def on(self, platform: Platform) -> "Image":
         """The same packages for `platform`."""

@@ -21,11 +21,14 @@ import time
 
 from . import metrics
 from .errors import BuildError
+from .words import counted
 
 logger = logging.getLogger(__name__)
 
 # What a job does, in order; /metrics counts jobs in each.
-PHASES = ("starting", "waiting for another worker", "waiting for a build slot",
+# The words are the user's: they end up in a pull's "still building (...)".
+WAITING_FOR_ANOTHER = "waiting for the build another pull started"
+PHASES = ("starting", WAITING_FOR_ANOTHER, "waiting for a build slot",
           "evaluating", "realising", "making layers", "storing", "waiting for its platforms")
 
 _WILL_BUILD = re.compile(r"^these (\d+) derivations will be built:|^this derivation will be built:")
@@ -160,7 +163,8 @@ class Job:
                 total = 0
             if total:
                 # Nix logs when it starts a path, not when it is done with it
-                return f"{phase}: started {done} of {total} store paths to build or fetch"
+                return (f"{phase}: started {done} of {counted(total, 'store path')} to build or "
+                        "fetch")
         if phase == "making layers" and self.layers_total:
             return (f"{phase}: {self.layers_done} of {self.layers_total} stored, "
                     f"{self.layer_bytes / 1e6:.1f} MB")

@@ -101,7 +101,8 @@ class BuildLocks:
                 delay = _wait(deadline, delay)
                 if delay is None:
                     raise BuildQueueFull(
-                        f"all {self.max_builds} build slots are busy (NIXERY_MAX_BUILDS); "
+                        (f"all {self.max_builds} build slots are busy" if self.max_builds > 1
+                         else "the only build slot is busy") + " (NIXERY_MAX_BUILDS); "
                         "try again shortly", retry_after=10)
         finally:
             if ticket is not None:

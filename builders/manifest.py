@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -27,8 +28,18 @@ _FORMATS = {
     OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
 }
 
-# Fixed, so the same image always has the same config digest.
+# An image's creation time is its package source's revision's date, where
+# the source has one (a git commit's time, a channel's release), so the same
+# image always has the same config digest.  Where it has none (a folder, a
+# bare nixpkgs commit), this: the time Nix gives every file in its store.
 CREATED = "1970-01-01T00:00:01Z"
+
+
+def created(timestamp: float | None) -> str:
+    """An image config's `created`: the revision's date, or CREATED."""
+    if timestamp is None:
+        return CREATED
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(timestamp)))
 PATH = "/bin:/sbin:/usr/bin:/usr/sbin"
 
 
@@ -40,7 +51,8 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None, labels=None) -> bytes:
+def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None, labels=None,
+                 created_at: str = CREATED) -> bytes:
     config = {"Env": [f"PATH={PATH}", *env]}
     if cmd:
         config["Cmd"] = list(cmd)
@@ -49,7 +61,7 @@ def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None, labels=None)
     doc = {
         "architecture": arch,
         "os": "linux",
-        "created": CREATED,
+        "created": created_at,
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
     }

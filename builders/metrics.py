@@ -7,6 +7,10 @@ this module.
 from prometheus_client import Counter, Gauge, Histogram
 
 BUILDS = Counter("registry_builds", "Image builds run, by outcome", ["outcome"])
+BUILD_FAILURES = Counter(
+    "registry_build_failures", "Builds that failed, by kind (verdict: the image's own; timeout; "
+    "machine: stopped by the machine; passing: the source or storage) and cause",
+    ["kind", "cause"])
 BUILD_SECONDS = Histogram(
     "registry_build_duration_seconds", "Time to build an image, by outcome", ["outcome"],
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200))

@@ -12,12 +12,13 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
 
 from . import process
-from .errors import (BuildFailed, BuildTimeout, PackageUnbuildable,
+from .errors import (BuildFailed, BuildInterrupted, BuildTimeout, PackageUnbuildable,
                      RevisionNotFound, SourceUnavailable)
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ _NIX_TIMEOUT_RE = re.compile(r"building of '[^']+' .*timed out after \d+ seconds
 _BUILDER_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed(?: with exit code (\d+))?")
 _WRONG_SYSTEM_RE = re.compile(r"a '([^']+)' with features \{[^}]*\} is required to build "
                               r"'[^']+', but I am a '([^']+)'")
+# Trouble of the machine's, not of the image (see machine_trouble)
+_SIGNAL_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed due to signal (\d+)")
+_NO_SPACE_RE = re.compile(r"No space left on device|Disk quota exceeded")
+_DAEMON_RE = re.compile(r"cannot connect to socket at '([^']+)': ([^\n]*)")
+_REMOTE_RE = re.compile(r"cannot build on '([^']+)': (?:error: )?([^\n]*)")
 _NOISE = ("(use '--show-trace'", "warning: you did not specify '--add-root'")
 
 
@@ -83,6 +89,8 @@ class Resolved:
     platforms: tuple[str, ...] = ()  # the systems it is limited to, when unsupported
     # meta.license: each a dict of spdxId, shortName, fullName (those known)
     licenses: tuple[dict, ...] = ()
+    # when the package source's revision was made, where Nix knows (git)
+    source_date: int | None = None
 
 
 class Deadline:
@@ -167,7 +175,8 @@ class Nix:
             _log_output(e.stderr_tail, logging.INFO)
             raise BuildTimeout(deadline.limit, log_tail=clean_log(e.stderr_tail)) from None
         except FileNotFoundError:
-            raise BuildFailed("cannot run timeout: is coreutils installed?") from None
+            raise BuildInterrupted("the registry cannot run timeout: is coreutils installed?",
+                                   cause="setup") from None
         finally:
             tmp.cleanup()
         _log_output(done.stderr_tail, logging.DEBUG if done.returncode == 0 else logging.INFO)
@@ -175,7 +184,12 @@ class Nix:
             # the guard fired just before our own deadline did
             raise BuildTimeout(deadline.limit, log_tail=clean_log(done.stderr_tail))
         if done.returncode == 127 and "failed to run command" in done.stderr_tail:
-            raise BuildFailed(f"cannot run {cmd[0]}: is Nix installed?")
+            raise BuildInterrupted(f"the registry cannot run {cmd[0]}: is Nix installed?",
+                                   cause="setup")
+        if done.returncode != 0:
+            trouble = machine_trouble(clean_log(done.stderr_tail), done.returncode, cmd[0])
+            if trouble is not None:
+                raise trouble
         return done
 
     def _image_args(self, source: dict, system: str, attribute_paths):
@@ -209,6 +223,7 @@ class Nix:
                 description=entry.get("description", ""),
                 platforms=tuple(entry.get("platforms", ())),
                 licenses=tuple(entry.get("licenses", ())),
+                source_date=entry.get("sourceDate"),
             ))
         return results
 
@@ -238,12 +253,6 @@ class Nix:
         log = clean_log(done.stderr_tail)
         if _NIX_TIMEOUT_RE.search(log):
             raise BuildTimeout(deadline.limit, log_tail=log)
-        m = _WRONG_SYSTEM_RE.search(log)
-        if m:
-            raise BuildFailed(
-                f"this registry's Nix cannot build for {m.group(1)} (it is {m.group(2)}): "
-                f"its operator must give Nix a binary cache or a builder for {m.group(1)}",
-                log_tail=log)
         m = _BUILDER_RE.search(log)
         if m:
             drv = m.group(1)
@@ -270,6 +279,56 @@ class Nix:
             raise BuildFailed("could not read the closure from the Nix store",
                               log_tail=clean_log(done.stderr_tail))
         return parse_path_info(json.loads(done.stdout))
+
+
+def machine_trouble(log: str, returncode: int, program: str) -> BuildInterrupted | None:
+    """What stopped a Nix command, when it was the machine and not the
+    image: Nix's log names it, or Nix itself died of a signal (`timeout`,
+    which runs it, then exits with 128 plus the signal, or of the signal)."""
+    if _NIX_TIMEOUT_RE.search(log):
+        return None  # the build's own time ran out: BuildTimeout
+    retry = "not a fault of the image: pull again in a moment"
+    m = _DAEMON_RE.search(log)
+    if m:
+        return BuildInterrupted(f"the Nix daemon cannot be reached ({m.group(1)}: "
+                                f"{m.group(2)}); {retry}", cause="nix-daemon", log_tail=log)
+    m = _NO_SPACE_RE.search(log)
+    if m:
+        return BuildInterrupted(f"the build machine has no disk space left ({m.group(0)}); "
+                                f"{retry}, once its operator has freed some", cause="disk",
+                                log_tail=log)
+    m = _WRONG_SYSTEM_RE.search(log)
+    if m:
+        remote = _REMOTE_RE.search(log)
+        if remote:
+            return BuildInterrupted(
+                f"Nix's remote builder {remote.group(1)} for {m.group(1)} cannot be reached "
+                f"({remote.group(2)}); {retry}", cause="remote-builder", log_tail=log)
+        return BuildInterrupted(
+            f"this registry's Nix cannot build for {m.group(1)} (it is {m.group(2)}): its "
+            f"operator must give Nix a binary cache or a builder for {m.group(1)}",
+            cause="no-builder", log_tail=log)
+    m = _SIGNAL_RE.search(log)
+    if m:
+        what = os.path.basename(m.group(1))[33:-4]
+        return BuildInterrupted(
+            f"the build of {what} was killed by {_signal_name(int(m.group(2)))}, which "
+            f"came from the machine (its out-of-memory killer, say); {retry}",
+            cause="signal", log_tail=log)
+    if returncode < 0 or 128 < returncode < 128 + 65:
+        number = -returncode if returncode < 0 else returncode - 128
+        return BuildInterrupted(f"{program} was killed by {_signal_name(number)}; {retry}",
+                                cause="signal", log_tail=log)
+    return None
+
+
+def _signal_name(number: int) -> str:
+    """`signal 9 (Killed)`, as Nix says it."""
+    try:
+        name = signal.strsignal(number)
+    except ValueError:
+        name = None
+    return f"signal {number} ({name})" if name else f"signal {number}"
 
 
 def parse_path_info(data) -> list[StorePath]:

@@ -5,11 +5,20 @@ call setsid(), so they are outside the child's process group, and a
 builder's own children outlive it once Nix dies.  The tree is therefore
 found through /proc (parent links) and frozen before it is killed, so no
 process can fork its way out between the snapshot and the kill.
+
+A command also dies with the process that ran it: it is started through
+util-linux's `setpriv --pdeathsig TERM`, so the kernel sends it SIGTERM
+when its parent (the worker's thread waiting for it) is gone, whatever
+killed the worker.  Nix's `timeout` guard (builders/nix.py) passes that on
+to its whole process group and follows with SIGKILL, and Nix stops its
+builders, so a dead worker leaves no build going on.
 """
 from __future__ import annotations
 
 import logging
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -51,8 +60,14 @@ def run(cmd, *, timeout, env=None, cwd=None, tail_bytes=DEFAULT_TAIL_BYTES,
     err_file = open(log_path, "a+b") if log_path else tempfile.TemporaryFile()
     with err_file as err:
         start = err.seek(0, os.SEEK_END)
+        program = shutil.which(cmd[0], path=(os.environ if env is None else env).get("PATH"))
+        if program is None:  # setpriv would run, and say so only as its exit code
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), cmd[0])
+        setpriv = shutil.which("setpriv")
+        guarded = [setpriv, "--pdeathsig", "TERM", "--", program, *cmd[1:]] if setpriv \
+            else list(cmd)
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            guarded, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
             env=env, cwd=cwd, start_new_session=True)
         try:
             stdout, _ = proc.communicate(timeout=max(timeout, 0.001))
@@ -65,6 +80,32 @@ def run(cmd, *, timeout, env=None, cwd=None, tail_bytes=DEFAULT_TAIL_BYTES,
             proc.communicate()
             raise
         return Completed(proc.returncode, stdout, _tail(err, start, tail_bytes))
+
+
+def start_time(pid: int) -> int | None:
+    """When the process `pid` started, in clock ticks since boot (with its
+    pid, it names one process for the machine's uptime), or None when
+    there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parens: fields after the last ')'
+    # start at the third, the state; the start time is the 22nd
+    return int(stat[stat.rfind(b")") + 2:].split()[19])
+
+
+def machine() -> str | None:
+    """This machine as its processes see one another: the kernel's boot id
+    and the PID namespace (containers on one host share the first, not the
+    second); None where /proc does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
 
 
 def _tail(f, start, n) -> str:

@@ -25,6 +25,7 @@ import time
 import uuid
 
 from .errors import QuotaExceeded
+from .words import counted
 
 HOUR = 3600
 
@@ -90,16 +91,17 @@ class BuildQuota:
         def take(entry, now):
             running = entry["running"]
             if len(running) >= self.at_once:
+                verb = "is" if len(running) == 1 else "are"
                 raise QuotaExceeded(
-                    f"{_who(client)} already started {len(running)} builds that are not done, "
-                    f"the most one client may have at once (NIXERY_CLIENT_BUILDS); one frees "
-                    "when a build ends", retry_after=30)
+                    f"{_who(client)} already started {counted(len(running), 'build')} that "
+                    f"{verb} not done, the most one client may have at once "
+                    "(NIXERY_CLIENT_BUILDS); one frees when a build ends", retry_after=30)
             uncharged = sum(1 for r in running.values() if not r["charged"])
             if len(entry["hour"]) + uncharged >= self.per_hour:
                 frees = int(min(entry["hour"] or [now]) + HOUR - now) + 1
                 raise QuotaExceeded(
-                    f"{_who(client)} started {len(entry['hour'])} builds in the last hour, the "
-                    f"most one client may (NIXERY_CLIENT_BUILDS); the next may start in "
+                    f"{_who(client)} started {counted(len(entry['hour']), 'build')} in the "
+                    f"last hour, the most one client may (NIXERY_CLIENT_BUILDS); the next may start in "
                     f"{_minutes(frees)}", retry_after=max(frees, 1))
             running[rid] = {"charged": False, "until": now + self.hold_seconds}
         self._update(client, take)

@@ -100,3 +100,11 @@ class IndexRecord(_Stored):
     left_out: dict[str, str]       # platform name -> why
     manifests: dict[str, str]      # media type -> index JSON text
     built_at: float = field(default_factory=time.time)
+    # platform name -> why it failed to build: an index served meanwhile
+    # without it, never stored (a later pull tries that platform again)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        doc = dict(self.__dict__)
+        doc.pop("failed")  # stored indexes have none
+        return manifest.canonical(doc)

@@ -176,7 +176,7 @@ class Revisions:
         """What `tag` names now: from memory, from storage while fresh, or
         from the source (then written to storage for the others)."""
         if self.source.immutable(tag):
-            return self.state.watch(self.source.resolve, tag)
+            return self.source.resolve(tag)  # named by the tag alone: nothing is asked
         kept = self._kept_revision(tag)
         if kept is not None:
             return kept
@@ -204,6 +204,10 @@ class Revisions:
             {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
         self._memory[ident] = (revision, now)
         return revision
+
+    def admit(self, revision: Revision) -> None:
+        """Whether `revision` may be built (Source.admit), before a build."""
+        self.state.watch(self.source.admit, revision)
 
     def known(self, tag: str = "latest") -> Revision | None:
         """The revision `tag` last resolved to, however old, without asking

@@ -32,8 +32,6 @@ from . import manifest
 
 MEDIA_TYPE = "application/vnd.cyclonedx+json"
 SCHEMA = SchemaVersion.V1_6
-# the image config's creation time, fixed so that the image is reproducible
-TIMESTAMP = datetime.datetime.strptime(manifest.CREATED, "%Y-%m-%dT%H:%M:%S%z")
 IMAGE_REF = "image"
 
 # CPE 2.3 formatted strings: these stand as they are, other printable
@@ -87,13 +85,14 @@ def _licenses(known: tuple[dict, ...]) -> list[DisjunctiveLicense]:
 
 
 def make(*, image_name: str, platform, revision, source: str, closure, requested,
-         seed: str) -> bytes:
+         seed: str, created: str = manifest.CREATED) -> bytes:
     """The SBOM of one image, as CycloneDX JSON.
 
     `closure` is the image's store paths (builders/nix.py StorePath),
     `requested` what Nix resolved the image's packages to (Resolved, with
     their outputs, descriptions and licences), `seed` the image's config
-    digest, from which the serial number is derived.
+    digest, from which the serial number is derived, and `created` the
+    config's creation time, its timestamp (so the SBOM is reproducible too).
     """
     wanted = {r.out: r for r in requested}
     components = []
@@ -125,7 +124,8 @@ def make(*, image_name: str, platform, revision, source: str, closure, requested
         components=components,
         serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"nix-image-registry:{seed}"),
         metadata=BomMetaData(
-            component=image, timestamp=TIMESTAMP,
+            component=image,
+            timestamp=datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z"),
             properties=[Property(name="nix:package_source", value=source),
                         Property(name="nix:revision", value=revision.identity),
                         Property(name="nix:revision_description", value=revision.description)]))

@@ -17,17 +17,19 @@ build side by side, each exactly as a pull pinned to that platform would.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 
 from storage import keys
-from . import gc, metrics, platforms as platforms_
-from .errors import (BuildError, BuildInProgress, BuildQueueFull, BuildTimeout, InvalidImage,
-                     PackagesNotFound, PlatformUnsupported, RevisionNotFound)
+from . import failures as failures_, gc, metrics, platforms as platforms_
+from .errors import (BuildError, BuildInProgress, BuildInterrupted, BuildQueueFull, BuildTimeout,
+                     InvalidImage, PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image import Image
-from .jobs import Job
+from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
 from .records import ImageRecord, IndexRecord, cache_key, index_key, load_record
+from .sources import FOLDER_TAG_RE
 from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,12 @@ class ImageService:
         self.quota = quota
         self.nix_cache = nix_cache  # builders/nixcache.py's BinaryCache, or None
         self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
+        # indexes served while some of their platforms fail, not stored:
+        # briefly, so that a platform that builds again soon is listed soon
+        self._partial = LockedTTLCache(maxsize=1024, ttl=failures_.RECHECK_SECONDS)
         self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
+        # whether an image is stored at a folder's earlier revision (tags/list)
+        self._stored = LockedTTLCache(maxsize=4096, ttl=60)
 
     @property
     def source(self):
@@ -138,15 +145,21 @@ class ImageService:
         more builds."""
         return self._start(image, tag, self.revisions.resolve(tag), client)
 
-    def _start(self, image: Image, tag: str, revision, client=None):
+    def _key(self, image: Image, revision) -> str:
+        """The key `image` is kept under at `revision`: its index's, for a
+        name that pins no platform when the registry serves several."""
         if image.platform is None and len(self.platforms) > 1:
-            key = index_key(image, revision, self.platforms, self.max_layers)
+            return index_key(image, revision, self.platforms, self.max_layers)
+        return cache_key(self.pinned(image), revision, self.max_layers)
+
+    def _start(self, image: Image, tag: str, revision, client=None):
+        key = self._key(image, revision)
+        if image.platform is None and len(self.platforms) > 1:
             run = lambda job: self._find_or_make_index(image, tag, revision, key, job)  # noqa: E731
         else:
             image = self.pinned(image)
-            key = cache_key(image, revision, self.max_layers)
             run = lambda job: self._find_or_build(image, tag, revision, key, job)  # noqa: E731
-        record = self._records.get(key)
+        record = self._records.get(key) or self._partial.get(key)
         if record is not None:
             metrics.MANIFEST_CACHE.labels("memory").inc()
             return record
@@ -155,6 +168,34 @@ class ImageService:
             metrics.MANIFEST_CACHE.labels("failure").inc()
             raise error
         return self.jobs.start(key, image.name, tag, run, client=client)
+
+    def tags(self, image: Image) -> list[str]:
+        """The tags `image` is pulled by: the package source's, but for a
+        folder's earlier revisions it was not built at, which name nothing
+        to build any more (a pull of them answers 404)."""
+        return [tag for tag in self.revisions.tags()
+                if not (self.source.keeps_revisions and FOLDER_TAG_RE.fullmatch(tag))
+                or self._pullable(image, tag)]
+
+    def _pullable(self, image: Image, tag: str) -> bool:
+        try:
+            revision = self.revisions.resolve(tag)
+        except BuildError:
+            return False
+        if revision.buildable:
+            return True
+        key = self._key(image, revision)
+        found = self._stored.get(key)
+        if found is None:
+            stored = [key]
+            if image.platform is None and len(self.platforms) > 1:
+                # its platforms' images serve too (one built before others were served)
+                stored += [cache_key(image.on(p), revision, self.max_layers)
+                           for p in self.platforms]
+            found = self._records.get(key) is not None or any(
+                self.storage.exists(keys.manifest(k)) for k in stored)
+            self._stored[key] = found
+        return found
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds (for pages)."""
@@ -199,6 +240,8 @@ class ImageService:
             if error is not None:
                 metrics.MANIFEST_CACHE.labels("failure").inc()
                 raise error
+            # only now, about to build: a stored image needs nothing of the source
+            self.revisions.admit(revision)
             if self.quota is not None and job.client is not None:
                 # not built anywhere: a build of its client's, if its quota allows
                 job.reservation = self.quota.reserve(job.client)
@@ -212,8 +255,11 @@ class ImageService:
     def _find_or_make_index(self, image, tag, revision, key, job: Job) -> IndexRecord:
         """The index of `image` on every platform, from storage or made from
         each platform's image, whose jobs run side by side.  A platform
-        its packages are not available on is left out; one that fails
-        fails the index, with the platform named."""
+        its packages are not available on is left out.  One that fails does
+        not fail the others' pulls: the index of the platforms that built
+        is served, and not stored, so that a later pull tries the failed
+        one again; only when none built does the pull fail, naming the
+        platform (a failure of the machine's first: it is retried)."""
         record = self._load(key)
         if record is not None:
             self._records[key] = record
@@ -225,7 +271,7 @@ class ImageService:
             except BuildError as e:  # remembered: it is known already
                 parts[platform] = e
         job.watch({p.name: part for p, part in parts.items() if isinstance(part, Job)})
-        members, left_out = [], {}
+        members, left_out, failed = [], {}, {}
         for platform, part in parts.items():
             if isinstance(part, Job):
                 part.wait(None)  # every job ends, within NIX_TIMEOUT and its uploads
@@ -236,17 +282,27 @@ class ImageService:
             if isinstance(part, PlatformUnsupported):
                 left_out[platform.name] = part.message
             elif isinstance(part, BuildError):
-                raise _on_platform(part, platform)
+                failed[platform.name] = _on_platform(part, platform)
             else:
                 members.append((platform, part))
         if not members:
+            if failed:
+                raise next((e for e in failed.values() if isinstance(e, BuildInterrupted)),
+                           next(iter(failed.values())))
             raise PlatformUnsupported(
                 f"{image.name} is available on none of this registry's platforms: "
                 + "; ".join(left_out.values()))
-        record = self.builder.index(image, key, members, left_out)
+        record = self.builder.index(image, key, members, left_out,
+                                    {name: e.message for name, e in failed.items()})
         if left_out:
             logger.info("index of %s leaves out %s", image.name, ", ".join(left_out))
-        self._records[key] = record
+        if failed:
+            logger.warning("index of %s is served without %s, which failed to build: %s",
+                           image.name, ", ".join(failed),
+                           "; ".join(e.message for e in failed.values()))
+            self._partial[key] = record
+        else:
+            self._records[key] = record
         return record
 
     def _load(self, key) -> ImageRecord | IndexRecord | None:
@@ -264,13 +320,13 @@ class ImageService:
         # the other side's clock stamps its failure: allow for some skew
         waiting_since = time.time() - CLOCK_SKEW
         with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN,
-                              on_wait=lambda: job.set_phase("waiting for another worker")
+                              on_wait=lambda: job.set_phase(WAITING_FOR_ANOTHER)
                               ) as waited:
             if waited:
                 self._raise_outcome(key, waiting_since)
             claim = self.claims.acquire(key)
             if claim is None:
-                job.set_phase("waiting for another instance")
+                job.set_phase(WAITING_FOR_ANOTHER)
                 claim = self._wait_for_claim(key, waiting_since)
             try:
                 with claim.kept():
@@ -319,13 +375,22 @@ class ImageService:
         except BuildQueueFull:
             raise  # not a failure of the image: the next request may get a slot
         except BuildError as e:
-            self.failures.remember(key, e)
+            kind, cause = failures_.kind(e)
+            metrics.BUILD_FAILURES.labels(kind, cause).inc()
+            if kind == "machine":
+                logger.warning("the build of %s for %s was stopped by the machine (%s), which is "
+                               "no verdict on the image: %s", image.name, image.system, cause,
+                               e.message)
+            self.failures.remember(key, e, about={
+                "image": image.name, "asked": image.asked or image.name, "tag": tag,
+                "system": image.system, "revision": revision.description})
             raise
 
     def _tracked_build(self, image, tag, revision, key, job: Job) -> ImageRecord:
         """The builder's build, with its history entry, its log file, its log
         lines and its metrics."""
-        build = self.history.start(image.label, tag, key) if self.history else None
+        build = (self.history.start(image.label, tag, key, asked=image.asked or image.name)
+                 if self.history else None)
         job.log_path = build and build.log_path
 
         def phase(name):
@@ -343,8 +408,17 @@ class ImageService:
             logger.info("building %s for %s from %s, %s", image.name, image.system,
                         self.source.describe(), revision.description)
             with metrics.BUILDS_IN_FLIGHT.track_inprogress():
-                built = self.builder.build(image, revision, key, job, phase,
-                                           source=self.source.describe())
+                try:
+                    built = self.builder.build(image, revision, key, job, phase,
+                                               source=self.source.describe())
+                except OSError as e:
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    # making the layers filled this machine's disk
+                    raise BuildInterrupted(
+                        f"the build machine has no disk space left ({e.strerror}); not a "
+                        "fault of the image: pull again in a moment, once its operator has "
+                        "freed some", cause="disk") from e
             record = built.record
             logger.info("built %s: %d store paths in %d layers, Nix %.1fs, total %.1fs",
                         image.name, built.store_paths, len(record.layers), built.nix_seconds,
@@ -364,10 +438,12 @@ class ImageService:
                                            for l in record.layers])
             return record
         except BuildError as e:
-            outcome = {BuildTimeout: "timeout", PackagesNotFound: "not_found"}.get(type(e), "failed")
+            outcome = {BuildTimeout: "timeout", PackagesNotFound: "not_found",
+                       BuildInterrupted: "interrupted"}.get(type(e), "failed")
             if build:
-                self.history.failed(build, status="timeout" if outcome == "timeout" else "failed",
-                                    code=type(e).__name__, message=e.message)
+                self.history.failed(build, status=outcome if outcome in (
+                    "timeout", "interrupted") else "failed", code=type(e).__name__,
+                    message=e.message)
             raise
         except Exception as e:
             if build:

@@ -7,6 +7,7 @@ again is the image service's business (builders/service.py).
 from __future__ import annotations
 
 import abc
+import email.utils
 import hashlib
 import json
 import logging
@@ -36,6 +37,9 @@ class Revision:
     # False for a revision that can no longer be built from (a folder's
     # earlier contents): only images built from it are served
     buildable: bool = True
+    # when the revision was made, where the source says so without Nix (a
+    # channel's release); a git commit's time comes from Nix (nix/image.nix)
+    created: float | None = None
 
     def to_dict(self):
         return asdict(self)
@@ -75,6 +79,12 @@ class Source(abc.ABC):
     def check(self) -> None:
         """Raise SourceUnavailable when the source does not answer now."""
         self._resolve("latest")
+
+    def admit(self, revision: Revision) -> None:
+        """Raise RevisionNotFound when `revision` must not be built here (a
+        commit tag outside the source's history), SourceUnavailable when
+        that cannot be told now.  Asked only before a build: an image
+        stored already is served without asking the source anything."""
 
     def resolve(self, tag: str) -> Revision:
         """The revision `tag` names now."""
@@ -123,7 +133,8 @@ class PathSource(Source):
 
     keeps_revisions = True
     tags_help = ("The tag latest is the folder as it is now; the content hash of a revision "
-                 "images were built from (e.g. efc650e0f34d) pulls those images again.")
+                 "images were built from (its first 12 hex digits, as above) pulls those "
+                 "images again.")
 
     def __init__(self, path):
         self.path = path
@@ -200,22 +211,36 @@ class ChannelSource(Source):
 
     def _resolve(self, tag):
         if COMMIT_RE.match(tag):
-            if not (self.any_commit or tag in self._verified):
-                self._check(tag)
-                self._verified.add(tag)
             return Revision(f"nixpkgs@{tag}", self._archive(tag), f"commit {tag[:12]}")
         channel = self.channel if tag == "latest" else tag
-        commit = self._head(channel)
+        commit, released = self._head(channel, dated=True)
         return Revision(f"channel:{channel}@{commit}", self._archive(commit),
-                        f"{channel} at {commit[:12]}")
+                        f"{channel} at {commit[:12]}", created=released)
+
+    def admit(self, revision):
+        commit = revision.pin
+        if not revision.identity.startswith("nixpkgs@") or self.any_commit \
+                or commit in self._verified:
+            return  # a channel's own head, or checked already
+        self._check(commit)
+        self._verified.add(commit)
 
     def _archive(self, commit):
         return {"type": "tarball", "url": self.archive_url.format(rev=commit)}
 
-    def _fetch(self, url, what):
+    def _fetch(self, url, what, dated=False):
+        """The body at `url` (and, `dated`, its Last-Modified time or None)."""
         try:
             with urllib.request.urlopen(url, timeout=RESOLVE_TIMEOUT) as resp:
-                return resp.read(1 << 20)
+                body = resp.read(1 << 20)
+                if not dated:
+                    return body
+                try:
+                    modified = email.utils.parsedate_to_datetime(
+                        resp.headers["Last-Modified"]).timestamp()
+                except (TypeError, ValueError):
+                    modified = None
+                return body, modified
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 raise
@@ -225,11 +250,13 @@ class ChannelSource(Source):
             reason = getattr(e, "reason", e)
             raise SourceUnavailable(f"could not {what}: cannot fetch {url}: {reason}") from None
 
-    def _head(self, channel) -> str:
-        """The commit `channel` points at now."""
+    def _head(self, channel, dated=False):
+        """The commit `channel` points at now (and, `dated`, when the channel
+        released it: when its git-revision was published, or None)."""
         url = self._revision_url(channel)
         try:
-            commit = self._fetch(url, f"resolve the channel {channel}")[:200]
+            commit, released = self._fetch(url, f"resolve the channel {channel}", dated=True)
+            commit = commit[:200]
         except urllib.error.HTTPError:
             if channel != self.channel:
                 raise RevisionNotFound(f"there is no channel {channel} ({url} answered 404)") \
@@ -239,7 +266,7 @@ class ChannelSource(Source):
         commit = commit.decode("ascii", "replace").strip()
         if not COMMIT_RE.match(commit):
             raise SourceUnavailable(f"{url} does not hold a commit hash (got {commit[:60]!r})")
-        return commit
+        return (commit, released) if dated else commit
 
     def _check(self, commit):
         """Refuse a commit that no allowed channel's head descends from."""
@@ -291,7 +318,6 @@ class GitSource(Source):
 
     def _resolve(self, tag):
         if self.immutable(tag):
-            self._check_commit(tag)
             return Revision(f"git:{self.url}@{tag}",
                             {"type": "git", "url": self.url, "rev": tag, "allRefs": True},
                             f"commit {tag[:12]}")
@@ -315,6 +341,10 @@ class GitSource(Source):
         return Revision(f"git:{self.url}@{commit}",
                         {"type": "git", "url": self.url, "rev": commit, "ref": ref},
                         f"{ref} at {commit[:12]}")
+
+    def admit(self, revision):
+        if "ref" not in revision.nix:  # a commit tag; a ref's commit is its tip
+            self._check_commit(revision.pin)
 
     def _check_commit(self, commit):
         """Return when a branch or tag of the remote holds `commit`; else

@@ -27,6 +27,10 @@ let
 
   pkgs = import tree { inherit system; config = {}; overlays = []; };
 
+  # The revision's date where the fetcher knows it (a git commit's time),
+  # for the image's creation time; null otherwise.
+  sourceDate = if source.type == "git" then tree.lastModified or null else null;
+
   requested = builtins.fromJSON packagesJson;
 
   upper = [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M"
@@ -76,7 +80,7 @@ let
       isDrv = builtins.tryEval (builtins.isAttrs w.value && (w.value.type or null) == "derivation");
       drvPath = builtins.tryEval w.value.drvPath;
       outPath = builtins.tryEval w.value.outPath;
-      base = { requested = path; attrPath = w.attrPath or path; };
+      base = { requested = path; attrPath = w.attrPath or path; inherit sourceDate; };
       # meta.platforms and meta.badPlatforms where they list systems by name
       # (nixpkgs' patterns are left to Nix itself); null when not known
       systems = attr:

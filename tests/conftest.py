@@ -99,6 +99,15 @@ def remote_set(dest):
     return package_set(dest, [("echo salt: none", f"echo salt: {uuid.uuid4().hex}")])
 
 
+def killed_once_set(dest):
+    """A copy of the test package set whose `killed-once` has not been built
+    before (a salt of its own), and the marker its first build leaves in
+    /tmp before it kills itself; the caller removes the marker."""
+    salt = uuid.uuid4().hex
+    marker = f"/tmp/registry-killed-once-{salt}"
+    return package_set(dest, [("/tmp/registry-killed-once-none", marker)]), marker
+
+
 def at_once(n, fn):
     """fn(0) ... fn(n - 1), each on a thread of its own, all let go at the
     same moment; their results in that order."""

@@ -52,6 +52,17 @@ def test_every_path_asks_for_credentials(locked, method, path):
         assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
 
+def test_failures_are_listed_to_signed_in_users_only(locked):
+    client = locked.test_client()
+    assert client.get("/v2/broken/manifests/latest", headers=basic("alice", "wonderland")
+                      ).status_code == 422
+    for path in ("/", "/builds/broken:latest"):
+        anonymous = client.get(path)
+        assert anonymous.status_code == 401 and b"broken" not in anonymous.data
+        signed_in = client.get(path, headers=basic("bob", "builder")).get_data(as_text=True)
+        assert "package broken failed to build" in signed_in
+
+
 def test_the_probes_stay_open(locked):
     client = locked.test_client()
     assert client.get("/healthz").status_code == 200

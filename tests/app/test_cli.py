@@ -35,7 +35,8 @@ def test_config_shows_each_setting_once_with_secrets_masked(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["config"], ["serve"], ["gc", "--dry-run"],
-                                  ["prebuild", "hello"], ["sbom", "hello"]])
+                                  ["prebuild", "hello"], ["sbom", "hello"],
+                                  ["failures", "list"]])
 def test_a_bad_setting_is_one_line_from_every_command(args, tmp_path):
     result = invoke(*args, env={"NIXERY_RETENTION": "0", "STORAGE_PATH": str(tmp_path / "s")})
     assert result.exit_code == 1
@@ -67,7 +68,7 @@ def test_help_lists_the_commands_and_makes_nothing(tmp_path, monkeypatch):
     result = invoke("--help")
     assert result.exit_code == 0
     listed = result.stdout.split("Commands:")[1].split()
-    for command in ("config", "gc", "prebuild", "sbom", "serve"):
+    for command in ("config", "failures", "gc", "prebuild", "sbom", "serve"):
         assert command in listed
     assert "run" not in listed and "shell" not in listed  # Flask's development commands
     assert os.listdir(tmp_path) == []

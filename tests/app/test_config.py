@@ -286,3 +286,11 @@ def test_the_configuration_imports_no_metrics():
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                               text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_nix_settings_are_read_for_the_failures_they_decide():
+    c = Config.from_env({"NIX_CONFIG": "substituters =\nmax-jobs = 2",
+                         "NIX_CONF_DIR": "/etc/nix-registry"})
+    assert c.nix_config == "substituters =\nmax-jobs = 2"
+    assert c.nix_conf_dir == "/etc/nix-registry"
+    assert Config.from_env({}).nix_conf_dir == "/etc/nix"

@@ -297,6 +297,26 @@ def test_every_valid_name_has_its_tags_listed(client):
     assert client.get("/v2/Hello/tags/list").status_code == 400
 
 
+def test_tags_listed_are_tags_that_pull(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.sources import tree_hash
+    from tests.conftest import package_set
+    pkgs = package_set(tmp_path / "pkgs")
+    client = create_app(Config(pkgs_path=pkgs, storage_path=str(tmp_path / "s"),
+                               source_refresh=0)).test_client()
+    assert client.get("/v2/hello/manifests/latest").status_code == 200
+    earlier = tree_hash(pkgs)[:12]
+    with open(f"{pkgs}/default.nix", "a") as f:
+        f.write("# the folder changed\n")
+    assert client.get("/v2/hello/tags/list").get_json()["tags"] == [earlier, "latest"]
+    # curl was never built at the earlier revision: that tag would not pull it
+    assert client.get("/v2/curl/tags/list").get_json()["tags"] == ["latest"]
+    assert client.get(f"/v2/curl/manifests/{earlier}").status_code == 404
+    r = client.get("/v2/hello/shell/tags/list")
+    assert r.status_code == 404 and r.get_json()["errors"][0]["code"] == "NAME_UNKNOWN"
+
+
 def test_tags_are_paged_with_a_link_to_the_next_page(app, client, monkeypatch):
     tags = ["latest", "nixos-24.05", "nixos-unstable", "release-1", "v1", "has/slash"]
     monkeypatch.setattr(app.extensions["images"].revisions.source, "tags", lambda: sorted(tags))
@@ -324,7 +344,7 @@ def test_strict_tags_answer_404_for_a_tag_that_names_nothing(tmp_path):
     assert error["code"] == "MANIFEST_UNKNOWN"
     assert "whose tags are latest" in error["message"] and "NIXERY_STRICT_TAGS" in error["message"]
     assert strict.get("/v2/hello/manifests/latest").status_code == 200
-    assert "(e.g. efc650e0f34d) pulls those images again. Other tags are refused." in \
+    assert "pulls those images again. Other tags are refused." in \
         strict.get("/").get_data(as_text=True)
 
 
@@ -377,7 +397,7 @@ def test_several_platforms_give_an_index_to_clients_that_take_one(tmp_path):
     assert pinned.headers["Docker-Content-Digest"] == index["manifests"][1]["digest"]
 
 
-def test_a_platform_that_fails_is_named_in_the_error(tmp_path):
+def test_a_platform_that_fails_fails_no_other_platforms_pull(tmp_path):
     from app import create_app
     from app.config import Config
     from builders.manifest import OCI_INDEX
@@ -386,11 +406,73 @@ def test_a_platform_that_fails_is_named_in_the_error(tmp_path):
     client = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                                platforms=(AMD64, ARM64))).test_client()
     r = client.get("/v2/no-arm/manifests/latest", headers={"Accept": OCI_INDEX})
+    assert r.status_code == 200
+    assert [m["platform"]["architecture"] for m in r.get_json()["manifests"]] == ["amd64"]
+    # the platform that failed says why when it is pulled
+    r = client.get("/v2/arm64/no-arm/manifests/latest")
     assert r.status_code == 422
-    error = r.get_json()["errors"][0]
-    assert error["message"].startswith("linux/arm64 (aarch64-linux): package no-arm failed to build")
-    # a client that takes no index still gets the platform that built
+    assert r.get_json()["errors"][0]["message"].startswith("package no-arm failed to build")
+    # a client that takes no index gets the platform that built
     assert client.get("/v2/no-arm/manifests/latest").status_code == 200
+
+
+def test_a_platform_with_no_builder_is_a_retryable_503_and_the_others_pull(
+        tmp_path, monkeypatch):
+    import uuid
+    from app import create_app
+    from app.config import Config
+    from builders.manifest import OCI_INDEX
+    from builders.platforms import AMD64, ARM64
+    from tests.conftest import package_set
+    monkeypatch.setenv("NIX_CONFIG", "substituters =")  # this Nix cannot build aarch64-linux
+    pkgs = package_set(tmp_path / "pkgs", [("Hello, world!", f"Hello, {uuid.uuid4().hex}!")])
+    client = create_app(Config(pkgs_path=pkgs, storage_path=str(tmp_path / "s"),
+                               platforms=(AMD64, ARM64))).test_client()
+    r = client.get("/v2/hello/manifests/latest", headers={"Accept": OCI_INDEX})
+    assert r.status_code == 200
+    assert [m["platform"]["architecture"] for m in r.get_json()["manifests"]] == ["amd64"]
+    r = client.get("/v2/arm64/hello/manifests/latest")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "10"
+    error = r.get_json()["errors"][0]
+    assert error["code"] == "BUILD_INTERRUPTED" and error["detail"]["cause"] == "no-builder"
+    assert error["message"].startswith("this registry's Nix cannot build for aarch64-linux")
+    # containerd shows only the status line of a HEAD: it says why too
+    assert "cannot build for aarch64-linux" in client.head(
+        "/v2/arm64/hello/manifests/latest").status
+
+
+def created_of(client, name, tag="latest"):
+    """An image's config `created`, and its SBOM's timestamp."""
+    import json as json_
+    from builders.manifest import OCI_MANIFEST
+    manifest = client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    assert manifest.status_code == 200, manifest.get_data(as_text=True)
+    config = client.get(f"/v2/{name}/blobs/{manifest.get_json()['config']['digest']}")
+    sbom = client.get(f"/sbom/{name}:{tag}").get_json()
+    return json_.loads(config.data)["created"], sbom["metadata"]["timestamp"]
+
+
+def test_an_image_is_created_when_its_source_revision_was(tmp_path):
+    import os
+    import subprocess
+    from app import create_app
+    from app.config import Config
+    from tests.conftest import PKGS, package_set
+    # a folder has no date: the fixed time of the store's files
+    folder = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "a")))
+    assert created_of(folder.test_client(), "hello") == ("1970-01-01T00:00:01Z",
+                                                         "1970-01-01T00:00:01+00:00")
+    # a git commit's time (the committer's: when it entered the history)
+    repo = tmp_path / "repo"
+    package_set(repo)
+    env = dict(os.environ, GIT_AUTHOR_DATE="2020-01-01T00:00:00Z",
+               GIT_COMMITTER_DATE="2024-05-06T07:08:09Z")
+    for args in (["init", "-q", "-b", "main"], ["add", "default.nix"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
+    git = create_app(Config(pkgs_repo=f"file://{repo}", storage_path=str(tmp_path / "b")))
+    assert created_of(git.test_client(), "hello") == ("2024-05-06T07:08:09Z",
+                                                      "2024-05-06T07:08:09+00:00")
 
 
 CYCLONEDX = "application/vnd.cyclonedx+json"

@@ -176,3 +176,68 @@ def test_the_build_page_lists_licences_and_links_the_sbom(client):
     assert sbom.status_code == 200 and sbom.content_type == "application/vnd.cyclonedx+json"
     assert sbom.get_json()["metadata"]["component"]["name"] == "git/hello"
     assert client.get("/sbom/never/built:latest").status_code == 404
+
+
+def pull_commands(page):
+    return re.search(r'<pre id="pull">(.*?)</pre>', page, re.S).group(1)
+
+
+def test_the_pull_commands_suit_how_the_page_was_reached(client):
+    plain = client.get("/", headers={"Host": "registry.example:5000"}).get_data(as_text=True)
+    assert "podman pull --tls-verify=false registry.example:5000/" in pull_commands(plain)
+    assert "skopeo copy --src-tls-verify=false docker://registry.example:5000/" in \
+        pull_commands(plain)
+    assert '{"insecure-registries": ["registry.example:5000"]}' in plain
+    # over HTTPS (gunicorn sets the scheme, from a trusted proxy's
+    # X-Forwarded-Proto too: tests/e2e/test_api.py): plain commands
+    https = client.get("/", headers={"Host": "registry.example"},
+                       environ_overrides={"wsgi.url_scheme": "https"})
+    page = https.get_data(as_text=True)
+    assert "podman pull registry.example/" in pull_commands(page)
+    assert "tls-verify" not in page and "insecure-registries" not in page
+
+
+def test_examples_and_revision_come_from_the_package_set_served(tmp_path):
+    from app import create_app
+    from app.config import Config
+    from builders.sources import tree_hash
+    from tests.conftest import PKGS, package_set
+    page = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "a"))
+                      ).test_client().get("/").get_data(as_text=True)
+    assert "docker pull localhost/shell/git/htop:latest" in pull_commands(page)
+    assert "python3packages" not in page  # the test set has no python3Packages
+    assert f"(contents {tree_hash(str(PKGS))[:12]})" in page
+    assert "efc650e0f34d" not in page
+    # a set without git and htop: the examples are packages it has
+    other = package_set(tmp_path / "pkgs", [("    git = script", "    git2 = script"),
+                                            ("    htop = script", "    htop2 = script")])
+    page = create_app(Config(pkgs_path=other, storage_path=str(tmp_path / "b"))
+                      ).test_client().get("/").get_data(as_text=True)
+    assert "docker pull localhost/shell/curl/hello:latest" in pull_commands(page)
+    assert "git" not in pull_commands(page) and "htop" not in page
+
+
+def test_recent_builds_are_named_as_asked_and_typos_are_no_builds(client):
+    for name in ("shell/hello", "hello/nosuch", "arm64", "broken"):
+        client.get(f"/v2/{name}/manifests/latest")
+    page = client.get("/").get_data(as_text=True)
+    recent = page.split("<h2>Recent builds</h2>", 1)[1].split("<h2>Recent failures</h2>")[0]
+    assert '<a href="/builds/shell/hello:latest">shell/hello</a>' in recent
+    assert "bashinteractive" not in recent and "amd64:" not in recent
+    assert "nosuch" not in page and "arm64" not in recent
+    assert '<a href="/builds/broken:latest">broken</a>' in page.split("Recent failures")[1]
+
+
+def test_a_build_page_shows_the_digest_and_how_to_pull_by_it(client):
+    from builders.manifest import DOCKER_MANIFEST
+    pulled = client.get("/v2/shell/hello/manifests/latest", headers={"Accept": DOCKER_MANIFEST})
+    digest = pulled.headers["Docker-Content-Digest"]
+    page = client.get("/builds/shell/hello:latest").get_data(as_text=True)
+    assert f'<code id="digest">{digest}</code>' in page
+    by_digest = re.search(r'<pre id="pull-by-digest">(.*?)</pre>', page, re.S).group(1)
+    assert by_digest.splitlines() == [
+        f"docker pull localhost/shell/hello@{digest}",
+        f"podman pull --tls-verify=false localhost/shell/hello@{digest}",
+        f"skopeo copy --src-tls-verify=false docker://localhost/shell/hello@{digest} "
+        "oci:out:latest"]
+    assert client.get(f"/v2/shell/hello/manifests/{digest}").data == pulled.data

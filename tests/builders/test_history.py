@@ -53,3 +53,23 @@ def test_opening_beside_a_busy_writer(tmp_path):
     finally:
         busy.execute("COMMIT")
     assert history.start("amd64:hello", "latest", "k").status == "building"
+
+
+def test_builds_are_listed_as_asked_and_typos_are_no_builds(tmp_path):
+    import sqlite3
+    history = BuildHistory(str(tmp_path))
+    built = history.start("amd64:bashinteractive/cacert/hello", "latest", "k1",
+                          asked="shell/hello")
+    history.built(built, closure_size=1, key="k1", layers=[])
+    typo = history.start("amd64:hellp", "latest", "k2", asked="hellp")
+    history.failed(typo, status="failed", code="PackagesNotFound",
+                   message="package not found in the package source: hellp (did you mean hello?)")
+    broken = history.start("amd64:broken", "latest", "k3", asked="broken")
+    history.failed(broken, status="failed", code="BuildFailed", message="package broken failed")
+    assert [b.asked for b in history.recent()] == ["broken", "shell/hello"]
+    assert [b.asked for b in history.recent(failed=True)] == ["broken"]
+    # a history from before names were kept as asked opens, and lists them unnamed
+    db = sqlite3.connect(str(tmp_path / "builds.sqlite"), isolation_level=None)
+    db.execute("ALTER TABLE builds DROP COLUMN asked")
+    db.close()
+    assert [b.asked for b in BuildHistory(str(tmp_path)).recent()] == [None, None]

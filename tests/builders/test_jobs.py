@@ -78,6 +78,9 @@ def test_progress_counts_store_paths_and_layers(tmp_path):
     job.layers(3)
     job.layer_done(2_500_000)
     assert job.progress() == "making layers: 1 of 3 stored, 2.5 MB"
+    job.set_phase("realising")
+    log.write_text("this derivation will be built:\n")
+    assert job.progress() == "realising: started 0 of 1 store path to build or fetch"
     release.set()
     assert job.wait(10)
 

@@ -3,12 +3,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 
 import pytest
 
-from builders.errors import BuildFailed, BuildTimeout
+from builders.errors import BuildFailed, BuildInterrupted, BuildTimeout
 from builders.nix import Deadline, Nix, parse_path_info, remove_orphaned_folders
-from tests.conftest import PKGS
+from tests.conftest import PKGS, killed_once_set, package_set
 
 SOURCE = {"type": "path", "path": str(PKGS)}
 SYSTEM = "x86_64-linux"
@@ -70,6 +71,68 @@ def test_realise_failure_names_the_package():
         Nix().realise({f"{broken.drv}!out": "broken"}, Deadline(120))
     assert "package broken failed to build" in info.value.message
     assert "fails to build on purpose" in info.value.log_tail
+
+
+def test_a_builder_killed_by_a_signal_is_the_machine_not_the_package(tmp_path):
+    pkgs, marker = killed_once_set(tmp_path / "pkgs")
+    source = {"type": "path", "path": pkgs}
+    try:
+        nix = Nix()
+        [killed] = nix.resolve(source, SYSTEM, [["killed-once"]], Deadline(120))
+        with pytest.raises(BuildInterrupted) as info:
+            nix.realise({f"{killed.drv}!out": "killed-once"}, Deadline(120))
+        assert info.value.cause == "signal"
+        assert info.value.message.startswith(
+            "the build of killed-once-1.0 was killed by signal 9 (Killed), which came from "
+            "the machine")
+        assert "failed due to signal 9 (Killed)" in info.value.log_tail
+        # nothing about the package is wrong: built again, it builds
+        nix.realise({f"{killed.drv}!out": "killed-once"}, Deadline(120))
+        assert os.path.isdir(killed.out)
+    finally:
+        os.unlink(marker)
+
+
+def test_a_full_disk_is_the_machine_not_the_package():
+    [full] = resolve("disk-full")
+    with pytest.raises(BuildInterrupted) as info:
+        Nix().realise({f"{full.drv}!out": "disk-full"}, Deadline(120))
+    assert info.value.cause == "disk"
+    assert info.value.message.startswith(
+        "the build machine has no disk space left (No space left on device)")
+
+
+def test_a_nix_daemon_out_of_reach_is_the_machine_not_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("NIX_REMOTE", f"unix://{tmp_path}/no-daemon-here")
+    with pytest.raises(BuildInterrupted) as info:
+        resolve("hello")
+    assert info.value.cause == "nix-daemon"
+    assert info.value.message.startswith(
+        f"the Nix daemon cannot be reached ({tmp_path}/no-daemon-here: No such file or "
+        "directory)")
+
+
+def test_no_builder_for_a_platform_or_none_in_reach_is_the_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("NIX_CONFIG", "substituters =")  # no extra-platforms: no aarch64
+    # a hello never built here before, for aarch64-linux
+    fresh = package_set(tmp_path / "pkgs", [("Hello, world!", f"Hello, {uuid.uuid4().hex}!")])
+    [hello] = Nix().resolve({"type": "path", "path": fresh}, "aarch64-linux", [["hello"]],
+                            Deadline(60))
+    with pytest.raises(BuildInterrupted) as info:
+        Nix().realise({f"{hello.drv}!out": "hello"}, Deadline(60))
+    assert info.value.cause == "no-builder"
+    assert info.value.message == (
+        "this registry's Nix cannot build for aarch64-linux (it is x86_64-linux): its "
+        "operator must give Nix a binary cache or a builder for aarch64-linux")
+    # a remote builder for it that does not answer (nothing listens on port 1)
+    monkeypatch.setenv("NIX_CONFIG", "substituters =\n"
+                       "builders = ssh://nobody@127.0.0.1 aarch64-linux")
+    monkeypatch.setenv("NIX_SSHOPTS", "-p 1 -o ConnectTimeout=5")
+    with pytest.raises(BuildInterrupted) as info:
+        Nix().realise({f"{hello.drv}!out": "hello"}, Deadline(60))
+    assert info.value.cause == "remote-builder"
+    assert info.value.message.startswith(
+        "Nix's remote builder ssh://nobody@127.0.0.1 for aarch64-linux cannot be reached (")
 
 
 def test_deadline_is_shared_by_every_command():

@@ -1,5 +1,6 @@
 """Images for several platforms from one name: the index, its members,
-platforms left out or failing, and layering that stays sound."""
+platforms left out or failing (without failing the others), and layering
+that stays sound."""
 import json
 
 import pytest
@@ -93,14 +94,30 @@ def test_packages_available_on_no_platform_fail(tmp_path):
         svc.image(Image.from_name("amd64-only"), "latest")
 
 
-def test_a_platform_that_fails_to_build_fails_the_pull_naming_it(tmp_path):
+def test_a_platform_that_fails_to_build_leaves_the_others_pulling(tmp_path):
     svc = service(tmp_path, platforms=BOTH)
+    index = svc.image(Image.from_name("no-arm"), "latest")
+    assert isinstance(index, IndexRecord)
+    assert [e["platform"]["architecture"] for e in entries(index)] == ["amd64"]
+    assert index.failed["linux/arm64"].startswith(
+        "linux/arm64 (aarch64-linux): package no-arm failed to build")
+    # served, not kept: once arm64 builds, its pulls list it
+    assert svc.storage.read(keys.manifest(index.key)) is None
+    # a pull pinned to the platform says why, with the log
     with pytest.raises(BuildFailed) as e:
-        svc.image(Image.from_name("no-arm"), "latest")
-    assert e.value.message.startswith("linux/arm64 (aarch64-linux): package no-arm failed to build")
+        svc.image(Image.from_name("arm64/no-arm"), "latest")
+    assert e.value.message.startswith("package no-arm failed to build")
     assert "does not build on aarch64-linux" in e.value.log_tail
     # the platform that built is served alone to a client that takes no index
     assert isinstance(svc.image(svc.pinned(Image.from_name("no-arm")), "latest"), ImageRecord)
+
+
+def test_an_index_fails_only_when_no_platform_builds(tmp_path):
+    svc = service(tmp_path, platforms=BOTH)
+    with pytest.raises(BuildFailed) as e:
+        svc.image(Image.from_name("broken"), "latest")
+    assert e.value.message.startswith("linux/amd64 (x86_64-linux): package broken failed to "
+                                      "build")
 
 
 def test_popularity_is_counted_per_platform(tmp_path):

@@ -1,9 +1,13 @@
+import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from builders import process
+from tests.conftest import ROOT
 
 
 def alive(pid):
@@ -60,3 +64,29 @@ def test_descendants_finds_grandchildren():
 def test_missing_program_raises_file_not_found():
     with pytest.raises(FileNotFoundError):
         process.run(["/nonexistent/program"], timeout=5)
+
+
+def test_a_command_dies_with_the_process_that_ran_it(tmp_path):
+    # a worker running a command on a thread of its own, then killed
+    code = ("import sys, threading; from builders import process; "
+            "threading.Thread(target=process.run, args=(['sleep', '300'],), "
+            "kwargs={'timeout': 300}).start(); print('running', flush=True)")
+    worker = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert worker.stdout.readline() == "running\n"
+        end = time.monotonic() + 10
+        while not process.descendants(worker.pid):
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        [sleep] = process.descendants(worker.pid)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        end = time.monotonic() + 10
+        while alive(sleep):
+            assert time.monotonic() < end, "the command outlived the process that ran it"
+            time.sleep(0.05)
+    finally:
+        worker.kill()
+        worker.wait()
+        worker.stdout.close()

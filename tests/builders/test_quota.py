@@ -52,6 +52,19 @@ def test_at_once_and_per_hour(tmp_path):
     q.reserve("user:alice")
 
 
+def test_limits_of_one_say_one_build(tmp_path):
+    now = [1000.0]
+    q = quota(tmp_path, lambda: now[0], per_hour=1, at_once=1)
+    held = q.reserve("address:192.0.2.7")
+    with pytest.raises(QuotaExceeded, match="address 192.0.2.7 already started 1 build that is "
+                                            "not done,"):
+        q.reserve("address:192.0.2.7")
+    held.charge()
+    held.release()
+    with pytest.raises(QuotaExceeded, match="started 1 build in the last hour,"):
+        q.reserve("address:192.0.2.7")
+
+
 def test_a_job_that_finds_its_image_built_does_not_count_in_the_hour(tmp_path):
     q = quota(tmp_path, time.time, per_hour=1, at_once=5)
     for _ in range(4):
@@ -111,6 +124,16 @@ def test_fair_turns_between_clients(tmp_path):
     turns.done("alice")
     turns.done("bob")
     assert turns.first(alice[1])
+
+
+def test_a_full_single_slot_is_named_as_one(tmp_path):
+    from builders.errors import BuildQueueFull
+    locks = BuildLocks(str(tmp_path / "locks"), max_builds=1, queue_timeout=0)
+    with locks.slot(client="alice"):
+        with pytest.raises(BuildQueueFull, match=r"^the only build slot is busy "
+                                                 r"\(NIXERY_MAX_BUILDS\)"):
+            with BuildLocks(str(tmp_path / "locks"), max_builds=1, queue_timeout=0).slot():
+                pass
 
 
 def test_one_slot_is_shared_fairly_between_a_flood_and_one_build(tmp_path):

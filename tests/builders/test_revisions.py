@@ -80,5 +80,8 @@ def test_a_folder_revision_images_were_built_from_stays_a_tag(tmp_path):
     with pytest.raises(RevisionNotFound, match=r"curl was not built from .*earlier contents "
                                                rf"{tag}.*pull latest"):
         again.image(Image.from_name("curl"), tag)
+    # tags/list offers an image the revisions it pulls at: curl is not at the earlier one
+    assert again.tags(Image.from_name("hello")) == sorted(["latest", tag])
+    assert again.tags(Image.from_name("curl")) == ["latest"]
     # a hash that names no revision built here is just another tag (latest)
     assert again.revisions.resolve("0123456789ab") == again.revisions.resolve("latest")

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from builders import tarball
-from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildTimeout, InvalidImage,
-                             PackagesNotFound, PackageUnbuildable, SourceUnavailable)
+from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildInterrupted,
+                             BuildTimeout, InvalidImage, PackagesNotFound, PackageUnbuildable,
+                             SourceUnavailable)
 from builders.image import Image
 from builders.platforms import AMD64
 from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
@@ -27,7 +28,7 @@ from builders.revisions import Revisions
 from builders.service import ImageService
 from builders.sources import PathSource
 from storage import FilesystemStorage, keys
-from tests.conftest import PKGS, drowsy_set
+from tests.conftest import PKGS, drowsy_set, killed_once_set
 
 
 class CountingStorage(FilesystemStorage):
@@ -355,6 +356,48 @@ def test_verdicts_expire(tmp_path):
                     clock=lambda: now[0]).recall("k") is None
 
 
+def test_verdicts_hold_for_the_settings_that_decided_them(tmp_path):
+    from builders.failures import Settings
+    from builders.platforms import ARM64
+    now = [0.0]
+    conf = tmp_path / "nix.conf"
+    conf.write_text("sandbox = false\n")
+    base = dict(nix_timeout=60, platforms=(AMD64,), nix_config="substituters =",
+                nix_conf=str(conf))
+
+    def failures(**changed):
+        return Failures(FilesystemStorage(tmp_path / "s"),
+                        settings=Settings(**{**base, **changed}, clock=lambda: now[0]))
+    failures().remember("k", BuildFailed("package broken failed to build"))
+    assert isinstance(failures().recall("k"), BuildFailed)
+    # another timeout, other platforms or other Nix settings may well build it
+    for changed in ({"nix_timeout": 600}, {"platforms": (AMD64, ARM64)},
+                    {"nix_config": "substituters = https://cache.example"}):
+        assert failures(**changed).recall("k") is None, changed
+    same = failures()
+    conf.write_text("sandbox = false\nmax-jobs = 8\n")  # nix.conf edited
+    now[0] += 1
+    assert same.recall("k") is None
+    assert failures().recall("k") is None
+
+
+def test_a_pull_after_a_settings_change_runs_nix_again(tmp_path):
+    from builders.failures import Settings
+    svc = service(tmp_path)
+    with pytest.raises(BuildFailed):
+        svc.image(Image.from_name("broken"), "latest")
+    runs = svc.nix.runs
+    with pytest.raises(BuildFailed):
+        svc.image(Image.from_name("broken"), "latest")
+    assert svc.nix.runs == runs
+    # the operator raised NIX_TIMEOUT: the old verdict is moot
+    other = service(tmp_path)
+    other.failures = Failures(other.storage, settings=Settings(nix_timeout=600))
+    with pytest.raises(BuildFailed):
+        other.image(Image.from_name("broken"), "latest")
+    assert other.nix.runs > 0
+
+
 def test_a_pull_waits_a_bounded_time_and_the_build_goes_on(tmp_path):
     svc = service(tmp_path / "store", pkgs=drowsy_set(tmp_path / "pkgs", 4), pull_wait=1)
     image = Image.from_name("drowsy")
@@ -383,7 +426,59 @@ def test_outcomes_remembered_by_kind(tmp_path):
     assert failures.recall("offline") is None  # may work on the next try
     now[0] += 31
     assert failures.known("slow") is None and failures.recall("slow") is None
+    # memory answers for seconds only; storage, where an operator may have
+    # cleared it, is read again, and the verdict holds
+    assert failures.known("broken") is None
+    assert isinstance(failures.recall("broken"), BuildFailed)
     assert isinstance(failures.known("broken"), BuildFailed)
+
+
+def test_a_build_the_machine_stopped_is_remembered_for_seconds_not_as_a_verdict(tmp_path):
+    from prometheus_client import REGISTRY
+    pkgs, marker = killed_once_set(tmp_path / "pkgs")
+    svc = service(tmp_path / "store", pkgs=pkgs)
+    now = [time.time()]
+    svc.failures = Failures(svc.storage, clock=lambda: now[0])
+    image = Image.from_name("killed-once")
+
+    def failed(kind, cause):
+        return REGISTRY.get_sample_value("registry_build_failures_total",
+                                         {"kind": kind, "cause": cause}) or 0
+    before = failed("machine", "signal")
+    try:
+        with pytest.raises(BuildInterrupted) as info:
+            svc.image(image, "latest")
+        assert "killed by signal 9 (Killed)" in info.value.message
+        assert failed("machine", "signal") == before + 1
+        # a pull right after (docker's HEAD then GET) costs no second build
+        runs = svc.nix.runs
+        with pytest.raises(BuildInterrupted):
+            svc.image(image, "latest")
+        assert svc.nix.runs == runs
+        # seconds later it is forgotten, and the pull builds the image
+        now[0] += BuildInterrupted.retry_after + 1
+        record = svc.image(image, "latest")
+        assert record.packages == ["killed-once"] and svc.nix.runs > runs
+    finally:
+        os.unlink(marker)
+
+
+def test_layers_that_fill_the_disk_are_the_machines_trouble(tmp_path, monkeypatch):
+    import tempfile
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], check=True)
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tiny))  # where layers are made
+        svc = service(tmp_path / "store")
+        with pytest.raises(BuildInterrupted) as info:
+            svc.image(Image.from_name("hello"), "latest")
+        assert info.value.cause == "disk"
+        assert info.value.message.startswith(
+            "the build machine has no disk space left (No space left on device)")
+        assert svc.failures.lifetime(info.value) == BuildInterrupted.retry_after
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
 
 
 def test_each_stored_layer_is_reported_with_its_size(tmp_path):

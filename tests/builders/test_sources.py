@@ -80,17 +80,20 @@ def test_a_git_commit_tag_must_be_on_a_branch_or_tag(tmp_path):
     deep = old
     mirrors = tmp_path / "mirrors"
     source = GitSource(f"file://{repo}", mirror_root=str(mirrors))
+    # a commit tag names its revision without asking the remote; the check
+    # comes before a build (an image stored already needs none)
     with pytest.raises(RevisionNotFound) as e:
-        source.resolve(forked)
+        source.admit(source.resolve(forked))
     assert e.value.message.startswith(f"commit {forked} is on no branch or tag of file://{repo}")
     assert "pull requests or forks" in e.value.message
     # below a branch's tip: found in the mirror of branches and tags
     git("tag", "-d", "v0")
+    source.admit(source.resolve(deep))
     assert source.resolve(deep).nix["rev"] == deep
     assert list(mirrors.glob("*.git"))
     # a commit the branches gain later is found by fetching again
     git("merge", "-q", "--no-edit", forked)
-    assert source.resolve(forked).nix["rev"] == forked
+    source.admit(source.resolve(forked))
 
 
 @pytest.fixture
@@ -149,8 +152,21 @@ def test_a_commit_tag_is_built_only_from_an_allowed_channels_history(channels):
     ancestor(old, head)
     src = source()
     assert src.resolve(old).nix["url"] == f"http://archive/{old}.tar.gz"
+    src.admit(src.resolve(old))
     with pytest.raises(RevisionNotFound) as info:
-        src.resolve(fork)                   # e.g. a fork's commit, served under nixpkgs' URL
+        src.admit(src.resolve(fork))        # e.g. a fork's commit, served under nixpkgs' URL
     assert "not in the history of nixos-unstable" in info.value.message
     # unless the operator allows any commit
-    assert source(any_commit=True).resolve(fork).identity == f"nixpkgs@{fork}"
+    source(any_commit=True).admit(src.resolve(fork))
+
+
+def test_git_errors_are_sentences_naming_the_remote_and_what_git_said(tmp_path):
+    from builders.errors import SourceUnavailable
+    from builders.sources import GitSource
+    gone = tmp_path / "gone"
+    with pytest.raises(SourceUnavailable) as e:
+        GitSource(f"file://{gone}").resolve("latest")
+    assert e.value.message == (
+        f"cannot read the git repository file://{gone}: git says '{gone}' does not appear to "
+        "be a git repository; Could not read from remote repository.")
+    assert "Please make sure you have the correct access rights" in e.value.log_tail

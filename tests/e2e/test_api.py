@@ -265,3 +265,26 @@ def test_unreachable_channel_fails_fast_naming_the_url(tmp_path):
     assert err["code"] == "SOURCE_UNAVAILABLE"
     assert "https://channels.nixos.org/nixos-unstable/git-revision" in err["message"]
     assert elapsed < 60
+
+
+@pytest.mark.parametrize("worker", ["registry", "gthread"])
+def test_the_home_page_believes_https_from_a_trusted_proxy_only(worker, tmp_path):
+    """gunicorn (and the registry's own reader) take the scheme from
+    X-Forwarded-Proto of a peer in FORWARDED_ALLOW_IPS (127.0.0.1 here);
+    a client at 127.0.0.2 claiming HTTPS gets the plain-HTTP commands."""
+    from tests.app.test_web import pull_commands
+    from tests.conftest import PKGS
+    from tests.server import Server
+    srv = Server(str(tmp_path), NIXERY_PKGS_PATH=str(PKGS), NIXERY_HTTP_WORKER=worker).start()
+    try:
+        trusted = requests.get(srv.url + "/", headers={"X-Forwarded-Proto": "https"}, timeout=30)
+        assert f"podman pull {srv.host}/" in pull_commands(trusted.text)
+        assert "tls-verify" not in trusted.text
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30,
+                                          source_address=("127.0.0.2", 0))
+        conn.request("GET", "/", headers={"X-Forwarded-Proto": "https"})
+        spoofed = conn.getresponse().read().decode()
+        conn.close()
+        assert f"podman pull --tls-verify=false {srv.host}/" in pull_commands(spoofed)
+    finally:
+        srv.stop()

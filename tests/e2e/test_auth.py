@@ -115,7 +115,7 @@ def test_a_client_over_its_build_quota_is_told_while_others_build_and_pull(quote
     assert over.status_code == 429 and over.headers["Retry-After"]
     error = over.json()["errors"][0]
     assert error["code"] == "TOOMANYREQUESTS"
-    assert "user alice already started 1 builds" in error["message"]
+    assert "user alice already started 1 build that is not done" in error["message"]
     assert error["detail"]["setting"] == "NIXERY_CLIENT_BUILDS"
     # meanwhile bob's new image builds, and a built image pulls for alice
     assert requests.get(url.format("htop"), auth=bob).status_code == 200

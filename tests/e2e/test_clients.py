@@ -115,3 +115,20 @@ def test_skopeo_inspect_and_list_tags(server):
     pinned = run(["skopeo", "inspect", "--tls-verify=false",
                   f"docker://{server.host}/shell/hello:{revision}"])
     assert json.loads(pinned.stdout)["Digest"] == info["Digest"]
+
+
+def test_the_home_pages_commands_work_pasted_as_they_are(server, podman, dockerd, tmp_path):
+    import html
+    import re
+    import shlex
+
+    import requests
+    page = requests.get(server.url + "/", timeout=60).text
+    pre = re.search(r'<pre id="pull">(.*?)</pre>', page, re.S).group(1)
+    lines = {line.split()[0]: shlex.split(html.unescape(line)) for line in pre.splitlines()}
+    assert lines["podman"][2] == "--tls-verify=false"  # this page was read over plain HTTP
+    run(lines["skopeo"], cwd=tmp_path)
+    assert (tmp_path / "out" / "index.json").exists()
+    # the sandbox's own options for podman and docker, then the command as pasted
+    run([*podman, *lines["podman"][1:]])
+    run(lines["docker"], env=dockerd.env)

@@ -114,6 +114,42 @@ def test_a_commit_only_a_pull_request_holds_is_refused(git_server, repo):
     assert "built hello" not in git_server.read_log()[-2000:]
 
 
+def test_a_second_instance_serves_a_stored_commit_with_its_git_remote_gone(tmp_path):
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    write_pkgs(path, "pinned")
+    git(path, "add", "default.nix")
+    git(path, "commit", "-qm", "pinned")
+    commit = git(path, "rev-parse", "HEAD")
+    storage = str(tmp_path / "storage")
+
+    def instance(name):
+        return Server(str(tmp_path / name), NIXERY_PKGS_REPO=f"file://{path}", NIX_TIMEOUT="120",
+                      STORAGE_PATH=storage, NIXERY_STATE_PATH=str(tmp_path / name / "state"))
+    one = instance("one").start()
+    try:
+        built = requests.get(f"{one.url}/v2/hello/manifests/{commit}", timeout=120)
+        assert built.status_code == 200
+    finally:
+        one.stop()
+    shutil.rmtree(path)  # the remote is gone
+    two = instance("two").start()
+    try:
+        served = requests.get(f"{two.url}/v2/hello/manifests/{commit}", timeout=60)
+        assert served.status_code == 200, served.text
+        assert served.headers["Docker-Content-Digest"] == built.headers["Docker-Content-Digest"]
+        assert hello_says(two, tmp_path, commit) == "pinned"
+        # an image never built at that commit needs the remote, and says so
+        r = requests.get(f"{two.url}/v2/hello/git/manifests/{commit}", timeout=60)
+        assert r.status_code == 502
+        assert error_of(r)["message"] == (
+            f"cannot read the git repository file://{path}: git says '{path}' does not appear "
+            "to be a git repository; Could not read from remote repository.")
+    finally:
+        two.stop()
+
+
 @pytest.mark.parametrize("tag", ["a;b", "$(id)", "${builtins.abort}", "x'y", ".hidden", "-branch", "a b"])
 def test_git_tag_with_syntax_is_rejected_before_anything_runs(git_server, tag):
     before = git_server.read_log()
@@ -183,9 +219,16 @@ def test_channel_is_pinned_to_its_commit(channel_host, tmp_path):
     srv = Server(str(tmp_path / "srv"), NIXERY_CHANNEL="nixos-test", NIXERY_CHANNEL_URL=base,
                  NIXERY_ARCHIVE_URL=base + "/archive/{rev}.tar.gz",
                  NIXERY_SOURCE_REFRESH="3").start()
+    released = 1717171717  # 2024-05-31T16:08:37Z: when the channel published the commit
+    os.utime(tmp_path / "www" / "nixos-test" / "git-revision", (released, released))
     try:
         assert hello_says(srv, tmp_path, "latest") == "from the channel"
         assert f"nixos-test at {first_commit[:12]}" in srv.read_log()
+        # the image was created when the channel released its revision
+        manifest = requests.get(f"{srv.url}/v2/hello/manifests/latest",
+                                headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        config = requests.get(f"{srv.url}/v2/hello/blobs/{manifest.json()['config']['digest']}")
+        assert config.json()["created"] == "2024-05-31T16:08:37Z"
         publish("after a channel update")
         time.sleep(3.5)
         assert hello_says(srv, tmp_path, "whatever-tag") == "after a channel update"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -226,3 +227,50 @@ def test_a_request_gunicorn_cannot_read_gets_a_registry_error(one_thread, raw, s
         time.sleep(0.1)
     counted = samples(one_thread, "registry_http_requests_total")
     assert counted[(("method", "-"), ("route", "unreadable"), ("status", str(status)))] == 1
+
+
+def _client_hello() -> bytes:
+    """The first bytes a TLS client sends: a handshake record, ClientHello."""
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(),
+                                                server_hostname="registry.example")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_a_tls_handshake_on_the_plain_port_is_one_info_line(one_thread):
+    hello = _client_hello()
+    assert hello[:2] == b"\x16\x03"
+    data = _exchange(one_thread.port, hello)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")  # what Go's TLS client recognises
+    [error] = json.loads(body)["errors"]
+    assert error["message"].startswith("this registry speaks plain HTTP here, not HTTPS: pull "
+                                       "with --tls-verify=false")
+    end = time.monotonic() + 10
+    while "TLS handshake from ip=127.0.0.1" not in one_thread.read_log():
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    lines = [l for l in one_thread.read_log().splitlines() if "/healthz" not in l]
+    assert [l for l in lines if "TLS handshake" in l] == [
+        next(l for l in lines if "TLS handshake" in l)]
+    assert "[INFO] TLS handshake from ip=127.0.0.1 on this plain-HTTP port" in "\n".join(lines)
+    assert not [l for l in lines if "WARNING" in l or '"- -"' in l or "Invalid request" in l]
+    # and the connection after it, in plain HTTP, is answered as ever
+    assert _exchange(one_thread.port, _request("GET", "/v2/", "", True)).endswith(b"{}")
+
+
+def test_skopeo_probing_https_leaves_no_warning(tmp_path):
+    from tests.conftest import need
+    from tests.e2e.conftest import run
+    need("skopeo")
+    srv = Server(str(tmp_path / "srv"), NIXERY_PKGS_PATH=str(PKGS)).start()
+    try:
+        run(["skopeo", "inspect", "--tls-verify=false", f"docker://{srv.host}/hello:latest"])
+        log = srv.read_log()
+        probes = log.count("TLS handshake from ip=127.0.0.1 on this plain-HTTP port")
+        print(log[-3000:])
+        assert probes >= 1
+        assert "WARNING" not in log and '"- -" 400' not in log and "Invalid request" not in log
+    finally:
+        srv.stop()

@@ -210,6 +210,32 @@ let
         exit 1
       '';
     };
+    # Killed by SIGKILL the first time it builds, as the out-of-memory
+    # killer kills a builder, and built the next time.  It tells the two
+    # apart by a marker in the machine's /tmp (Debian's Nix builds without
+    # a sandbox) that its salt names: tests give it a salt of their own and
+    # remove the marker (tests/conftest.py: killed_once_set).
+    killed-once = mk {
+      pname = "killed-once";
+      script = ''
+        marker=/tmp/registry-killed-once-none
+        if [ ! -e "$marker" ]; then
+          touch "$marker"
+          kill -9 $$
+        fi
+        mkdir -p $out/bin
+        printf '%s\n' '#!${bb} sh' 'echo "built on the second try"' > $out/bin/killed-once
+        chmod 0755 $out/bin/killed-once
+      '';
+    };
+    # Fails as a build on a full disk fails: a write meets ENOSPC (/dev/full).
+    disk-full = mk {
+      pname = "disk-full";
+      script = ''
+        mkdir -p $out
+        echo "the build's output" > /dev/full
+      '';
+    };
     # Its log holds markup that a page must show, not run.
     hostile-log = mk {
       pname = "hostile-log";
