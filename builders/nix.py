@@ -298,12 +298,15 @@ def machine_trouble(log: str, returncode: int, program: str) -> BuildInterrupted
                                 f"{retry}, once its operator has freed some", cause="disk",
                                 log_tail=log)
     m = _WRONG_SYSTEM_RE.search(log)
+    remote = _REMOTE_RE.search(log)
+    if remote and (m or not _BUILDER_RE.search(log)):
+        # no builder ran and failed (which would be the image's fault): the
+        # builders Nix was sent to did not answer, e.g. with max-jobs = 0
+        platform = f" for {m.group(1)}" if m else ""
+        return BuildInterrupted(
+            f"Nix's remote builder {remote.group(1)}{platform} cannot be reached "
+            f"({remote.group(2)}); {retry}", cause="remote-builder", log_tail=log)
     if m:
-        remote = _REMOTE_RE.search(log)
-        if remote:
-            return BuildInterrupted(
-                f"Nix's remote builder {remote.group(1)} for {m.group(1)} cannot be reached "
-                f"({remote.group(2)}); {retry}", cause="remote-builder", log_tail=log)
         return BuildInterrupted(
             f"this registry's Nix cannot build for {m.group(1)} (it is {m.group(2)}): its "
             f"operator must give Nix a binary cache or a builder for {m.group(1)}",

@@ -86,15 +86,26 @@ class RemoteBuilder:
         # sshd's privilege separation folder, made at boot where it runs as a service
         self._made_run = not os.path.isdir("/run/sshd")
         os.makedirs("/run/sshd", exist_ok=True)
-        self.log = open(os.path.join(self.folder, "sshd.log"), "wb")
+        self.log = open(os.path.join(self.folder, "sshd.log"), "ab")
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        self.proc = subprocess.Popen(
-            self.store.wrap([sshd, "-D", "-e", "-f", config], extra_mounts=[(conf, "/etc/nix")]),
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._argv = self.store.wrap([sshd, "-D", "-e", "-f", config],
+                                     extra_mounts=[(conf, "/etc/nix")])
+        self.proc = None
+        self.start()
+
+    def start(self):
+        """Start its sshd (again, after `down()`), on the same port."""
         from tests.server import wait_ready
+        self.proc = subprocess.Popen(self._argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         if not wait_ready(self.proc, lambda: self.ssh("true").returncode == 0, 20, 0.2):
             self.stop()
             raise RuntimeError("the builder's sshd did not start")
+
+    def down(self):
+        """Stop its sshd, as a builder machine that went away: its store stays."""
+        from tests.server import stop_process
+        stop_process(self.proc, 10)
 
     @property
     def ssh_options(self) -> str:
@@ -112,8 +123,7 @@ class RemoteBuilder:
                               capture_output=True, text=True, timeout=30)
 
     def stop(self):
-        from tests.server import stop_process
-        stop_process(self.proc, 10)
+        self.down()
         self.log.close()
         self.store.remove()
         if self._made_run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import requests
@@ -136,5 +137,32 @@ def test_readiness_reports_the_builders_and_the_cache(builder, tmp_path):
         metrics = requests.get(f"{srv.url}/metrics", timeout=10).text
         assert 'registry_nix_builders_reachable{state="reachable"} 1.0' in metrics
         assert 'registry_nix_cache_copies_total{outcome="ok"} 1.0' in metrics
+    finally:
+        srv.stop()
+
+
+def test_a_builder_that_is_down_is_the_machines_trouble_not_the_images(builder, tmp_path):
+    pkgs = remote_set(tmp_path / "pkgs")
+    srv = Server(str(tmp_path / "registry"), NIXERY_PKGS_PATH=pkgs, NIX_TIMEOUT="120",
+                 **remote_env(builder)).start()
+    try:
+        builder.down()
+        r = requests.get(f"{srv.url}/v2/remote-only/manifests/latest", timeout=120)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "10"
+        error = r.json()["errors"][0]
+        assert error["code"] == "BUILD_INTERRUPTED" and error["detail"]["cause"] == "remote-builder"
+        assert error["message"].startswith(
+            "Nix's remote builder ssh://root@127.0.0.1 cannot be reached (")
+        assert readyz(srv)["nix_builders"][0]["reachable"] is False
+        # the builder is back: the image builds, nothing of the outage is remembered
+        builder.start()
+        deadline = time.monotonic() + 60
+        while True:
+            r = requests.get(f"{srv.url}/v2/remote-only/manifests/latest", timeout=120)
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            assert r.status_code == 503
+            time.sleep(2)
+        assert r.status_code == 200
     finally:
         srv.stop()
