@@ -6,6 +6,7 @@ same commands (app/__init__.py adds them to the app's own group).
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -90,7 +91,11 @@ def serve(gunicorn_options):
     gunicorn's own, for what the environment does not set (e.g.
     --workers 4).
     """
-    Config.from_env()  # a bad setting stops here, in one line
+    import storage
+    config = Config.from_env()  # a bad setting stops here, in one line
+    # and storage that cannot be used (no credentials, no bucket) here,
+    # not in every worker as it boots
+    storage.from_config(config)
     _Gunicorn(gunicorn_options).run()
 
 
@@ -117,7 +122,15 @@ for command in (serve, show_config, commands.gc, commands.prebuild, commands.sbo
 
 
 def main():
-    cli.main(prog_name=PROG)
+    from storage import StorageError
+    # What goes wrong is said once, below or by click; log lines come only
+    # once a command sets up the registry's logging (its app, gunicorn)
+    logging.getLogger().addHandler(logging.NullHandler())
+    try:
+        cli.main(prog_name=PROG)
+    except StorageError as e:
+        click.echo(f"storage error: {e}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

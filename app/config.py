@@ -21,7 +21,7 @@ from builders import compress, platforms as platforms_
 
 from .proxy import Proxies
 
-STORAGE_BACKENDS = ("filesystem", "gcs")
+STORAGE_BACKENDS = ("filesystem", "gcs", "s3")
 # NIXERY_HTTP_WORKER: the gunicorn worker class each name runs
 HTTP_WORKERS = {"registry": "app.worker.Worker", "gthread": "gthread"}
 DEFAULT_CHANNEL = "nixos-unstable"
@@ -75,7 +75,8 @@ class Config:
     # in front sending blobs): files 0640 and folders 2750 of that group
     # instead of 0644 and 0755 readable by anyone.
     storage_group: str | None = None
-    gcs_bucket: str | None = None
+    # The bucket of the gcs or s3 backend.
+    bucket: str | None = None
     google_credentials: str | None = None
     # Another GCS endpoint (an emulator such as fake-gcs-server) instead of
     # Google's; signed blob URLs then point at it too.
@@ -170,6 +171,10 @@ class Config:
                 f"not {self.storage_backend!r}")
         if self.storage_backend == "gcs":
             self._check_gcs()
+        if self.storage_backend == "s3" and not self.bucket:
+            raise ConfigError("NIXERY_STORAGE_BACKEND=s3 needs BUCKET to be set (endpoint, "
+                              "region and credentials are boto3's own: AWS_ENDPOINT_URL_S3, "
+                              "AWS_REGION, AWS_ACCESS_KEY_ID, ...)")
         if self.channel and not CHANNEL_RE.fullmatch(self.channel):
             raise ConfigError(f"NIXERY_CHANNEL {self.channel!r} is not a channel name")
         for name in self.channels or ():
@@ -195,8 +200,8 @@ class Config:
             raise ConfigError(f"NIXERY_BUILD_LEASE must be at least 3 seconds, not {self.build_lease}")
         if self.blob_accel is not None:
             if self.storage_backend != "filesystem":
-                raise ConfigError("NIXERY_BLOB_ACCEL needs the filesystem backend (GCS blobs "
-                                  "are redirected to signed URLs already)")
+                raise ConfigError("NIXERY_BLOB_ACCEL needs the filesystem backend (a bucket's "
+                                  "blobs are redirected to signed URLs already)")
             if not (self.blob_accel.startswith("/") and self.blob_accel.endswith("/")):
                 raise ConfigError(f"NIXERY_BLOB_ACCEL must be a location like /_registry_blobs/, "
                                   f"not {self.blob_accel!r}")
@@ -327,7 +332,7 @@ class Config:
             raise ConfigError(f"NIXERY_NIX_CACHE_KEY {self.nix_cache_key!r}: {reason}") from None
 
     def _check_gcs(self):
-        if not self.gcs_bucket:
+        if not self.bucket:
             raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")
         if not self.gcs_retry_seconds > 0:
             raise ConfigError(f"GCS_RETRY_SECONDS must be a positive number of seconds, "
@@ -417,7 +422,9 @@ class Config:
             storage_chosen=bool(get("STORAGE_PATH")) or (
                 get("NIXERY_STORAGE_BACKEND") or cls.storage_backend) != "filesystem",
             storage_group=get("NIXERY_STORAGE_GROUP"),
-            gcs_bucket=get("GCS_BUCKET") or get("BUCKET"),
+            # GCS_BUCKET is the GCS backend's name for it only
+            bucket=(get("GCS_BUCKET") if (get("NIXERY_STORAGE_BACKEND") or "") != "s3" else None)
+            or get("BUCKET"),
             google_credentials=get("GOOGLE_APPLICATION_CREDENTIALS"),
             gcs_endpoint=get("STORAGE_EMULATOR_HOST"),
             gcs_retry_seconds=number("GCS_RETRY_SECONDS", float, cls.gcs_retry_seconds),
@@ -467,6 +474,8 @@ class Config:
         env = os.environ if environ is None else environ
         rows = []
         for field, names in VARIABLES.items():
+            if field == "bucket" and self.storage_backend == "s3":
+                names = ("BUCKET",)
             chosen = next((n for n in names if env.get(n, "").strip()), names[0])
             shown = _shown(getattr(self, field))
             if field == "nix_cache_key" and shown:
@@ -498,7 +507,7 @@ VARIABLES = {
     "storage_backend": ("NIXERY_STORAGE_BACKEND",),
     "storage_path": ("STORAGE_PATH",),
     "storage_group": ("NIXERY_STORAGE_GROUP",),
-    "gcs_bucket": ("GCS_BUCKET", "BUCKET"),
+    "bucket": ("GCS_BUCKET", "BUCKET"),
     "google_credentials": ("GOOGLE_APPLICATION_CREDENTIALS",),
     "gcs_endpoint": ("STORAGE_EMULATOR_HOST",),
     "gcs_retry_seconds": ("GCS_RETRY_SECONDS",),

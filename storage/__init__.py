@@ -10,14 +10,20 @@ from .filesystem import FilesystemStorage
 
 def _gcs(config):
     from .gcs import GCSStorage  # imported only when used: it pulls in google-cloud
-    return GCSStorage(config.gcs_bucket, credentials_file=config.google_credentials,
+    return GCSStorage(config.bucket, credentials_file=config.google_credentials,
                       endpoint=config.gcs_endpoint, retry_seconds=config.gcs_retry_seconds)
+
+
+def _s3(config):
+    from .s3 import S3Storage  # imported only when used: it pulls in boto3
+    return S3Storage(config.bucket)
 
 
 DRIVERS = {
     "filesystem": lambda config: FilesystemStorage(config.storage_path,
                                                    group=config.storage_gid),
     "gcs": _gcs,
+    "s3": _s3,
 }
 
 

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import http.client
 import io
 import json
 import logging
 import random
-import shutil
-import tempfile
 import threading
 import time
 
@@ -33,6 +30,7 @@ from google.cloud.storage import exceptions as media
 
 from .base import ObjectInfo, Storage
 from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
+from .uploads import check_key, seekable_copy, verify
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +43,6 @@ SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 CHUNK_SIZE = 8 << 20
 # Bytes fetched per ranged GET when the registry streams a blob itself.
 READ_SIZE = 4 << 20
-# Copy buffer for hashing and spooling the data to upload.
-COPY_SIZE = 1 << 20
 # (connect, read) seconds for one HTTP request.
 TIMEOUT = (10, 120)
 FIRST_BACKOFF = 0.25
@@ -198,7 +194,7 @@ class GCSStorage(Storage):
 
     def _metadata(self, key, attempts=None):
         """The object's metadata (a Blob), or None when there is none."""
-        _check_key(key)
+        check_key(key)
         attempts = attempts or _Attempts(self, f"looking up {key}")
         try:
             return attempts.call(self._bucket.get_blob, key, timeout=TIMEOUT, retry=None)
@@ -222,7 +218,7 @@ class GCSStorage(Storage):
 
     def read(self, key):
         # One request for the small objects (records, manifests) read whole.
-        _check_key(key)
+        check_key(key)
         try:
             return _Attempts(self, f"reading {key}").call(
                 self._bucket.blob(key).download_as_bytes,
@@ -246,30 +242,10 @@ class GCSStorage(Storage):
     # -- writing --------------------------------------------------------------
 
     def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
-        _check_key(key)
-        with _seekable_copy(fileobj, size) as (src, start):
-            self._verify(key, src, start, size, md5)
+        check_key(key)
+        with seekable_copy(fileobj, size) as (src, start):
+            verify(key, src, start, size, md5, self.expected_sha256(key))
             self._store(key, src, start, size, md5, content_type)
-
-    def _verify(self, key, src, start, size, md5):
-        """Check the bytes to upload before any of them leaves: their size,
-        their MD5 and, under a content-addressed key, their sha256."""
-        want_sha = self.expected_sha256(key)
-        md5sum, sha = hashlib.md5(), hashlib.sha256()
-        src.seek(start)
-        remaining = size
-        while remaining > 0:
-            chunk = src.read(min(COPY_SIZE, remaining))
-            if not chunk:
-                raise IntegrityError(f"{key}: got {size - remaining} of {size} bytes")
-            remaining -= len(chunk)
-            md5sum.update(chunk)
-            if want_sha:
-                sha.update(chunk)
-        if md5sum.hexdigest() != md5:
-            raise IntegrityError(f"{key}: MD5 {md5sum.hexdigest()} does not match {md5}")
-        if want_sha and sha.hexdigest() != want_sha:
-            raise IntegrityError(f"{key}: content has sha256 {sha.hexdigest()}")
 
     def _store(self, key, src, start, size, md5, content_type):
         md5_b64 = base64.b64encode(bytes.fromhex(md5)).decode()
@@ -343,7 +319,7 @@ class GCSStorage(Storage):
         return data, str(meta.generation)
 
     def put_if(self, key, data, *, version):
-        _check_key(key)
+        check_key(key)
         what = f"writing {key}"
         attempts = _Attempts(self, what)
         blob = self._bucket.blob(key)
@@ -390,7 +366,7 @@ class GCSStorage(Storage):
     def mark_used(self, key):
         """Sets the object's customTime to now: a metadata update, which a
         bucket lifecycle rule on daysSinceCustomTime reads too."""
-        _check_key(key)
+        check_key(key)
         what = f"marking {key} used"
         blob = self._bucket.blob(key)
         blob.custom_time = datetime.datetime.now(datetime.timezone.utc)
@@ -411,7 +387,7 @@ class GCSStorage(Storage):
     def delete_if(self, key, version):
         """Conditional on the generation (not rewritten) and metageneration
         (not marked used) the listing saw."""
-        _check_key(key)
+        check_key(key)
         generation, metageneration = (int(v) for v in version.split(":"))
         what = f"deleting {key}"
         try:
@@ -429,7 +405,7 @@ class GCSStorage(Storage):
     def url(self, key):
         if self._signer is None:
             return None
-        _check_key(key)
+        check_key(key)
         with self._urls_lock:
             url = self._urls.get(key)
         if url is not None:
@@ -507,54 +483,6 @@ class _ObjectReader(io.RawIOBase):
         data = self._store._download(self._blob, self._pos, self._size - 1)
         self._pos += len(data)
         return data
-
-
-class _seekable_copy:
-    """The data to upload as a seekable file and its start offset: the
-    caller's own file when it can seek (uploads re-read it on retry), else a
-    copy spooled to a temporary file, never the whole of it in memory."""
-
-    def __init__(self, fileobj, size):
-        self.fileobj, self.size = fileobj, size
-        self.tmp = None
-
-    def __enter__(self):
-        try:
-            if self.fileobj.seekable():
-                return self.fileobj, self.fileobj.tell()
-        except (AttributeError, OSError):
-            pass
-        self.tmp = tempfile.TemporaryFile()
-        shutil.copyfileobj(_Limited(self.fileobj, self.size), self.tmp, COPY_SIZE)
-        return self.tmp, 0
-
-    def __exit__(self, *exc):
-        if self.tmp is not None:
-            self.tmp.close()
-
-
-class _Limited(io.RawIOBase):
-    """At most `size` bytes of a stream."""
-
-    def __init__(self, raw, size):
-        self.raw, self.left = raw, size
-
-    def readable(self):
-        return True
-
-    def read(self, n=-1):
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        data = self.raw.read(n) if n else b""
-        self.left -= len(data)
-        return data
-
-
-def _check_key(key):
-    # Object names may hold anything, but the keys this registry writes are
-    # plain relative paths; refuse the rest as the filesystem driver does.
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"invalid storage key: {key!r}")
 
 
 def _can_sign(creds) -> bool:

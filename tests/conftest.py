@@ -152,3 +152,18 @@ def gcs_key(tmp_path_factory):
 def gcs_bucket(gcs_emulator):
     """A new, empty bucket in the emulator for one test."""
     return gcs_emulator.create_bucket()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server for the whole session, stopped at its end."""
+    from tests.s3 import MotoServer
+    server = MotoServer(str(tmp_path_factory.mktemp("moto"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A new, empty bucket on moto's server for one test."""
+    return s3_server.create_bucket()

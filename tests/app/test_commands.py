@@ -193,7 +193,7 @@ def test_failures_are_listed_and_cleared_on_gcs(tmp_path, gcs_emulator, gcs_buck
 
     def instance(name):
         return create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "unused"),
-                                 storage_backend="gcs", gcs_bucket=gcs_bucket,
+                                 storage_backend="gcs", bucket=gcs_bucket,
                                  gcs_endpoint=gcs_emulator.url,
                                  state_path=str(tmp_path / name), platforms=(AMD64, ARM64)))
     failures_cleared_everywhere(instance("one"), instance("two"))

@@ -19,10 +19,10 @@ def test_defaults_match_nixery(tmp_path, monkeypatch):
 def test_values_from_the_environment(tmp_path):
     c = Config.from_env({"PORT": "9000", "NIX_TIMEOUT": "2.5", "NIXERY_PKGS_PATH": str(tmp_path),
                          "STORAGE_PATH": str(tmp_path / "s"), "BUCKET": "b"})
-    assert (c.port, c.nix_timeout, c.pkgs_path, c.gcs_bucket) == (9000, 2.5, str(tmp_path), "b")
+    assert (c.port, c.nix_timeout, c.pkgs_path, c.bucket) == (9000, 2.5, str(tmp_path), "b")
     assert c.effective_channel is None
     assert isinstance(sources.from_config(c), sources.PathSource)
-    assert Config.from_env({"GCS_BUCKET": "a", "BUCKET": "b"}).gcs_bucket == "a"
+    assert Config.from_env({"GCS_BUCKET": "a", "BUCKET": "b"}).bucket == "a"
 
 
 def test_gcs_values_from_the_environment(tmp_path):
@@ -31,7 +31,7 @@ def test_gcs_values_from_the_environment(tmp_path):
     c = Config.from_env({"NIXERY_STORAGE_BACKEND": "gcs", "GCS_BUCKET": "images",
                          "GOOGLE_APPLICATION_CREDENTIALS": str(key),
                          "STORAGE_EMULATOR_HOST": "127.0.0.1:4443", "GCS_RETRY_SECONDS": "5"})
-    assert (c.gcs_bucket, c.google_credentials, c.gcs_retry_seconds) == ("images", str(key), 5)
+    assert (c.bucket, c.google_credentials, c.gcs_retry_seconds) == ("images", str(key), 5)
     # a bare host:port, as the Google libraries accept it
     assert c.gcs_endpoint == "http://127.0.0.1:4443"
     assert Config.from_env({"NIXERY_STORAGE_BACKEND": "gcs", "BUCKET": "b"}).gcs_endpoint is None
@@ -42,7 +42,8 @@ def test_gcs_values_from_the_environment(tmp_path):
     ({"PORT": "70000"}, "PORT"),
     ({"NIX_TIMEOUT": "0"}, "NIX_TIMEOUT"),
     ({"NIX_TIMEOUT": "soon"}, "NIX_TIMEOUT"),
-    ({"NIXERY_STORAGE_BACKEND": "s3"}, "NIXERY_STORAGE_BACKEND"),
+    ({"NIXERY_STORAGE_BACKEND": "s3"}, "NIXERY_STORAGE_BACKEND=s3 needs BUCKET"),
+    ({"NIXERY_STORAGE_BACKEND": "azure"}, "NIXERY_STORAGE_BACKEND"),
     ({"NIXERY_STORAGE_BACKEND": "gcs"}, "GCS_BUCKET"),
     ({"NIXERY_PKGS_PATH": "/does/not/exist"}, "NIXERY_PKGS_PATH"),
     ({"NIXERY_CHANNEL": "nixos-unstable", "NIXERY_PKGS_REPO": "https://x/y.git"},

@@ -102,7 +102,7 @@ def test_readiness_fails_at_once_when_gcs_does_not_answer(tmp_path, gcs_key):
     os.makedirs(tmp_path / "gcs")
     emulator = Emulator(str(tmp_path / "gcs")).start()
     bucket = emulator.create_bucket()
-    app = create_app(Config(pkgs_path=str(PKGS), storage_backend="gcs", gcs_bucket=bucket,
+    app = create_app(Config(pkgs_path=str(PKGS), storage_backend="gcs", bucket=bucket,
                             gcs_endpoint=emulator.url, google_credentials=gcs_key,
                             storage_path=str(tmp_path / "unused"), gcs_retry_seconds=30))
     client = app.test_client()

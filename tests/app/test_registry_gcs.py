@@ -25,7 +25,7 @@ def layer():
 
 def test_blob_get_redirects_to_a_signed_url_and_head_does_not(tmp_path, gcs_emulator,
                                                              gcs_bucket, gcs_key, layer):
-    app = gcs_app(tmp_path, gcs_bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url,
+    app = gcs_app(tmp_path, bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url,
                   google_credentials=gcs_key)
     data, digest = layer
     app.extensions["storage"].put_bytes(keys.blob(digest), data)
@@ -46,7 +46,7 @@ def test_blob_get_redirects_to_a_signed_url_and_head_does_not(tmp_path, gcs_emul
 
 def test_without_signing_credentials_blobs_stream_with_ranges(tmp_path, gcs_emulator,
                                                               gcs_bucket, layer):
-    app = gcs_app(tmp_path, gcs_bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url)
+    app = gcs_app(tmp_path, bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url)
     data, digest = layer
     app.extensions["storage"].put_bytes(keys.blob(digest), data)
     client = app.test_client()
@@ -59,7 +59,7 @@ def test_without_signing_credentials_blobs_stream_with_ranges(tmp_path, gcs_emul
 
 
 def test_unreachable_bucket_answers_503_naming_storage(tmp_path):
-    app = gcs_app(tmp_path, gcs_bucket="images", gcs_endpoint=f"http://127.0.0.1:{free_port()}",
+    app = gcs_app(tmp_path, bucket="images", gcs_endpoint=f"http://127.0.0.1:{free_port()}",
                   gcs_retry_seconds=1)
     client = app.test_client()
     for path in ("/v2/shell/hello/manifests/latest", "/v2/shell/hello/blobs/sha256:" + "a" * 64):
@@ -76,7 +76,7 @@ def test_with_authentication_the_signed_url_is_the_credential(tmp_path, gcs_emul
     from tests.app.test_auth import basic, entry
     users = tmp_path / "htpasswd"
     users.write_text(entry("alice", "wonderland"))
-    app = gcs_app(tmp_path, gcs_bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url,
+    app = gcs_app(tmp_path, bucket=gcs_bucket, gcs_endpoint=gcs_emulator.url,
                   google_credentials=gcs_key, htpasswd=str(users), tls_in_front=True)
     data, digest = layer
     app.extensions["storage"].put_bytes(keys.blob(digest), data)

@@ -10,7 +10,7 @@ from storage import FilesystemStorage, IntegrityError, ObjectNotFound, StorageEr
 from tests.conftest import at_once
 
 
-@pytest.fixture(params=["filesystem", "gcs"])
+@pytest.fixture(params=["filesystem", "gcs", "s3"])
 def driver(request, tmp_path):
     if request.param == "filesystem":
         return FilesystemStorage(str(tmp_path / "store"))
@@ -20,6 +20,10 @@ def driver(request, tmp_path):
         return GCSStorage(request.getfixturevalue("gcs_bucket"), endpoint=emulator.url,
                           credentials_file=request.getfixturevalue("gcs_key"),
                           retry_seconds=5)
+    if request.param == "s3":
+        from storage.s3 import S3Storage
+        server = request.getfixturevalue("s3_server")
+        return S3Storage(request.getfixturevalue("s3_bucket"), client=server.client())
 
 
 def blob(data):

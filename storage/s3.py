@@ -1,0 +1,368 @@
+"""Storage in an S3 bucket (AWS, or MinIO, Cloudflare R2, Ceph RGW...).
+
+boto3 is configured by its own settings, not the registry's: the endpoint
+(AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, for a service other than AWS),
+AWS_REGION, the credential chain (keys, a profile, web identity for
+Kubernetes service accounts, instance roles) and the shared config file
+(path-style addressing: `s3 = addressing_style = path`).  Retries are
+botocore's standard mode.
+
+As with GCS, several instances share one bucket safely: an object appears
+only once complete, every PUT carries the Content-MD5 of the bytes (the
+service refuses a body that does not match), and the writes that must not
+race are conditional (If-None-Match: * and If-Match with the ETag).  Where
+the service does not check the MD5 (emulators), the driver compares the
+ETag it reports and takes a mismatched object back.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import io
+import logging
+import re
+import threading
+import time
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from cachetools import TTLCache
+
+from .base import ObjectInfo, Storage
+from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
+from .uploads import Window, check_key, seekable_copy, verify
+
+logger = logging.getLogger(__name__)
+
+# One PUT holds up to 5 GiB; larger blobs go in parts of PART_SIZE.
+MULTIPART_ABOVE = 5 << 30
+PART_SIZE = 256 << 20
+READ_SIZE = 4 << 20
+# How long a presigned blob URL is valid; it is handed out for half of it.
+URL_SECONDS = 300
+_PLAIN_MD5 = re.compile(r'"?([0-9a-f]{32})"?')
+
+
+def _code(exc) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+class S3Storage(Storage):
+    """Objects in one bucket, keys are object names.  `client` is a boto3 S3
+    client (tests point one at moto's server); by default boto3 makes one
+    from its own settings.  The bucket is checked at start: missing
+    credentials or a missing bucket stop the registry with one line."""
+
+    def __init__(self, bucket: str, *, client=None, url_seconds: int = URL_SECONDS,
+                 multipart_above: int = MULTIPART_ABOVE, part_size: int = PART_SIZE):
+        self.bucket = bucket
+        self.name = f"S3 bucket {bucket}"
+        self.url_seconds = url_seconds
+        self.multipart_above, self.part_size = multipart_above, part_size
+        self._s3 = client or boto3.client("s3", config=botocore.config.Config(
+            retries={"mode": "standard"}, connect_timeout=10, read_timeout=120))
+        self._urls = TTLCache(maxsize=4096, ttl=max(1, url_seconds // 2))
+        self._urls_lock = threading.Lock()
+        self._call("opening the bucket", self._s3.head_bucket, Bucket=bucket)
+        logger.info("storing in %s at %s", self.name, self._s3.meta.endpoint_url)
+
+    # -- errors ---------------------------------------------------------------
+
+    def _failed(self, what, exc) -> StorageUnavailable:
+        """A failure that botocore's retries did not fix, for people."""
+        code = _code(exc)
+        if isinstance(exc, botocore.exceptions.NoCredentialsError):
+            reason = ("no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                      "a profile, or a web identity token)")
+        elif code in ("NoSuchBucket", "404") and what == "opening the bucket":
+            reason = f"the bucket does not exist at {self._s3.meta.endpoint_url}"
+        elif code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            reason = f"access denied ({code}); the registry's credentials need read and write access"
+        else:
+            reason = code or type(exc).__name__
+        logger.error("%s: %s failed: %s", self.name, what, exc)
+        return StorageUnavailable(f"{self.name}: {what}: {reason}")
+
+    def _call(self, what, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise self._failed(what, e) from e
+
+    def _head(self, key) -> dict | None:
+        check_key(key)
+        try:
+            return self._s3.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as e:
+            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._failed(f"looking up {key}", e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._failed(f"looking up {key}", e) from e
+
+    # -- reading --------------------------------------------------------------
+
+    def exists(self, key):
+        return self._head(key) is not None
+
+    def size(self, key):
+        head = self._head(key)
+        if head is None:
+            raise ObjectNotFound(key)
+        return head["ContentLength"]
+
+    def open(self, key):
+        head = self._head(key)
+        if head is None:
+            raise ObjectNotFound(key)
+        return io.BufferedReader(_ObjectReader(self, key, head), buffer_size=READ_SIZE)
+
+    def _get(self, key, **kwargs) -> dict | None:
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key, **kwargs)
+        except botocore.exceptions.ClientError as e:
+            if _code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+                return None  # gone, or replaced since it was looked up
+            raise self._failed(f"reading {key}", e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._failed(f"reading {key}", e) from e
+
+    def read(self, key):
+        check_key(key)
+        got = self._get(key)
+        return None if got is None else got["Body"].read()
+
+    def read_versioned(self, key):
+        check_key(key)
+        got = self._get(key)
+        return None if got is None else (got["Body"].read(), got["ETag"])
+
+    # -- writing --------------------------------------------------------------
+
+    def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
+        check_key(key)
+        with seekable_copy(fileobj, size) as (src, start):
+            verify(key, src, start, size, md5, self.expected_sha256(key))
+            if size > self.multipart_above and self.expected_sha256(key):
+                return self._put_parts(key, src, start, size, content_type)
+            for _ in range(5):
+                current = self._head(key)
+                if current is not None and current["ContentLength"] == size and \
+                        _PLAIN_MD5.fullmatch(current["ETag"]) and current["ETag"].strip('"') == md5:
+                    return  # stored already
+                # replace exactly what was looked at (a fragment, an older
+                # record), or write only where there is nothing
+                condition = {"IfMatch": current["ETag"]} if current else {"IfNoneMatch": "*"}
+                if self._put_once(key, src, start, size, md5, content_type, condition):
+                    return
+                logger.info("%s was written concurrently; checking what is there", key)
+            raise StorageUnavailable(f"{self.name}: storing {key}: kept losing races with "
+                                     "other writers")
+
+    def _put_once(self, key, src, start, size, md5, content_type, condition) -> bool:
+        """One conditional PUT; False when its condition did not hold."""
+        try:
+            answer = self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=Window(src, start, size), ContentLength=size,
+                ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
+                ContentType=content_type, **condition)
+        except botocore.exceptions.ClientError as e:
+            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            if _code(e) in ("BadDigest", "InvalidDigest"):
+                raise IntegrityError(f"{key}: {self.name} refused the upload: {_code(e)}") from e
+            raise self._failed(f"storing {key}", e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._failed(f"storing {key}", e) from e
+        self._check_stored(key, answer, md5)
+        return True
+
+    def _check_stored(self, key, answer, md5):
+        # A plain ETag is the MD5 of what was stored (not under SSE-KMS,
+        # where S3 has checked the Content-MD5 itself); a mismatch means a
+        # service that does not check, and a body that changed on the way.
+        etag = answer.get("ETag", "")
+        kms = str(answer.get("ServerSideEncryption", "")).startswith("aws:kms")
+        if kms or not _PLAIN_MD5.fullmatch(etag) or etag.strip('"') == md5:
+            return
+        logger.error("%s: stored MD5 %s, expected %s; deleting it", key, etag, md5)
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            logger.error("%s: could not delete the mismatched object: %s", key, e)
+        raise IntegrityError(f"{key}: {self.name} stored MD5 {etag.strip(chr(34))} instead of {md5}")
+
+    def _put_parts(self, key, src, start, size, content_type):
+        """A blob over 5 GiB, in parts, each with its Content-MD5; the
+        content is its digest, so a concurrent writer writes the same."""
+        what = f"storing {key}"
+        upload = self._call(what, self._s3.create_multipart_upload, Bucket=self.bucket, Key=key,
+                            ContentType=content_type)["UploadId"]
+        parts = []
+        try:
+            for number, offset in enumerate(range(0, size, self.part_size), 1):
+                length = min(self.part_size, size - offset)
+                src.seek(start + offset)
+                part = src.read(length)
+                digest = base64.b64encode(hashlib.md5(part).digest()).decode()
+                answer = self._call(what, self._s3.upload_part, Bucket=self.bucket, Key=key,
+                                    UploadId=upload, PartNumber=number, Body=part,
+                                    ContentMD5=digest)
+                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            self._call(what, self._s3.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                       UploadId=upload, MultipartUpload={"Parts": parts})
+        except BaseException:
+            try:
+                self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+                pass  # the bucket's lifecycle rule for incomplete uploads takes it
+            raise
+
+    def put_if(self, key, data, *, version):
+        check_key(key)
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        try:
+            answer = self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType="application/json",
+                ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode(),
+                **condition)
+            return answer["ETag"]
+        except botocore.exceptions.ClientError as e:
+            if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                raise self._failed(f"writing {key}", e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._failed(f"writing {key}", e) from e
+        # botocore retries a PUT whose answer was lost: then what is there
+        # now is ours
+        current = self.read_versioned(key)
+        return current[1] if current is not None and current[0] == data else None
+
+    def check(self):
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise StorageUnavailable(f"{self.name}: not answering: "
+                                     f"{_code(e) or type(e).__name__}") from e
+
+    # -- collection -------------------------------------------------------------
+
+    def list(self, prefix):
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                   Prefix=prefix)
+        try:
+            for page in pages:
+                listed = time.time()
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(item["Key"], item["Size"], item["LastModified"].timestamp(),
+                                     _version(item["ETag"], item["LastModified"], listed))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
+            raise self._failed(f"listing {prefix}", e) from e
+
+    def mark_used(self, key):
+        """Copies the object onto itself with new metadata: its
+        LastModified moves (what a lifecycle rule on age reads too); the
+        bytes stay.  (Over 5 GiB a copy needs parts: such objects are not
+        marked, and a collection may take them, to be made again.)"""
+        head = self._head(key)
+        if head is None:
+            return False
+        try:
+            self._s3.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key},
+                CopySourceIfMatch=head["ETag"], MetadataDirective="REPLACE",
+                ContentType=head.get("ContentType", "application/octet-stream"),
+                Metadata={"used": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+        except botocore.exceptions.ClientError as e:
+            if _code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+                return self.exists(key)  # replaced meanwhile: written, as good as used
+            raise self._failed(f"marking {key} used", e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._failed(f"marking {key} used", e) from e
+        return True
+
+    def delete_if(self, key, version):
+        """If the object is as listed (its ETag and LastModified, and not
+        marked used since the listing), then If-Match on its ETag.  S3 has
+        no precondition on LastModified for general purpose buckets: an
+        object marked used in the moment between the look and the delete
+        goes, and a pull makes a blob again."""
+        head = self._head(key)
+        etag, modified, listed = version.split("@")
+        if head is None or head["ETag"].strip('"') != etag or \
+                f"{head['LastModified'].timestamp():.3f}" != modified:
+            return False
+        used = head.get("Metadata", {}).get("used")
+        if used and datetime.datetime.fromisoformat(used).timestamp() > float(listed):
+            return False  # marked within the second it was listed in
+        try:
+            self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
+        except botocore.exceptions.ClientError as e:
+            if _code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+                return False
+            raise self._failed(f"deleting {key}", e) from e
+        except botocore.exceptions.BotoCoreError as e:
+            raise self._failed(f"deleting {key}", e) from e
+        return True
+
+    # -- presigned URLs ---------------------------------------------------------
+
+    def url(self, key):
+        check_key(key)
+        with self._urls_lock:
+            url = self._urls.get(key)
+        if url is None:
+            url = self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=self.url_seconds)
+            with self._urls_lock:
+                self._urls[key] = url
+        return url
+
+
+def _version(etag, modified, listed) -> str:
+    """What a conditional delete compares: the object's ETag and
+    LastModified (to the second), and when it was listed, since a mark in
+    the same second leaves both as they were."""
+    return f"{etag.strip(chr(34))}@{modified.timestamp():.3f}@{listed:.3f}"
+
+
+class _ObjectReader(io.RawIOBase):
+    """One version of an object (If-Match on its ETag), read with ranged
+    GETs, so a reader seeks freely and never mixes two writes of it."""
+
+    def __init__(self, store: S3Storage, key, head):
+        self._store, self._key = store, key
+        self._etag, self._size = head["ETag"], head["ContentLength"]
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer):
+        if self._pos >= self._size or not len(buffer):
+            return 0
+        end = min(self._pos + len(buffer), self._size) - 1
+        got = self._store._get(self._key, Range=f"bytes={self._pos}-{end}", IfMatch=self._etag)
+        if got is None:
+            raise ObjectNotFound(self._key)  # replaced or deleted while it was read
+        data = got["Body"].read()
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
