@@ -285,6 +285,11 @@ class Config:
     def history_path(self) -> str:
         return os.path.join(self.state_path, "history")
 
+    @property
+    def gc_roots_path(self) -> str:
+        """Where builds keep Nix's garbage collector roots of what they built."""
+        return os.path.join(self.state_path, "gcroots")
+
     def _check_gcs(self):
         if not self.gcs_bucket:
             raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")

@@ -63,6 +63,12 @@ class BuildFailed(BuildError):
     """Nix tried to build and the build failed."""
 
 
+class DerivationsCollected(BuildError):
+    """A garbage collection of the Nix store deleted derivations between
+    their evaluation and their build (nothing roots them in between): the
+    packages are evaluated again.  Not a verdict on the image."""
+
+
 class BuildTimeout(BuildError):
     """The Nix work for one image outlived NIX_TIMEOUT."""
 
