@@ -11,9 +11,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
 # apache2-utils: htpasswd, as the README makes the users' file with it;
-# mmdebstrap: the base of the registry's image).
+# mmdebstrap: the base of the registry's image; systemd: systemd-analyze
+# and systemd-sysusers check deploy/systemd/).
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
-	apache2-utils mmdebstrap
+	apache2-utils mmdebstrap systemd
 # What the benchmarks measure against and load with (bench/, by hand only).
 BENCH_DEBS := wrk nginx docker-registry skopeo
 
