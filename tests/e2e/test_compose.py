@@ -74,6 +74,9 @@ def composed(container_engine, registry_image, tmp_path_factory):
         yield compose
     finally:
         compose("down", "--volumes", check=False, timeout=300)
+        # the anonymous volumes of the image's VOLUMEs in nginx and gc, which
+        # podman-compose's down leaves (it removes containers without -v)
+        container_engine("volume", "prune", "--force", check=False)
         left = container_engine("ps", "--all", "--quiet", "--filter",
                                 f"label=com.docker.compose.project={PROJECT}").stdout
         assert not left.strip()
