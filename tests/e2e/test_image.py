@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -44,7 +45,6 @@ class Container(Local):
             pytest.fail(f"the image did not serve:\n{logs.stdout}\n{logs.stderr}")
 
     def _wait(self, timeout=90):
-        import time
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if answers(self.url + "/healthz", 200):
@@ -129,7 +129,10 @@ def test_image_runs_the_other_commands(container_engine, registry_image):
     done = container_engine("run", "--rm", "--network", "none", *container_engine.run_options,
                             registry_image, "gc", "--dry-run")
     assert "would delete 0 objects" in done.stdout
+    # nginx as the Kubernetes sidecar runs it: the image's user and nginx.conf,
+    # nothing writable but /tmp
     nginx = container_engine("run", "--rm", "--network", "none", *container_engine.run_options,
-                             "--entrypoint", "nginx", registry_image, "-e", "stderr", "-t",
+                             "--read-only", "--tmpfs", "/tmp", "--entrypoint", "nginx",
+                             registry_image, "-e", "stderr", "-t",
                              "-c", "/etc/nix-image-registry/nginx.conf")
     assert "test is successful" in nginx.stderr
