@@ -98,10 +98,9 @@ def podman(tmp_path_factory):
     need("podman", "runc")
     d = tmp_path_factory.mktemp("podman")
     # --tmpdir: podman's default, /run/libpod, is every podman's on the
-    # machine: another test run's `system reset` removed it under this one
-    # (its podman then failed to write /run/libpod/alive), and a podman
-    # that finds no `alive` file there takes the machine for rebooted and
-    # reacquires the locks of what its root holds
+    # machine; another test run's `system reset` removed it under this one,
+    # whose podman then took the machine for rebooted and failed to write
+    # /run/libpod/alive
     base = ["podman", "--root", str(d / "root"), "--runroot", str(d / "run"),
             "--tmpdir", str(d / "tmp"), "--storage-driver", "vfs",
             "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"]
