@@ -50,3 +50,29 @@ class PrivateStore:
         done = subprocess.run(["nix-store", "--check-validity", path], capture_output=True,
                               env=self.environ())
         return done.returncode == 0 and os.path.exists(path)
+
+
+MACHINE_AUTO_ROOTS = "/nix/var/nix/gcroots/auto"
+
+
+def remove_stale_build_roots(auto=MACHINE_AUTO_ROOTS):
+    """Remove the machine store's links to GC roots that registry builds
+    made (builders/nix.py Nix.roots: .../gcroots/registry-nix-*/result*)
+    and that are gone with their test folders.  Nix itself removes stale
+    links when it next collects, which the tests never do to the
+    machine's store, so each run would leave hundreds."""
+    try:
+        names = os.listdir(auto)
+    except OSError:
+        return
+    for name in names:
+        link = os.path.join(auto, name)
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue
+        if "/gcroots/registry-nix-" in target and not os.path.lexists(target):
+            try:
+                os.unlink(link)
+            except OSError:  # not ours to remove (a Nix daemon's store)
+                pass
