@@ -10,16 +10,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
-# apache2-utils: htpasswd, as the README makes the users' file with it).
+# apache2-utils: htpasswd, as the README makes the users' file with it;
+# mmdebstrap: the base of the registry's image; systemd: systemd-analyze
+# and systemd-sysusers check deploy/systemd/).
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
-	apache2-utils
+	apache2-utils mmdebstrap systemd
 # What the benchmarks measure against and load with (bench/, by hand only).
 BENCH_DEBS := wrk nginx docker-registry skopeo
 
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS
 
-.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean wheelhouse
+.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean wheelhouse image
 
 # the installed operator command, as a deployment runs it
 run: deps $(VENV)/.installed
@@ -47,6 +49,14 @@ wheelhouse: $(VENV)/.installed
 	rm -rf dist/wheelhouse build
 	$(BIN)/pip wheel --quiet --wheel-dir dist/wheelhouse .
 	rm -rf build
+
+# The registry's container image, nix-image-registry:latest (deploy/Containerfile),
+# built with podman (docker where podman is missing) and no image registry:
+# scripts/build-image says how.
+image: wheelhouse
+	@command -v podman >/dev/null || command -v docker >/dev/null || ./scripts/apt-install podman
+	@./scripts/apt-install mmdebstrap
+	./scripts/build-image
 
 deps:
 	@./scripts/apt-install $(RUN_DEBS)

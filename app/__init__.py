@@ -62,7 +62,8 @@ def make_images(config: Config, store, *, nix=None):
     from builders.revisions import Revisions
     from builders.service import ImageService
 
-    nix = nix or Nix()
+    # builds root what they built here (Nix.roots): this machine's, like its store
+    nix = nix or Nix(roots_path=config.gc_roots_path)
     layerstore = LayerStore(store, config.compression)
     return ImageService(
         store,

@@ -331,6 +331,11 @@ class Config:
             reason = e if isinstance(e, nixcache.NotASecretKey) else "it is not a Nix secret key"
             raise ConfigError(f"NIXERY_NIX_CACHE_KEY {self.nix_cache_key!r}: {reason}") from None
 
+    @property
+    def gc_roots_path(self) -> str:
+        """Where builds keep Nix's garbage collector roots of what they built."""
+        return os.path.join(self.state_path, "gcroots")
+
     def _check_gcs(self):
         if not self.bucket:
             raise ConfigError("NIXERY_STORAGE_BACKEND=gcs needs GCS_BUCKET (or BUCKET) to be set")

@@ -10,17 +10,21 @@ the outcome is builders/service.py's business.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
 from storage import keys
 from . import forest, layers, manifest, sbom
-from .errors import BuildFailed, PackagesNotFound, PackagesRefused, PlatformUnsupported
+from .errors import (BuildFailed, DerivationsCollected, PackagesNotFound, PackagesRefused,
+                     PlatformUnsupported)
 from .image import Image
 from .nix import Deadline
 from .records import ImageRecord, IndexRecord
 from .sources import Revision
 from .suggest import close_matches
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,21 +52,20 @@ class ImageBuilder:
         `source` describes the package source, for the SBOM."""
         started = time.monotonic()
         deadline = Deadline(self.nix_timeout, log_path=job.log_path)
-        phase("evaluating")
-        resolved = self._resolve(image, revision.nix, deadline)
-        phase("realising")
-        self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved}, deadline)
-        roots = [r.out for r in resolved]
-        closure = self.nix.closure(roots, deadline)
-        nix_seconds = time.monotonic() - started
+        # what Nix built stays rooted until its layers are stored
+        with self.nix.roots() as gc_roots:
+            resolved = self._realised(image, revision.nix, deadline, gc_roots, phase)
+            roots = [r.out for r in resolved]
+            closure = self.nix.closure(roots, deadline)
+            nix_seconds = time.monotonic() - started
 
-        names = [p.name for p in closure]
-        counts, popular = self.popularity.for_layering(names, image.system)
-        groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
-        phase("making layers")
-        job.layers(len(groups) + 1)
-        stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
-                                              on_layer=job.layer_done)
+            names = [p.name for p in closure]
+            counts, popular = self.popularity.for_layering(names, image.system)
+            groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
+            phase("making layers")
+            job.layers(len(groups) + 1)
+            stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
+                                                  on_layer=job.layer_done)
         self.popularity.record(names, image.system)
 
         phase("storing")
@@ -87,6 +90,23 @@ class ImageBuilder:
             revision=revision.identity)
         self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
         return Built(record, len(closure), nix_seconds, tuple(roots))
+
+    def _realised(self, image: Image, source: dict, deadline, gc_roots, phase=lambda name: None):
+        """The requested packages, evaluated and built (rooted in `gc_roots`).
+        Nothing roots a derivation between its evaluation and its build: when
+        a collection of the store deleted one meanwhile, evaluate again."""
+        def attempt():
+            phase("evaluating")
+            resolved = self._resolve(image, source, deadline)
+            phase("realising")
+            self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved},
+                             deadline, roots=gc_roots)
+            return resolved
+        try:
+            return attempt()
+        except DerivationsCollected as e:
+            logger.info("%s: %s; evaluating again", image.name, e.message)
+            return attempt()
 
     def _resolve(self, image: Image, source: dict, deadline):
         """Every requested attribute path, or the reasons some cannot be had:
@@ -147,9 +167,9 @@ class ImageBuilder:
         Nix resolves the packages again at the record's revision; the SBOM
         is made only if that gives the store paths the image's layers hold."""
         deadline = Deadline(self.nix_timeout)
-        resolved = self._resolve(image, revision.nix, deadline)
-        self.nix.realise({f"{r.drv}!{r.output_name}": r.requested for r in resolved}, deadline)
-        closure = self.nix.closure([r.out for r in resolved], deadline)
+        with self.nix.roots() as gc_roots:
+            resolved = self._realised(image, revision.nix, deadline, gc_roots)
+            closure = self.nix.closure([r.out for r in resolved], deadline)
         held = set()
         for layer in record.layers:
             data = self.storage.read(keys.blob_source(layer["digest"]))

@@ -77,7 +77,19 @@ class BuildInterrupted(BuildError):
     def __init__(self, message, *, cause, log_tail=""):
         super().__init__(message, log_tail=log_tail)
         # signal | disk | nix-daemon | remote-builder | no-builder | setup (no Nix)
+        # | nix-gc (DerivationsCollected)
         self.cause = cause
+
+
+class DerivationsCollected(BuildInterrupted):
+    """A garbage collection of the Nix store deleted derivations between
+    their evaluation and their build (nothing roots them in between): the
+    packages are evaluated again, and if it happens again the pull is told
+    to retry, as for any trouble of the machine's.  Not a verdict on the
+    image."""
+
+    def __init__(self, message, *, log_tail=""):
+        super().__init__(message, cause="nix-gc", log_tail=log_tail)
 
 
 class BuildTimeout(BuildError):

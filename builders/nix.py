@@ -6,6 +6,7 @@ evaluation and building together however many commands it takes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -18,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 from . import process
-from .errors import (BuildFailed, BuildInterrupted, BuildTimeout, PackageUnbuildable,
+from .errors import (BuildFailed, BuildInterrupted, BuildTimeout, DerivationsCollected,
+                     PackageUnbuildable,
                      RevisionNotFound, SourceUnavailable)
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ _SIGNAL_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed due to si
 _NO_SPACE_RE = re.compile(r"No space left on device|Disk quota exceeded")
 _DAEMON_RE = re.compile(r"cannot connect to socket at '([^']+)': ([^\n]*)")
 _REMOTE_RE = re.compile(r"cannot build on '([^']+)': (?:error: )?([^\n]*)")
+# a derivation deleted after nix-instantiate wrote it (locally; through the daemon)
+_GONE_RE = re.compile(r"cannot build missing derivation '([^']+\.drv)'"
+                      r"|path '([^']+\.drv)' is not valid")
 _NOISE = ("(use '--show-trace'", "warning: you did not specify '--add-root'")
 
 
@@ -129,8 +134,9 @@ TMP_PREFIX = "registry-nix-"
 
 
 def remove_orphaned_folders(root=None):
-    """Remove the temporary folders (see Nix._run) of processes that died
-    before they could: a worker killed mid-build leaves its folder."""
+    """Remove the temporary folders (see Nix._run) and GC root folders (see
+    Nix.roots) of processes that died before they could: a worker killed
+    mid-build leaves its folder."""
     root = root or tempfile.gettempdir()
     for name in os.listdir(root):
         pid = name[len(TMP_PREFIX):].split("-", 1)[0]
@@ -148,9 +154,33 @@ def remove_orphaned_folders(root=None):
 
 
 class Nix:
-    def __init__(self, image_nix=IMAGE_NIX):
+    """`roots_path`: where builds keep the garbage collector roots of what
+    they built (Nix.roots); None: they keep none."""
+
+    def __init__(self, image_nix=IMAGE_NIX, roots_path=None):
         self.image_nix = image_nix
+        self.roots_path = roots_path
         remove_orphaned_folders()
+        if roots_path and os.path.isdir(roots_path):
+            remove_orphaned_folders(roots_path)
+
+    @contextlib.contextmanager
+    def roots(self):
+        """A folder for realise(..., roots=) to root what it builds in, for
+        as long as the build reads those store paths; removed after, and
+        Nix drops the roots at its next collection.  Without them a
+        collection of the store (nix-collect-garbage, or Nix's own when
+        space runs short) could delete a package between its build and the
+        layers made from it.  None when this Nix keeps no roots."""
+        if not self.roots_path:
+            yield None
+            return
+        os.makedirs(self.roots_path, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=self.roots_path)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _run(self, cmd, deadline: Deadline) -> process.Completed:
         logger.debug("running %s", cmd)
@@ -237,20 +267,29 @@ class Nix:
             return "it is not a buildable derivation"
         return clean_log(done.stderr_tail)
 
-    def realise(self, outputs: dict[str, str], deadline) -> None:
-        """Build (or substitute) `drv!output` for each requested package.
+    def realise(self, outputs: dict[str, str], deadline, roots=None) -> None:
+        """Build (or substitute) `drv!output` for each requested package,
+        each output rooted in the folder `roots` (Nix.roots) when given.
 
         `outputs` maps drv!output -> the requested name, to say which
-        package failed.
+        package failed.  DerivationsCollected: a collection of the store
+        deleted derivations since they were evaluated.
         """
         # Nix's own builder timeout too, so builders die at the deadline
         # whatever happens to the processes above them
         cmd = ["nix-store", "--realise", "--timeout", str(math.ceil(deadline.remaining())),
-               *FETCH_OPTIONS, *sorted(outputs)]
-        done = self._run(cmd, deadline)
+               *FETCH_OPTIONS]
+        if roots:
+            cmd += ["--add-root", os.path.join(roots, "result")]
+        done = self._run(cmd + sorted(outputs), deadline)
         if done.returncode == 0:
             return
         log = clean_log(done.stderr_tail)
+        m = _GONE_RE.search(log)
+        if m:
+            raise DerivationsCollected(
+                f"the Nix store was collected while the image was built ({m.group(1) or m.group(2)} "
+                "was deleted); pull it again", log_tail=log)
         if _NIX_TIMEOUT_RE.search(log):
             raise BuildTimeout(deadline.limit, log_tail=log)
         m = _BUILDER_RE.search(log)

@@ -40,6 +40,9 @@ def pytest_unconfigure(config):
     basetemp = getattr(config, "_registry_basetemp", None)
     if basetemp is not None:
         shutil.rmtree(basetemp, ignore_errors=True)
+    # nor in the Nix store's roots: the links to the builds' GC roots
+    from tests.nixstore import remove_stale_build_roots
+    remove_stale_build_roots()
 
 
 def pytest_collection_modifyitems(items):

@@ -97,9 +97,13 @@ def dockerd(tmp_path_factory):
 def podman(tmp_path_factory):
     need("podman", "runc")
     d = tmp_path_factory.mktemp("podman")
+    # --tmpdir: podman's default, /run/libpod, is every podman's on the
+    # machine; another test run's `system reset` removed it under this one,
+    # whose podman then took the machine for rebooted and failed to write
+    # /run/libpod/alive
     base = ["podman", "--root", str(d / "root"), "--runroot", str(d / "run"),
-            "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs",
-            "--events-backend", "file", "--runtime", "runc"]
+            "--tmpdir", str(d / "tmp"), "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"]
     yield base
     run(base + ["system", "reset", "--force"], check=False)
 
@@ -129,3 +133,53 @@ def wheelhouse(tmp_path_factory):
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(house), src],
         timeout=900)
     return house
+
+
+class Engine:
+    """podman or docker, as the tests run it here: `cmd` its command with
+    the test run's own storage and daemon, `run_options` what `run` needs
+    on this machine (crun and the default limits fail in this sandbox)."""
+
+    def __init__(self, name, cmd, env=None):
+        self.name = name
+        self.cmd = list(cmd)
+        self.env = env
+        self.run_options = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+
+    def __call__(self, *args, **kwargs):
+        return run(self.cmd + list(args), env=self.env, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def container_engine(request):
+    """podman (with the `podman` fixture's private storage), else a private
+    dockerd; the tests that need one are skipped only where neither is
+    installed."""
+    if shutil.which("podman"):
+        return Engine("podman", request.getfixturevalue("podman"))
+    if shutil.which("docker") and shutil.which("dockerd"):
+        daemon = request.getfixturevalue("dockerd")
+        return Engine("docker", ["docker"], env=daemon.env)
+    pytest.skip("neither podman nor docker is installed: the registry's image cannot be "
+                "built or run here")
+
+
+@pytest.fixture(scope="session")
+def registry_image(container_engine, wheelhouse, tmp_path_factory):
+    """The registry's image, nix-image-registry:latest, built once per run
+    as `make image` builds it (scripts/build-image, offline but for Debian's
+    archive), from a copy of the checkout and the run's wheelhouse."""
+    work = tmp_path_factory.mktemp("image")
+    src = source_tree(work / "src")
+    shutil.copytree(wheelhouse, os.path.join(src, "dist", "wheelhouse"))
+    tmp = work / "tmp"  # mmdebstrap's, gone with the run
+    tmp.mkdir()
+    env = dict(container_engine.env or os.environ, ENGINE=" ".join(container_engine.cmd),
+               TMPDIR=str(tmp))
+    if container_engine.name == "podman":
+        # no layer of each step (each a whole copy with the vfs driver here):
+        # the image is built once per run, no cache is reused
+        env["BUILD_OPTIONS"] = "--layers=false"
+    run([os.path.join(src, "scripts", "build-image")], cwd=src, env=env, timeout=1500)
+    shutil.rmtree(src)
+    return "nix-image-registry:latest"
