@@ -4,12 +4,12 @@ commits).  Every git command goes through `run`, so a remote that cannot be
 read or answers too slowly is always a SourceUnavailable naming it."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
 import threading
 
+from storage import filelock
 from . import process
 from .errors import SourceUnavailable
 
@@ -75,8 +75,7 @@ class Mirror:
     def holds(self, commit) -> bool:
         """Whether a branch or tag of the remote holds `commit`."""
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with self._lock, open(self.path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._lock, filelock.acquire(self.path + ".lock"):
             if not os.path.isdir(self.path):
                 shutil.rmtree(self.path + ".new", ignore_errors=True)
                 run(self.url, "clone", "--bare", "--quiet", "--filter=tree:0", "--", self.url,

@@ -5,7 +5,6 @@ plus one Nix log file per build that the build page reads while it grows.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -13,6 +12,8 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+
+from storage import filelock
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,7 @@ class BuildHistory:
         # take the database's write lock and may fail at once instead of
         # waiting, so one process at a time does it.  WAL mode then stays
         # with the file.
-        with open(os.path.join(root, "init.lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with filelock.acquire(os.path.join(root, "init.lock")):
             self._init(self._db())
 
     @staticmethod

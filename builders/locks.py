@@ -1,17 +1,18 @@
 """Build coordination between threads, workers and processes on one machine.
 
-Locks are flock()s on files in one folder: the kernel drops them when a
-process dies, so a worker killed mid-build never leaves a lock behind.
+Locks are file locks in one folder (storage/filelock.py): the kernel drops
+them when a process dies, so a worker killed mid-build never leaves a lock
+behind.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import time
 
+from storage import filelock
 from .errors import BuildQueueFull
 
 logger = logging.getLogger(__name__)
@@ -20,14 +21,8 @@ logger = logging.getLogger(__name__)
 _POLL_MIN, _POLL_MAX = 0.02, 0.5
 
 
-def _try_lock(path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except BlockingIOError:
-        os.close(fd)
-        return None
+def _try_lock(path) -> filelock.FileLock | None:
+    return filelock.acquire(path, wait=False, mode=0o644)
 
 
 def _wait(deadline, delay):
@@ -57,21 +52,19 @@ class BuildLocks:
         that build's outcome be there."""
         path = self._path(f"image-{key}.lock")
         deadline, delay = time.monotonic() + timeout, _POLL_MIN
-        fd = _try_lock(path)
-        waited = fd is None
+        lock = _try_lock(path)
+        waited = lock is None
         if waited and on_wait:
             on_wait()
-        while fd is None:
+        while lock is None:
             delay = _wait(deadline, delay)
             if delay is None:
                 raise BuildQueueFull(
                     f"this image has been building for over {timeout:.0f}s; try again shortly",
                     retry_after=30)
-            fd = _try_lock(path)
-        try:
+            lock = _try_lock(path)
+        with lock:
             yield waited
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def slot(self, on_wait=None, client=None):
@@ -85,14 +78,14 @@ class BuildLocks:
             while True:
                 if self.turns.first(ticket):
                     for i in range(self.max_builds):
-                        fd = _try_lock(self._path(f"slot-{i}.lock"))
-                        if fd is not None:
+                        lock = _try_lock(self._path(f"slot-{i}.lock"))
+                        if lock is not None:
                             self.turns.leave(ticket, holding=True)
                             ticket = None
                             try:
                                 yield
                             finally:
-                                os.close(fd)
+                                lock.release()
                                 self.turns.done(client)
                             return
                 if first and on_wait:
@@ -127,8 +120,7 @@ class FairTurns:
 
     @contextlib.contextmanager
     def _state(self, write=True):
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with filelock.acquire(self.lock_path):
             try:
                 with open(self.path) as f:
                     state = json.load(f)

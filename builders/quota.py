@@ -15,8 +15,6 @@ may start up to N times the limits.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import ipaddress
 import json
@@ -24,6 +22,7 @@ import os
 import time
 import uuid
 
+from storage import filelock
 from .errors import QuotaExceeded
 from .words import counted
 
@@ -108,7 +107,7 @@ class BuildQuota:
         return Reservation(self, client, rid)
 
     def _update(self, client, change):
-        with self._locked():
+        with filelock.acquire(self.path + ".lock"):
             try:
                 with open(self.path) as f:
                     state = json.load(f)
@@ -132,12 +131,6 @@ class BuildQuota:
                 with open(tmp, "w") as f:
                     json.dump(state, f)
                 os.replace(tmp, self.path)
-
-    @contextlib.contextmanager
-    def _locked(self):
-        with open(self.path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
 
 
 def _who(client: str) -> str:

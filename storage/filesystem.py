@@ -1,8 +1,6 @@
 """Storage in a local folder (the default backend)."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -13,6 +11,7 @@ import time
 
 from cachetools import LRUCache
 
+from . import filelock
 from .base import ObjectInfo, Storage
 from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavailable
 
@@ -198,18 +197,12 @@ class FilesystemStorage(Storage):
             return None
         return f"{st.st_ino}:{st.st_mtime_ns}"
 
-    @contextlib.contextmanager
-    def _locked(self, key):
+    def _locked(self, key) -> filelock.FileLock:
         """The key's lock, for conditional writes; instances sharing the folder
         (over NFS, say) share it too."""
         self._makedirs(self.locks)
-        fd = os.open(os.path.join(self.locks, hashlib.sha256(key.encode()).hexdigest()),
-                     os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return filelock.acquire(os.path.join(self.locks, hashlib.sha256(key.encode()).hexdigest()),
+                                mode=0o644)
 
     def read_versioned(self, key):
         path = self._path(key)
