@@ -101,10 +101,12 @@ def _check_blob_folders(store):
 
 def create_app(config: Config | None = None, *, nix=None):
     """Build the app; gunicorn runs `app:create_app()`, which reads the environment."""
+    import threading
+
+    import cachetools
     from flask import Flask, request
 
     import storage as storage_mod
-    from builders.sync import LockedTTLCache
 
     from . import auth, commands, errors, logs, metrics, ops, web
     from .proxy import Forwarded, Proxies
@@ -119,7 +121,10 @@ def create_app(config: Config | None = None, *, nix=None):
     if config.blob_accel:
         _check_blob_folders(store)
     images = app.extensions["images"] = make_images(config, store, nix=nix)
-    app.extensions["lookups"] = LockedTTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS)
+    # package lookups for the page: an answer is kept, a failure is not
+    app.extensions["lookups"] = cachetools.cached(
+        cachetools.TTLCache(maxsize=512, ttl=web.LOOKUP_SECONDS), lock=threading.Lock())(
+        images.lookup)
     app.extensions["examples"] = web.Examples(images)
     app.extensions["nix_check"] = ops.NixCheck()
     from builders.nixremote import RemoteBuilders

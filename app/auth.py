@@ -37,9 +37,9 @@ import time
 from collections import deque
 
 import bcrypt
+import cachetools
 
 from builders.quota import client_key
-from builders.sync import LockedTTLCache
 
 from . import metrics, proxy, wire
 from .errors import RegistryError, TooManyRequests
@@ -138,7 +138,11 @@ class Authenticator:
         self.user_header_peers = proxy.Proxies(user_header_peers, any_peer=False)
         self.realm = realm
         self._clock = clock
-        self._ok = LockedTTLCache(maxsize=4096, ttl=CACHE_SECONDS)
+        # a good check is remembered for a minute; a wrong one raises, and
+        # is not
+        self._checked = cachetools.cached(
+            cachetools.TTLCache(maxsize=4096, ttl=CACHE_SECONDS),
+            key=lambda key, user, password, address: key, lock=threading.Lock())(self._check)
         self._failures: dict[tuple, deque] = {}
         self._lock = threading.Lock()
 
@@ -162,14 +166,17 @@ class Authenticator:
         if not user and not password:
             raise self._challenge(LOG_IN)  # what `curl -u :` and empty logins send
         key = hashlib.sha256(f"{self.htpasswd.signature}\0{user}\0{password}".encode()).digest()
-        if self._ok.get(key):
-            return user
-        address = environ.get("REMOTE_ADDR", "")  # the client (app/proxy.py)
+        # REMOTE_ADDR: the client, as app/proxy.py says
+        self._checked(key, user, password, environ.get("REMOTE_ADDR", ""))
+        return user
+
+    def _check(self, key, user, password, address) -> bool:
+        """Check credentials against the users' file (`key` names them and
+        the file's state); Unauthorized or TooManyRequests."""
         client = client_key(None, address)
         self._refuse_if_failing(client, user, address)
         if self.htpasswd.verify(user, password):
-            self._ok[key] = True
-            return user
+            return True
         self._failed(client, user)
         raise self._challenge("wrong user name or password")
 

@@ -256,15 +256,10 @@ def packages():
             error = (f"{name} is a meta-package, not a package: put it first in an image "
                      f"name, e.g. {name}/hello")
         else:
-            lookups = current_app.extensions["lookups"]
-            result = lookups.get(name)
-            if result is None:
-                try:
-                    result = _images().lookup(name)
-                except BuildError as e:
-                    error = e.message
-                else:
-                    lookups[name] = result
+            try:
+                result = current_app.extensions["lookups"](name)
+            except BuildError as e:
+                error = e.message
             if result is not None and result.status == "missing":
                 matches = close_matches(name.split(".")[-1], result.siblings)
     return render_template("packages.html", name=name, result=result, error=error,

@@ -39,11 +39,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+import cachetools
+
 from storage import keys
 from . import manifest
 from .errors import (BuildError, BuildFailed, BuildInterrupted, BuildTimeout, InvalidImage,
                      PackagesNotFound, PackageUnbuildable, PlatformUnsupported)
-from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +148,11 @@ class Failures:
         self._clock = clock
         # storage key -> (error as data, until when, when storage was last
         # read or written); data, so each request gets a fresh exception
-        # (one object raised by many grows its traceback)
-        self._memory = LockedTTLCache(maxsize=4096,
-                                      ttl=max(verdict_seconds, timeout_seconds, 1))
+        # (one object raised by many grows its traceback); under a lock, as
+        # the threads of a worker share it
+        self._memory = cachetools.TTLCache(maxsize=4096,
+                                           ttl=max(verdict_seconds, timeout_seconds, 1))
+        self._lock = threading.Lock()
 
     def lifetime(self, error: BuildError) -> float:
         """How long `error` answers new pulls of its image, in seconds."""
@@ -177,12 +180,14 @@ class Failures:
             {"at": now, "error": data, "key": key, "settings": fingerprint,
              "about": about or {}}), "application/json")
         if self.lifetime(error) > 0:
-            self._memory[stored] = (data, now + self.lifetime(error), now)
+            self._hold(stored, (data, now + self.lifetime(error), now))
 
     def known(self, key: str) -> BuildError | None:
         """A failure of the image `key` that this process holds, that still
         answers pulls, and that storage held moments ago: no I/O."""
-        hit = self._memory.get(self._key(key))
+        stored = self._key(key)
+        with self._lock:
+            hit = self._memory.get(stored)
         now = self._clock()
         if hit is None or now >= hit[1] or now - hit[2] >= RECHECK_SECONDS:
             return None
@@ -198,14 +203,14 @@ class Failures:
         stored = self._key(key)
         raw = self.storage.read(stored)
         if raw is None:
-            self._memory.discard(stored)  # cleared, or never met
+            self._hold(stored, None)  # cleared, or never met
             return None
         doc = json.loads(raw)
         error = BuildError.from_dict(doc["error"])
         until = doc["at"] + self.lifetime(error)
         now = self._clock()
         if doc["at"] <= now < until:
-            self._memory[stored] = (doc["error"], until, now)
+            self._hold(stored, (doc["error"], until, now))
             return error
         if since is not None and doc["at"] >= since:
             return error
@@ -245,5 +250,13 @@ class Failures:
         (another build failed meanwhile); whether it went."""
         gone = self.storage.delete_if(remembered.key, remembered.version)
         if gone:
-            self._memory.discard(remembered.key)
+            self._hold(remembered.key, None)
         return gone
+
+    def _hold(self, stored: str, entry: tuple | None) -> None:
+        """Keep `entry` in memory for the failure at `stored`, or forget it."""
+        with self._lock:
+            if entry is None:
+                self._memory.pop(stored, None)
+            else:
+                self._memory[stored] = entry

@@ -15,12 +15,15 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
+
+import cachetools
 
 from storage import keys
 from . import gc, layers, manifest, metrics, tarball
 from .compress import Compression
-from .sync import LockedTTLCache, Once
+from .sync import Once
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +40,16 @@ class LayerStore:
         # work, so more threads than cores only add memory.
         self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1,
                                         thread_name_prefix="layer")
-        self._seen = LockedTTLCache(maxsize=1 << 16, ttl=SEEN_SECONDS)
         self._once = Once()
+        # layers (by identity) and constant blobs this process saw stored;
+        # the threads of every build share them, under one lock
+        seen = cachetools.TTLCache(maxsize=1 << 16, ttl=SEEN_SECONDS)
+        lock = threading.Lock()
+        self._layer = cachetools.cached(seen, key=lambda ident, source: ident, lock=lock)(
+            self._layer_once)
+        self._constant = cachetools.cached(
+            seen, key=lambda data, content_type: ("constant", manifest.digest_of(data)),
+            lock=lock)(self._constant_once)
 
     def store_layers(self, groups, tree, on_layer=None) -> list[dict]:
         """The layers of `groups` (tuples of store paths) and then of the
@@ -75,16 +86,11 @@ class LayerStore:
     def store_constant(self, data: bytes, content_type: str) -> dict:
         """A blob many images need with the same bytes (the empty config of
         artifacts): stored once per process."""
-        digest = manifest.digest_of(data)
-        key = ("constant", digest)
+        return self._constant(data, content_type)
 
-        def put():
-            if self._seen.get(key) is None:
-                self.store_blob(data, content_type)
-                self._seen[key] = True
-        if self._seen.get(key) is None:
-            self._once(key, put)
-        return {"digest": digest, "size": len(data)}
+    def _constant_once(self, data, content_type) -> dict:
+        return self._once(("constant", manifest.digest_of(data)),
+                          lambda: self.store_blob(data, content_type))
 
     def restore_blob(self, digest) -> bool:
         """Make a missing or corrupt blob again from what made it; False when
@@ -117,12 +123,10 @@ class LayerStore:
             {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
         return self._layer(ident, {"tree": tree})
 
-    def _layer(self, ident, source) -> dict:
-        """From the seen-layers memory, the record in storage, or made and
-        uploaded now; images built at once that share a layer make it once."""
-        known = self._seen.get(ident)
-        if known is not None:
-            return known
+    def _layer_once(self, ident, source) -> dict:
+        """From the record in storage, or made and uploaded now (`_layer`
+        answers from the seen-layers memory first); images built at once
+        that share a layer make it once."""
         return self._once(ident, lambda: self._find_or_make(ident, source))
 
     def _find_or_make(self, ident, source) -> dict:
@@ -132,7 +136,6 @@ class LayerStore:
             # marked as used, so that a garbage collection judging it now
             # keeps it (builders/gc.py); False when it is gone
             if self.storage.mark_used(keys.blob(known["digest"])):
-                self._seen[ident] = known
                 return known
         logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))
         source = dict(source, compression=[self.compression.kind, self.compression.level])
@@ -141,7 +144,6 @@ class LayerStore:
         known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,
                  "paths": len(source.get("paths", ()))}
         self.storage.put_bytes(keys.layer(ident), manifest.canonical(known), "application/json")
-        self._seen[ident] = known
         return known
 
     def _writer(self, source):

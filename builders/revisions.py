@@ -19,11 +19,12 @@ import logging
 import threading
 import time
 
+import cachetools
+
 from storage import keys
 from . import manifest, metrics
 from .errors import RevisionNotFound, SourceUnavailable
 from .sources import FOLDER_TAG_RE, Revision, Source
-from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
 
@@ -104,40 +105,50 @@ class Revisions:
         self.refresh = refresh
         self.strict = strict
         self._clock = clock
+        ttl = max(refresh, 0.001)
+        # the threads of a worker share these caches; cachetools' are not
+        # thread-safe, so each is read and written under this lock
+        self._lock = threading.Lock()
         # selector id -> (revision, when it was resolved, wall clock)
-        self._memory = LockedTTLCache(maxsize=256, ttl=max(refresh, 0.001))
-        self._tags = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
-        self._kept = LockedTTLCache(maxsize=1, ttl=max(refresh, 0.001))
-        # revisions this process wrote down as built from, today
-        self._marked = LockedTTLCache(maxsize=256, ttl=24 * 3600)
+        self._memory = cachetools.TTLCache(maxsize=256, ttl=ttl)
+        self._tags = cachetools.TTLCache(maxsize=1, ttl=ttl)
+        self._listed = cachetools.cached(self._tags, lock=self._lock)(self._tags_now)
+        self._kept = cachetools.TTLCache(maxsize=1, ttl=ttl)
+        # a revision is written down as built from once a day per process
+        self._write_down = cachetools.cached(
+            cachetools.TTLCache(maxsize=256, ttl=24 * 3600), key=lambda tag, revision: tag,
+            lock=self._lock)(self._written_down)
         self.state = SourceState(source, clock=clock)
 
     def tags(self) -> list[str]:
         """The tags that name revisions, asked of the source once per interval."""
-        tags = self._tags.get("tags")
-        if tags is None:
-            tags = self.state.watch(self.source.tags)
-            if self.source.keeps_revisions:
-                tags = sorted({*tags, *self._kept_revisions()})
-            self._tags["tags"] = tags
+        return self._listed()
+
+    def _tags_now(self) -> list[str]:
+        tags = self.state.watch(self.source.tags)
+        if self.source.keeps_revisions:
+            tags = sorted({*tags, *self._kept_revisions()})
         return tags
 
     def _kept_revisions(self, fresh=False) -> dict:
         """Tag -> revision dict, of the revisions images were built from."""
-        kept = None if fresh else self._kept.get("kept")
+        with self._lock:
+            kept = None if fresh else self._kept.get("kept")
         if kept is None:
             data = self.storage.read(keys.kept_revisions())
-            kept = self._kept["kept"] = json.loads(data)["revisions"] if data else {}
+            kept = json.loads(data)["revisions"] if data else {}
+            with self._lock:
+                self._kept["kept"] = kept
         return kept
 
     def built(self, revision: Revision) -> None:
         """Keep `revision` as a tag, now that an image was built from it
         (for sources that keep revisions: a folder's)."""
-        if not self.source.keeps_revisions:
-            return
-        tag = self.source.revision_tag(revision)
-        if self._marked.get(tag):
-            return
+        if self.source.keeps_revisions:
+            self._write_down(self.source.revision_tag(revision), revision)
+
+    def _written_down(self, tag: str, revision: Revision) -> bool:
+        """Add `revision` to the kept revisions in storage, as `tag`."""
         for _ in range(10):  # another process may add one at the same moment
             found = self.storage.read_versioned(keys.kept_revisions())
             data, version = found if found else (None, None)
@@ -150,9 +161,10 @@ class Revisions:
             if self.storage.put_if(keys.kept_revisions(), manifest.canonical(doc),
                                    version=version) is not None:
                 break
-        self._kept["kept"] = kept
-        self._marked[tag] = True
-        self._tags.discard("tags")
+        with self._lock:
+            self._kept["kept"] = kept
+            self._tags.clear()
+        return True
 
     def _kept_revision(self, tag: str) -> Revision | None:
         if not (self.source.keeps_revisions and FOLDER_TAG_RE.fullmatch(tag)):
@@ -189,7 +201,8 @@ class Revisions:
             tag = "latest"  # as in Nixery
         ident = self._selector_id(tag)
         now = self._clock()
-        hit = self._memory.get(ident)
+        with self._lock:
+            hit = self._memory.get(ident)
         if hit is not None and 0 <= now - hit[1] < self.refresh:
             return hit[0]
         data = self.storage.read(keys.revision(ident))
@@ -197,13 +210,17 @@ class Revisions:
             stored = json.loads(data)
             if 0 <= now - stored["resolved_at"] < self.refresh:
                 revision = Revision(**stored["revision"])
-                self._memory[ident] = (revision, stored["resolved_at"])
+                self._hold(ident, revision, stored["resolved_at"])
                 return revision
         revision = self.state.watch(self.source.resolve, tag)
         self.storage.put_bytes(keys.revision(ident), manifest.canonical(
             {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
-        self._memory[ident] = (revision, now)
+        self._hold(ident, revision, now)
         return revision
+
+    def _hold(self, ident, revision: Revision, resolved_at: float) -> None:
+        with self._lock:
+            self._memory[ident] = (revision, resolved_at)
 
     def admit(self, revision: Revision) -> None:
         """Whether `revision` may be built (Source.admit), before a build."""
@@ -213,7 +230,8 @@ class Revisions:
         """The revision `tag` last resolved to, however old, without asking
         the source (for pages)."""
         ident = self._selector_id(tag)
-        hit = self._memory.get(ident)
+        with self._lock:
+            hit = self._memory.get(ident)
         if hit is not None:
             return hit[0]
         data = self.storage.read(keys.revision(ident))

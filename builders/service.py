@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import threading
 import time
+
+import cachetools
 
 from storage import keys
 from . import failures as failures_, gc, metrics, platforms as platforms_
@@ -30,7 +33,6 @@ from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
 from .records import ImageRecord, IndexRecord, cache_key, index_key, load_record
 from .sources import FOLDER_TAG_RE
-from .sync import LockedTTLCache
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +81,20 @@ class ImageService:
         self.platforms = tuple(platforms)
         self.quota = quota
         self.nix_cache = nix_cache  # builders/nixcache.py's BinaryCache, or None
-        self._records = LockedTTLCache(maxsize=4096, ttl=RECORD_SECONDS)
+        # the threads of a worker share these caches; cachetools' are not
+        # thread-safe, so each is read and written under this lock
+        self._lock = threading.Lock()
+        self._records = cachetools.TTLCache(maxsize=4096, ttl=RECORD_SECONDS)
         # indexes served while some of their platforms fail, not stored:
         # briefly, so that a platform that builds again soon is listed soon
-        self._partial = LockedTTLCache(maxsize=1024, ttl=failures_.RECHECK_SECONDS)
-        self._marked = LockedTTLCache(maxsize=1 << 16, ttl=mark_every)
+        self._partial = cachetools.TTLCache(maxsize=1024, ttl=failures_.RECHECK_SECONDS)
+        self._marked = cachetools.TTLCache(maxsize=1 << 16, ttl=mark_every)
+        self._mark = cachetools.cached(self._marked, key=lambda key: key, lock=self._lock)(
+            self._mark_used)
         # whether an image is stored at a folder's earlier revision (tags/list)
-        self._stored = LockedTTLCache(maxsize=4096, ttl=60)
+        self._stored = cachetools.cached(cachetools.TTLCache(maxsize=4096, ttl=60),
+                                         key=lambda key, image, revision: key,
+                                         lock=self._lock)(self._stored_somewhere)
 
     @property
     def source(self):
@@ -129,14 +138,24 @@ class ImageService:
         """Mark a record, or a manifest pulled by digest, as pulled now: a
         storage write at most once per `mark_every` seconds per object in
         this process, so a busy image costs no more."""
-        if self._marked.get(key) is not None:
-            return
-        self._marked[key] = True
         try:
-            self.storage.mark_used(key)
+            self._mark(key)
         except Exception as e:  # the pull goes on; the next one marks it
-            self._marked.discard(key)
             logger.warning("could not mark %s as pulled: %s", key, e)
+
+    def _mark_used(self, key) -> bool:
+        self.storage.mark_used(key)
+        return True
+
+    def _recalled(self, key, *, partial=False) -> ImageRecord | IndexRecord | None:
+        """The record of `key` this process holds (with `partial`, an index
+        served without the platforms that failed too); no I/O."""
+        with self._lock:
+            return self._records.get(key) or (self._partial.get(key) if partial else None)
+
+    def _remember(self, key, record, *, partial=False) -> None:
+        with self._lock:
+            (self._partial if partial else self._records)[key] = record
 
     def start(self, image: Image, tag: str, client=None):
         """The image's record when this process holds it, else the job that
@@ -159,7 +178,7 @@ class ImageService:
         else:
             image = self.pinned(image)
             run = lambda job: self._find_or_build(image, tag, revision, key, job)  # noqa: E731
-        record = self._records.get(key) or self._partial.get(key)
+        record = self._recalled(key, partial=True)
         if record is not None:
             metrics.MANIFEST_CACHE.labels("memory").inc()
             return record
@@ -184,23 +203,21 @@ class ImageService:
             return False
         if revision.buildable:
             return True
-        key = self._key(image, revision)
-        found = self._stored.get(key)
-        if found is None:
-            stored = [key]
-            if image.platform is None and len(self.platforms) > 1:
-                # its platforms' images serve too (one built before others were served)
-                stored += [cache_key(image.on(p), revision, self.max_layers)
-                           for p in self.platforms]
-            found = self._records.get(key) is not None or any(
-                self.storage.exists(keys.manifest(k)) for k in stored)
-            self._stored[key] = found
-        return found
+        return self._stored(self._key(image, revision), image, revision)
+
+    def _stored_somewhere(self, key, image, revision) -> bool:
+        """Whether the image `key` is held here or in storage."""
+        stored = [key]
+        if image.platform is None and len(self.platforms) > 1:
+            # its platforms' images serve too (one built before others were served)
+            stored += [cache_key(image.on(p), revision, self.max_layers) for p in self.platforms]
+        return self._recalled(key) is not None or any(
+            self.storage.exists(keys.manifest(k)) for k in stored)
 
     def cached(self, image: Image, tag: str) -> ImageRecord | None:
         """The image if it was built already; never builds (for pages)."""
         key = cache_key(self.pinned(image), self.revisions.resolve(tag), self.max_layers)
-        return self._records.get(key) or self._load(key)
+        return self._recalled(key) or self._load(key)
 
     def add_sboms(self, image: Image, tag: str) -> dict[str, str]:
         """Make the SBOMs of an image built before SBOMs were made, for
@@ -218,8 +235,8 @@ class ImageService:
                 outcomes[one.platform.name] = "has one"
             else:
                 with self.locks.image(key, timeout=self.nix_timeout + UPLOAD_MARGIN):
-                    self._records[key] = self.builder.add_sbom(
-                        one, revision, record, source=self.source.describe())
+                    self._remember(key, self.builder.add_sbom(
+                        one, revision, record, source=self.source.describe()))
                 outcomes[one.platform.name] = "made"
         return outcomes
 
@@ -249,7 +266,7 @@ class ImageService:
                 record = self._build_once(image, tag, revision, key, job)
             except _Found as found:
                 record = found.record
-        self._records[key] = record
+        self._remember(key, record)
         return record
 
     def _find_or_make_index(self, image, tag, revision, key, job: Job) -> IndexRecord:
@@ -262,7 +279,7 @@ class ImageService:
         platform (a failure of the machine's first: it is retried)."""
         record = self._load(key)
         if record is not None:
-            self._records[key] = record
+            self._remember(key, record)
             return record
         parts = {}
         for platform in self.platforms:
@@ -300,9 +317,7 @@ class ImageService:
             logger.warning("index of %s is served without %s, which failed to build: %s",
                            image.name, ", ".join(failed),
                            "; ".join(e.message for e in failed.values()))
-            self._partial[key] = record
-        else:
-            self._records[key] = record
+        self._remember(key, record, partial=bool(failed))
         return record
 
     def _load(self, key) -> ImageRecord | IndexRecord | None:
@@ -427,7 +442,8 @@ class ImageService:
             if self.nix_cache is not None:
                 # once the pulls waiting for it have the image
                 job.after(lambda: self.nix_cache.copy(built.roots, log_path=job.log_path))
-            self._marked[keys.manifest(key)] = True  # just written: as good as marked
+            with self._lock:  # just written: as good as marked
+                self._marked[keys.manifest(key)] = True
             try:
                 self.revisions.built(revision)
             except Exception as e:  # the image is stored: only its revision's tag is missed

@@ -4,29 +4,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from cachetools import TTLCache
-
-
-class LockedTTLCache:
-    """A TTLCache behind a lock: cachetools caches are not thread-safe, and
-    the threads of one gthread worker share these."""
-
-    def __init__(self, maxsize, ttl, *, timer=None):
-        self._cache = TTLCache(maxsize=maxsize, ttl=ttl, **({"timer": timer} if timer else {}))
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            return self._cache.get(key)
-
-    def __setitem__(self, key, value):
-        with self._lock:
-            self._cache[key] = value
-
-    def discard(self, key):
-        with self._lock:
-            self._cache.pop(key, None)
-
 
 class Once:
     """make() once per key at a time in this process: callers that come
