@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import http.client
 import io
 import json
 import logging
-import random
 import threading
 import time
 
@@ -25,8 +25,10 @@ import google.auth.transport.requests
 import requests
 from cachetools import TTLCache
 from google.api_core import exceptions as api
+from google.api_core.retry import Retry, exponential_sleep_generator, retry_target
 from google.cloud import storage as gcs
 from google.cloud.storage import exceptions as media
+from google.cloud.storage.retry import ConditionalRetryPolicy, is_generation_specified
 
 from .base import ObjectInfo, Storage
 from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
@@ -91,41 +93,69 @@ def _detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-class _Attempts:
-    """Retries transient failures of one storage operation, with
-    exponential backoff, until the operation's time is up."""
+# What a call to the library raises when it failed: its API errors (the
+# RetryError of retries that ran out of time among them) and auth's.
+_FAILURES = (api.GoogleAPIError, google.auth.exceptions.GoogleAuthError)
+
+
+# A request tried once: a readiness probe asks again soon, and a request of
+# an upload is retried by starting the whole upload over (_Retries.whole).
+ONCE = Retry(predicate=lambda exc: False)
+
+
+class _Retries:
+    """The retries of one storage operation, by google.api_core: transient
+    failures tried again with exponential backoff and jitter (instances that
+    failed together do not retry together), each logged, all within the
+    operation's time (GCS_RETRY_SECONDS)."""
 
     def __init__(self, store: "GCSStorage", what: str):
         self.store = store
         self.what = what
         self.deadline = time.monotonic() + store.retry_seconds
-        self.delay = FIRST_BACKOFF
-        self.count = 0
+        self.failures = 0
 
-    def call(self, fn, *args, **kwargs):
-        while True:
-            self.count += 1
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:
-                if not transient(e):
-                    raise
-                self.backoff(e)
+    def policy(self) -> Retry:
+        """The library's retries of one request, in what is left of the
+        operation's time."""
+        return Retry(predicate=transient, initial=FIRST_BACKOFF, maximum=MAX_BACKOFF,
+                     multiplier=2.0, timeout=max(0.0, self.deadline - time.monotonic()),
+                     on_error=self._failed)
 
-    def backoff(self, exc):
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            logger.error("%s: %s failed %d times, giving up: %s",
-                         self.store.name, self.what, self.count, _detail(exc))
-            raise self.store.unavailable(
-                f"{self.what} failed {self.count} times in {self.store.retry_seconds:g}s, "
-                f"last with {_short(exc)}") from exc
-        # Jitter, so instances that failed together do not retry together.
-        pause = min(left, self.delay * random.uniform(0.5, 1.0))
-        logger.warning("%s: %s failed (%s); retrying in %.2fs",
-                       self.store.name, self.what, _detail(exc), pause)
-        time.sleep(pause)
-        self.delay = min(self.delay * 2, MAX_BACKOFF)
+    def conditional(self) -> ConditionalRetryPolicy:
+        """The same for a write with a precondition (if_generation_match),
+        which is what makes it safe to send again: the library checks that
+        the request carries one."""
+        return ConditionalRetryPolicy(self.policy(), is_generation_specified, ["query_params"])
+
+    def whole(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), tried again whole until the operation's time
+        is up: an upload, started over from the first byte of its source."""
+        return retry_target(functools.partial(fn, *args, **kwargs), transient, self._pauses(),
+                            on_error=self._failed_in_time)
+
+    def gave_up(self, exc) -> StorageUnavailable:
+        """What the request is told once the operation's time is up."""
+        logger.error("%s: %s failed %d times, giving up: %s",
+                     self.store.name, self.what, self.failures, _detail(exc))
+        return self.store.unavailable(
+            f"{self.what} failed {self.failures} times in {self.store.retry_seconds:g}s, "
+            f"last with {_short(exc)}")
+
+    def _failed(self, exc):
+        self.failures += 1
+        logger.warning("%s: %s failed (%s)", self.store.name, self.what, _detail(exc))
+
+    def _failed_in_time(self, exc):
+        self._failed(exc)
+        if time.monotonic() >= self.deadline:
+            raise self.gave_up(exc) from exc
+
+    def _pauses(self):
+        # the library's backoff, each pause cut short at the operation's end,
+        # so that the last try is made then
+        for pause in exponential_sleep_generator(FIRST_BACKOFF, MAX_BACKOFF, multiplier=2.0):
+            yield min(pause, max(0.0, self.deadline - time.monotonic()))
 
 
 class GCSStorage(Storage):
@@ -178,8 +208,11 @@ class GCSStorage(Storage):
     def unavailable(self, message) -> StorageUnavailable:
         return StorageUnavailable(f"{self.name}: {message}")
 
-    def _failed(self, what, exc) -> StorageUnavailable:
-        """A failure that retrying does not fix, for people."""
+    def _failed(self, what, exc, retries: _Retries | None = None) -> StorageUnavailable:
+        """A failure that retrying does not fix, or that retries did not
+        fix in time (the library's RetryError), for people."""
+        if isinstance(exc, api.RetryError) and retries is not None:
+            return retries.gave_up(exc.cause)
         logger.error("%s: %s failed: %s", self.name, what, _detail(exc))
         status = _status(exc)
         if status in (401, 403):
@@ -192,14 +225,14 @@ class GCSStorage(Storage):
 
     # -- reading --------------------------------------------------------------
 
-    def _metadata(self, key, attempts=None):
+    def _metadata(self, key, retries=None):
         """The object's metadata (a Blob), or None when there is none."""
         check_key(key)
-        attempts = attempts or _Attempts(self, f"looking up {key}")
+        retries = retries or _Retries(self, f"looking up {key}")
         try:
-            return attempts.call(self._bucket.get_blob, key, timeout=TIMEOUT, retry=None)
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(f"looking up {key}", e) from e
+            return self._bucket.get_blob(key, timeout=TIMEOUT, retry=retries.policy())
+        except _FAILURES as e:
+            raise self._failed(f"looking up {key}", e, retries) from e
 
     def exists(self, key):
         return self._metadata(key) is not None
@@ -219,25 +252,25 @@ class GCSStorage(Storage):
     def read(self, key):
         # One request for the small objects (records, manifests) read whole.
         check_key(key)
+        retries = _Retries(self, f"reading {key}")
         try:
-            return _Attempts(self, f"reading {key}").call(
-                self._bucket.blob(key).download_as_bytes,
-                raw_download=True, checksum=None, timeout=TIMEOUT, retry=None)
+            return self._bucket.blob(key).download_as_bytes(
+                raw_download=True, checksum=None, timeout=TIMEOUT, retry=retries.policy())
         except api.NotFound:
             return None
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(f"reading {key}", e) from e
+        except _FAILURES as e:
+            raise self._failed(f"reading {key}", e, retries) from e
 
     def _download(self, blob, start, end):
         what = f"reading {blob.name}"
+        retries = _Retries(self, what)
         try:
-            return _Attempts(self, what).call(
-                blob.download_as_bytes, start=start, end=end, raw_download=True,
-                checksum=None, timeout=TIMEOUT, retry=None)
+            return blob.download_as_bytes(start=start, end=end, raw_download=True, checksum=None,
+                                          timeout=TIMEOUT, retry=retries.policy())
         except api.NotFound:
             raise ObjectNotFound(blob.name) from None
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(what, e) from e
+        except _FAILURES as e:
+            raise self._failed(what, e, retries) from e
 
     # -- writing --------------------------------------------------------------
 
@@ -249,9 +282,9 @@ class GCSStorage(Storage):
 
     def _store(self, key, src, start, size, md5, content_type):
         md5_b64 = base64.b64encode(bytes.fromhex(md5)).decode()
-        attempts = _Attempts(self, f"storing {key}")
+        retries = _Retries(self, f"storing {key}")
         while True:
-            current = self._metadata(key, attempts)
+            current = self._metadata(key, retries)
             if current is not None and current.md5_hash == md5_b64 and current.size == size:
                 logger.debug("%s is already stored", key)
                 return
@@ -262,14 +295,14 @@ class GCSStorage(Storage):
                             key, current.md5_hash, current.size, md5_b64, size)
             generation = current.generation if current is not None else 0
             try:
-                attempts.call(self._upload, key, src, start, size, md5_b64, content_type,
+                retries.whole(self._upload, key, src, start, size, md5_b64, content_type,
                               generation)
                 return
             except api.PreconditionFailed as e:
                 # Someone else wrote the key since we looked: look again; the
                 # same content is success, anything else is replaced.
                 logger.info("%s was written concurrently; checking what is there", key)
-                if time.monotonic() > attempts.deadline:
+                if time.monotonic() > retries.deadline:
                     raise self.unavailable(f"storing {key}: kept losing races with other "
                                            "writers") from e
             except api.BadRequest as e:
@@ -277,8 +310,8 @@ class GCSStorage(Storage):
                 # match the MD5 sent with them.
                 logger.error("%s: upload of %s refused: %s", self.name, key, _detail(e))
                 raise IntegrityError(f"{key}: {self.name} refused the upload: {_short(e)}") from e
-            except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-                raise self._failed(f"storing {key}", e) from e
+            except _FAILURES as e:
+                raise self._failed(f"storing {key}", e, retries) from e
 
     def _upload(self, key, src, start, size, md5_b64, content_type, generation):
         blob = self._bucket.blob(key, chunk_size=CHUNK_SIZE)
@@ -288,15 +321,16 @@ class GCSStorage(Storage):
         src.seek(start)
         blob.upload_from_file(src, size=size, content_type=content_type,
                               if_generation_match=generation, checksum=None,
-                              timeout=TIMEOUT, retry=None)
+                              timeout=TIMEOUT, retry=ONCE)
         if blob.md5_hash != md5_b64 or blob.size != size:
             # Only a server that does not check MD5s gets here (emulators);
             # take the object back before anyone trusts it.
             logger.error("%s: stored MD5 %s, size %s, expected %s, %d; deleting it",
                          key, blob.md5_hash, blob.size, md5_b64, size)
             try:
-                blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT, retry=None)
-            except api.GoogleAPICallError as e:
+                blob.delete(if_generation_match=blob.generation, timeout=TIMEOUT,
+                            retry=_Retries(self, f"deleting {key}").conditional())
+            except api.GoogleAPIError as e:
                 logger.error("%s: could not delete the mismatched object: %s", key, _detail(e))
             raise IntegrityError(f"{key}: {self.name} stored MD5 {blob.md5_hash}, size "
                                  f"{blob.size} instead of {md5_b64}, {size}")
@@ -308,40 +342,41 @@ class GCSStorage(Storage):
         if meta is None:
             return None
         what = f"reading {key}"
+        retries = _Retries(self, what)
         pinned = self._bucket.blob(key, generation=meta.generation)
         try:
-            data = _Attempts(self, what).call(pinned.download_as_bytes, raw_download=True,
-                                              checksum=None, timeout=TIMEOUT, retry=None)
+            data = pinned.download_as_bytes(raw_download=True, checksum=None, timeout=TIMEOUT,
+                                            retry=retries.policy())
         except api.NotFound:
             return None  # replaced or removed since we looked: as good as absent
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(what, e) from e
+        except _FAILURES as e:
+            raise self._failed(what, e, retries) from e
         return data, str(meta.generation)
 
     def put_if(self, key, data, *, version):
         check_key(key)
         what = f"writing {key}"
-        attempts = _Attempts(self, what)
+        retries = _Retries(self, what)
         blob = self._bucket.blob(key)
         try:
-            attempts.call(blob.upload_from_string, data, content_type="application/json",
-                          if_generation_match=int(version) if version else 0,
-                          timeout=TIMEOUT, retry=None)
+            blob.upload_from_string(data, content_type="application/json",
+                                    if_generation_match=int(version) if version else 0,
+                                    timeout=TIMEOUT, retry=retries.conditional())
             return str(blob.generation)
         except api.PreconditionFailed:
-            if attempts.count > 1:
+            if retries.failures:
                 # an earlier attempt may have been written though its answer
                 # was lost: then what is there now is ours
                 current = self.read_versioned(key)
                 if current is not None and current[0] == data:
                     return current[1]
             return None
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(what, e) from e
+        except _FAILURES as e:
+            raise self._failed(what, e, retries) from e
 
     def check(self):
         try:
-            self._bucket.get_blob("readyz/probe", timeout=(3, 5), retry=None)
+            self._bucket.get_blob("readyz/probe", timeout=(3, 5), retry=ONCE)
         except Exception as e:  # one try: a probe asks again soon
             raise self.unavailable(f"not answering: {_short(e)}") from e
 
@@ -349,10 +384,10 @@ class GCSStorage(Storage):
 
     def list(self, prefix):
         what = f"listing {prefix}"
+        retries = _Retries(self, what)
         try:
-            pages = _Attempts(self, what).call(
-                lambda: self._client.list_blobs(self._bucket, prefix=prefix, timeout=TIMEOUT,
-                                                retry=None).pages)
+            pages = self._client.list_blobs(self._bucket, prefix=prefix, timeout=TIMEOUT,
+                                            retry=retries.policy()).pages
             for page in pages:
                 for blob in page:
                     # written (this generation created) or, later, marked used;
@@ -360,18 +395,19 @@ class GCSStorage(Storage):
                     used = (blob.custom_time or blob.time_created or blob.updated).timestamp()
                     yield ObjectInfo(blob.name, blob.size or 0, used,
                                      f"{blob.generation}:{blob.metageneration}")
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(what, e) from e
+        except _FAILURES as e:
+            raise self._failed(what, e, retries) from e
 
     def mark_used(self, key):
         """Sets the object's customTime to now: a metadata update, which a
         bucket lifecycle rule on daysSinceCustomTime reads too."""
         check_key(key)
         what = f"marking {key} used"
+        retries = _Retries(self, what)
         blob = self._bucket.blob(key)
         blob.custom_time = datetime.datetime.now(datetime.timezone.utc)
         try:
-            _Attempts(self, what).call(blob.patch, timeout=TIMEOUT, retry=None)
+            blob.patch(timeout=TIMEOUT, retry=retries.policy())
         except api.NotFound:
             return False
         except api.BadRequest as e:
@@ -380,8 +416,8 @@ class GCSStorage(Storage):
             if "customTime" in str(e) or "custom time" in str(e).lower():
                 return True
             raise self._failed(what, e) from e
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(what, e) from e
+        except _FAILURES as e:
+            raise self._failed(what, e, retries) from e
         return True
 
     def delete_if(self, key, version):
@@ -390,14 +426,15 @@ class GCSStorage(Storage):
         check_key(key)
         generation, metageneration = (int(v) for v in version.split(":"))
         what = f"deleting {key}"
+        retries = _Retries(self, what)
         try:
-            _Attempts(self, what).call(
-                self._bucket.blob(key).delete, if_generation_match=generation,
-                if_metageneration_match=metageneration, timeout=TIMEOUT, retry=None)
+            self._bucket.blob(key).delete(
+                if_generation_match=generation, if_metageneration_match=metageneration,
+                timeout=TIMEOUT, retry=retries.conditional())
         except (api.NotFound, api.PreconditionFailed):
             return False
-        except (api.GoogleAPICallError, google.auth.exceptions.GoogleAuthError) as e:
-            raise self._failed(what, e) from e
+        except _FAILURES as e:
+            raise self._failed(what, e, retries) from e
         return True
 
     # -- signed URLs ----------------------------------------------------------
