@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import tempfile
 import threading
 import time
@@ -12,6 +11,7 @@ import time
 from cachetools import LRUCache
 
 from . import filelock
+from .access import Access
 from .base import ObjectInfo, Storage
 from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavailable
 
@@ -20,13 +20,6 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 STALE_TEMPORARY_SECONDS = 6 * 3600
 
-# Modes of stored files and folders, whatever the umask: a web server in
-# front (deploy/nginx.conf) sends blob files itself, as a user of its own
-# (nginx's default is `nobody`, in none of the registry's groups), so they
-# are readable by anyone; with a group, by that group only.  Nothing is
-# writable but by the registry's user.
-FILE_MODE, FOLDER_MODE = 0o644, 0o755
-GROUP_FILE_MODE, GROUP_FOLDER_MODE = 0o640, 0o2750   # setgid: new entries keep the group
 
 
 class FilesystemStorage(Storage):
@@ -42,8 +35,8 @@ class FilesystemStorage(Storage):
     def __init__(self, root, *, group: int | None = None):
         self.root = os.path.abspath(root)
         self.group = group
-        self.file_mode = FILE_MODE if group is None else GROUP_FILE_MODE
-        self.folder_mode = FOLDER_MODE if group is None else GROUP_FOLDER_MODE
+        # files and folders readable by the web server in front (storage/access.py)
+        self.access = Access(group)
         self.tmp = os.path.join(self.root, ".tmp")
         self.corrupt = os.path.join(self.root, ".corrupt")
         self.locks = os.path.join(self.root, ".locks")
@@ -52,30 +45,10 @@ class FilesystemStorage(Storage):
         self._verified = LRUCache(maxsize=1 << 16)
         self._verified_lock = threading.Lock()
         try:
-            self._makedirs(self.tmp)
+            self.access.makedirs(self.tmp)
         except OSError as e:
             raise StorageUnavailable(f"cannot create {self.root}: {e.strerror}") from e
         self._remove_stale_temporaries()
-
-    def _makedirs(self, path):
-        """Create `path` and the folders above it that are missing (the root
-        and its parents too), each with the folder mode."""
-        missing = []
-        while not os.path.isdir(path) and path != os.path.dirname(path):
-            missing.append(path)
-            path = os.path.dirname(path)
-        for folder in reversed(missing):
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                continue  # made meanwhile by another writer, with these modes too
-            self._own(folder, self.folder_mode)
-
-    def _own(self, path, mode, fd=None):
-        """Give what this driver made its mode (and group), past the umask."""
-        if self.group is not None:
-            os.chown(fd if fd is not None else path, -1, self.group)
-        os.chmod(fd if fd is not None else path, mode)
 
     def _remove_stale_temporaries(self):
         # a writer killed mid-write leaves its temporary file; no live write
@@ -142,48 +115,19 @@ class FilesystemStorage(Storage):
         if h.hexdigest() != want:
             self._set_aside(path, key)
             raise CorruptObject(f"{key} does not match its digest and was set aside")
-        if st.st_mode & 0o7777 != self.file_mode or (
-                self.group is not None and st.st_gid != self.group):
-            self._open_up(f, path, st)
+        self.access.open_up(f, path, st)
         with self._verified_lock:
             self._verified[path] = _signature(st)
 
-    def _open_up(self, f, path, st):
-        # written by an earlier version (0600) or another setting: the web
-        # server in front could not send it
-        try:
-            self._own(path, self.file_mode, f.fileno())
-        except OSError as e:
-            logger.warning("%s has mode %o, and it cannot be changed to %o: %s", path,
-                           st.st_mode & 0o7777, self.file_mode, e.strerror)
-
     def closed_folder(self) -> str | None:
         """The first folder on the way to the root that a web server sending
-        the files as another user cannot pass (with a group: that group's
-        members), or None."""
-        path = self.root
-        folders = []
-        while True:
-            folders.append(path)
-            if path == os.path.dirname(path):
-                break
-            path = os.path.dirname(path)
-        for folder in reversed(folders):
-            try:
-                st = os.stat(folder)
-            except OSError:
-                return folder
-            if st.st_mode & stat.S_IXOTH:
-                continue
-            if self.group is not None and st.st_gid == self.group and st.st_mode & stat.S_IXGRP:
-                continue
-            return folder
-        return None
+        the files as another user cannot pass, or None (Access.closed_folder)."""
+        return self.access.closed_folder(self.root)
 
     def _set_aside(self, path, key):
         logger.error("%s in %s is corrupt: its content does not match its digest", key, self.root)
         try:
-            self._makedirs(self.corrupt)
+            self.access.makedirs(self.corrupt)
             os.replace(path, os.path.join(self.corrupt, os.path.basename(path)))
         except FileNotFoundError:
             pass  # another request set it aside first
@@ -200,7 +144,7 @@ class FilesystemStorage(Storage):
     def _locked(self, key) -> filelock.FileLock:
         """The key's lock, for conditional writes; instances sharing the folder
         (over NFS, say) share it too."""
-        self._makedirs(self.locks)
+        self.access.makedirs(self.locks)
         return filelock.acquire(os.path.join(self.locks, hashlib.sha256(key.encode()).hexdigest()),
                                 mode=0o644)
 
@@ -267,7 +211,7 @@ class FilesystemStorage(Storage):
         except OSError as e:
             raise StorageUnavailable(f"{self.name}: cannot write to {self.tmp}: {e.strerror}") from e
         try:
-            self._own(tmp, self.file_mode, fd)
+            self.access.own(tmp, self.access.file_mode, fd)
             with os.fdopen(fd, "wb") as out:
                 remaining = size
                 while remaining > 0:
@@ -287,7 +231,7 @@ class FilesystemStorage(Storage):
                 raise IntegrityError(f"{key}: MD5 {md5sum.hexdigest()} does not match {md5}")
             if want_sha and sha.hexdigest() != want_sha:
                 raise IntegrityError(f"{key}: content has sha256 {sha.hexdigest()}")
-            self._makedirs(os.path.dirname(path))
+            self.access.makedirs(os.path.dirname(path))
             os.replace(tmp, path)
         except OSError as e:
             _unlink(tmp)

@@ -21,7 +21,6 @@ import datetime
 import hashlib
 import io
 import logging
-import re
 import threading
 import time
 
@@ -30,9 +29,11 @@ import botocore.config
 import botocore.exceptions
 from cachetools import TTLCache
 
+from . import s3_upload
 from .base import ObjectInfo, Storage
-from .errors import IntegrityError, ObjectNotFound, StorageUnavailable
-from .uploads import Window, check_key, seekable_copy, verify
+from .errors import ObjectNotFound, StorageUnavailable
+from .ranged import RangedReader
+from .uploads import check_key, seekable_copy, verify
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,6 @@ PART_SIZE = 256 << 20
 READ_SIZE = 4 << 20
 # How long a presigned blob URL is valid; it is handed out for half of it.
 URL_SECONDS = 300
-_PLAIN_MD5 = re.compile(r'"?([0-9a-f]{32})"?')
-
-
-def _code(exc) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
 
 
 class S3Storage(Storage):
@@ -72,9 +66,16 @@ class S3Storage(Storage):
 
     # -- errors ---------------------------------------------------------------
 
+    @staticmethod
+    def code_of(exc) -> str:
+        """The S3 error code of a failure, or ""."""
+        if isinstance(exc, botocore.exceptions.ClientError):
+            return str(exc.response.get("Error", {}).get("Code", ""))
+        return ""
+
     def _failed(self, what, exc) -> StorageUnavailable:
         """A failure that botocore's retries did not fix, for people."""
-        code = _code(exc)
+        code = self.code_of(exc)
         if isinstance(exc, botocore.exceptions.NoCredentialsError):
             reason = ("no AWS credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
                       "a profile, or a web identity token)")
@@ -98,7 +99,7 @@ class S3Storage(Storage):
         try:
             return self._s3.head_object(Bucket=self.bucket, Key=key)
         except botocore.exceptions.ClientError as e:
-            if _code(e) in ("404", "NoSuchKey", "NotFound"):
+            if self.code_of(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._failed(f"looking up {key}", e) from e
         except botocore.exceptions.BotoCoreError as e:
@@ -125,7 +126,7 @@ class S3Storage(Storage):
         try:
             return self._s3.get_object(Bucket=self.bucket, Key=key, **kwargs)
         except botocore.exceptions.ClientError as e:
-            if _code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+            if self.code_of(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
                 return None  # gone, or replaced since it was looked up
             raise self._failed(f"reading {key}", e) from e
         except botocore.exceptions.BotoCoreError as e:
@@ -147,80 +148,7 @@ class S3Storage(Storage):
         check_key(key)
         with seekable_copy(fileobj, size) as (src, start):
             verify(key, src, start, size, md5, self.expected_sha256(key))
-            if size > self.multipart_above and self.expected_sha256(key):
-                return self._put_parts(key, src, start, size, content_type)
-            for _ in range(5):
-                current = self._head(key)
-                if current is not None and current["ContentLength"] == size and \
-                        _PLAIN_MD5.fullmatch(current["ETag"]) and current["ETag"].strip('"') == md5:
-                    return  # stored already
-                # replace exactly what was looked at (a fragment, an older
-                # record), or write only where there is nothing
-                condition = {"IfMatch": current["ETag"]} if current else {"IfNoneMatch": "*"}
-                if self._put_once(key, src, start, size, md5, content_type, condition):
-                    return
-                logger.info("%s was written concurrently; checking what is there", key)
-            raise StorageUnavailable(f"{self.name}: storing {key}: kept losing races with "
-                                     "other writers")
-
-    def _put_once(self, key, src, start, size, md5, content_type, condition) -> bool:
-        """One conditional PUT; False when its condition did not hold."""
-        try:
-            answer = self._s3.put_object(
-                Bucket=self.bucket, Key=key, Body=Window(src, start, size), ContentLength=size,
-                ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
-                ContentType=content_type, **condition)
-        except botocore.exceptions.ClientError as e:
-            if _code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                return False
-            if _code(e) in ("BadDigest", "InvalidDigest"):
-                raise IntegrityError(f"{key}: {self.name} refused the upload: {_code(e)}") from e
-            raise self._failed(f"storing {key}", e) from e
-        except botocore.exceptions.BotoCoreError as e:
-            raise self._failed(f"storing {key}", e) from e
-        self._check_stored(key, answer, md5)
-        return True
-
-    def _check_stored(self, key, answer, md5):
-        # A plain ETag is the MD5 of what was stored (not under SSE-KMS,
-        # where S3 has checked the Content-MD5 itself); a mismatch means a
-        # service that does not check, and a body that changed on the way.
-        etag = answer.get("ETag", "")
-        kms = str(answer.get("ServerSideEncryption", "")).startswith("aws:kms")
-        if kms or not _PLAIN_MD5.fullmatch(etag) or etag.strip('"') == md5:
-            return
-        logger.error("%s: stored MD5 %s, expected %s; deleting it", key, etag, md5)
-        try:
-            self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
-            logger.error("%s: could not delete the mismatched object: %s", key, e)
-        raise IntegrityError(f"{key}: {self.name} stored MD5 {etag.strip(chr(34))} instead of {md5}")
-
-    def _put_parts(self, key, src, start, size, content_type):
-        """A blob over 5 GiB, in parts, each with its Content-MD5; the
-        content is its digest, so a concurrent writer writes the same."""
-        what = f"storing {key}"
-        upload = self._call(what, self._s3.create_multipart_upload, Bucket=self.bucket, Key=key,
-                            ContentType=content_type)["UploadId"]
-        parts = []
-        try:
-            for number, offset in enumerate(range(0, size, self.part_size), 1):
-                length = min(self.part_size, size - offset)
-                src.seek(start + offset)
-                part = src.read(length)
-                digest = base64.b64encode(hashlib.md5(part).digest()).decode()
-                answer = self._call(what, self._s3.upload_part, Bucket=self.bucket, Key=key,
-                                    UploadId=upload, PartNumber=number, Body=part,
-                                    ContentMD5=digest)
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            self._call(what, self._s3.complete_multipart_upload, Bucket=self.bucket, Key=key,
-                       UploadId=upload, MultipartUpload={"Parts": parts})
-        except BaseException:
-            try:
-                self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
-                pass  # the bucket's lifecycle rule for incomplete uploads takes it
-            raise
+            s3_upload.store(self, key, src, start, size, md5, content_type)
 
     def put_if(self, key, data, *, version):
         check_key(key)
@@ -232,7 +160,8 @@ class S3Storage(Storage):
                 **condition)
             return answer["ETag"]
         except botocore.exceptions.ClientError as e:
-            if _code(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if self.code_of(e) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                       "409"):
                 raise self._failed(f"writing {key}", e) from e
         except botocore.exceptions.BotoCoreError as e:
             raise self._failed(f"writing {key}", e) from e
@@ -246,7 +175,7 @@ class S3Storage(Storage):
             self._s3.head_bucket(Bucket=self.bucket)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as e:
             raise StorageUnavailable(f"{self.name}: not answering: "
-                                     f"{_code(e) or type(e).__name__}") from e
+                                     f"{self.code_of(e) or type(e).__name__}") from e
 
     # -- collection -------------------------------------------------------------
 
@@ -277,7 +206,7 @@ class S3Storage(Storage):
                 ContentType=head.get("ContentType", "application/octet-stream"),
                 Metadata={"used": datetime.datetime.now(datetime.timezone.utc).isoformat()})
         except botocore.exceptions.ClientError as e:
-            if _code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+            if self.code_of(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
                 return self.exists(key)  # replaced meanwhile: written, as good as used
             raise self._failed(f"marking {key} used", e) from e
         except botocore.exceptions.BotoCoreError as e:
@@ -301,7 +230,7 @@ class S3Storage(Storage):
         try:
             self._s3.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
         except botocore.exceptions.ClientError as e:
-            if _code(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
+            if self.code_of(e) in ("NoSuchKey", "404", "PreconditionFailed", "412"):
                 return False
             raise self._failed(f"deleting {key}", e) from e
         except botocore.exceptions.BotoCoreError as e:
@@ -330,39 +259,16 @@ def _version(etag, modified, listed) -> str:
     return f"{etag.strip(chr(34))}@{modified.timestamp():.3f}@{listed:.3f}"
 
 
-class _ObjectReader(io.RawIOBase):
-    """One version of an object (If-Match on its ETag), read with ranged
-    GETs, so a reader seeks freely and never mixes two writes of it."""
+class _ObjectReader(RangedReader):
+    """One version of an object (If-Match on its ETag): a rewritten object
+    is never read mixed."""
 
     def __init__(self, store: S3Storage, key, head):
-        self._store, self._key = store, key
-        self._etag, self._size = head["ETag"], head["ContentLength"]
-        self._pos = 0
+        super().__init__(head["ContentLength"])
+        self._store, self._key, self._etag = store, key, head["ETag"]
 
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self._pos
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer):
-        if self._pos >= self._size or not len(buffer):
-            return 0
-        end = min(self._pos + len(buffer), self._size) - 1
-        got = self._store._get(self._key, Range=f"bytes={self._pos}-{end}", IfMatch=self._etag)
+    def _fetch(self, first, last):
+        got = self._store._get(self._key, Range=f"bytes={first}-{last}", IfMatch=self._etag)
         if got is None:
             raise ObjectNotFound(self._key)  # replaced or deleted while it was read
-        data = got["Body"].read()
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        return got["Body"].read()

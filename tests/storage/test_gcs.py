@@ -20,7 +20,8 @@ import responses
 from urllib3.exceptions import ProtocolError
 
 from storage import IntegrityError, StorageUnavailable, keys
-from storage.gcs import CHUNK_SIZE, GCSStorage
+from storage.gcs import GCSStorage
+from storage.gcs_upload import CHUNK_SIZE
 
 RETRY_SECONDS = 3
 
