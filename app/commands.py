@@ -12,7 +12,7 @@ from flask.cli import ScriptInfo, with_appcontext
 
 from builders.errors import BuildError
 from builders.failures import RECHECK_SECONDS
-from builders.image import Image
+from builders.image.names import Image
 from builders.words import counted
 from builders.jobs import Job
 from storage import keys

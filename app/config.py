@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import click
 
-from builders import compress, platforms as platforms_
+from builders import compress
+from builders.image import platforms as platforms_
 
 from .proxy import Proxies
 

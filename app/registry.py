@@ -20,10 +20,10 @@ import logging
 import os
 import urllib.parse
 
-from builders import manifest
+from builders.image import manifest
 from builders.errors import BuildError
 from builders import quota
-from builders.image import Image
+from builders.image.names import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
 
@@ -32,6 +32,7 @@ from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, N
                      PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
 from .scope import ROUTE
 from .wire import API_VERSION, Call, Reply
+from builders import digests
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class RegistryAPI:
             # same index, and the package source is not asked
             media_type = manifest.OCI_INDEX
             body = self._referrers_index(f"sha256:{reference[7:]}")
-            digest = manifest.digest_of(body)
+            digest = digests.digest_of(body)
         else:
             if not grammar.TAG_RE.fullmatch(reference):
                 raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, "
@@ -130,7 +131,7 @@ class RegistryAPI:
                                          subject=f"{name}:{reference}") from None
             media_type = wire.negotiate(accept, record.media_types)
             body = record.manifest(media_type)
-            digest = manifest.digest_of(body)
+            digest = digests.digest_of(body)
         headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),
                    ("ETag", f'"{digest}"')]
         if wire.not_modified(call, digest):

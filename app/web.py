@@ -11,14 +11,15 @@ from flask import Blueprint, Response, current_app, render_template, request
 from werkzeug.routing import PathConverter
 
 from builders.errors import BuildError
-from builders import manifest, platforms
+from builders.image import manifest, platforms
 from builders.nix import Deadline
-from builders.sbom import MEDIA_TYPE as SBOM_MEDIA_TYPE
+from builders.image.sbom import MEDIA_TYPE as SBOM_MEDIA_TYPE
 from storage import keys
-from builders.image import META_PACKAGES, SHELL_PACKAGES, Image
+from builders.image.names import META_PACKAGES, SHELL_PACKAGES, Image
 from builders.suggest import close_matches
 
 from . import grammar
+from builders import digests
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +215,9 @@ def build(ref):
     log = history.log_tail(build) if build is not None and status != "built" else ""
     sharing = history.sharing([l["digest"] for l in record.layers]) if record and history else {}
     code = 404 if status == "not built" else 200
-    subject = manifest.digest_of(record.manifest(manifest.OCI_MANIFEST)) if record else None
+    subject = digests.digest_of(record.manifest(manifest.OCI_MANIFEST)) if record else None
     # what `docker pull` of this platform's image gets, and pulls again by digest
-    digest = manifest.digest_of(record.manifest(manifest.DOCKER_MANIFEST)) if record else None
+    digest = digests.digest_of(record.manifest(manifest.DOCKER_MANIFEST)) if record else None
     return render_template(
         "build.html", name=name, tag=tag, packages=image.packages, arch=image.arch,
         platform=image.platform.name, status=status, status_text=STATUS_TEXT[status],

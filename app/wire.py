@@ -8,7 +8,7 @@ import http
 
 from werkzeug.http import parse_etags, parse_range_header
 
-from builders import manifest
+from builders.image import manifest
 
 from . import metrics
 

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app import make_images  # noqa: E402
 from app.config import Config  # noqa: E402
 from builders import layers  # noqa: E402
-from builders.image import Image  # noqa: E402
+from builders.image.names import Image  # noqa: E402
 from storage import FilesystemStorage  # noqa: E402
 
 PKGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "pkgs")

@@ -15,14 +15,16 @@ import time
 from dataclasses import dataclass
 
 from storage import keys
-from . import forest, layers, manifest, sbom
+from . import forest, layers
+from .image import manifest, sbom
 from .errors import (BuildFailed, DerivationsCollected, PackagesNotFound, PackagesRefused,
                      PlatformUnsupported)
-from .image import Image
+from .image.names import Image
 from .nix import Deadline
-from .records import ImageRecord, IndexRecord
+from .image.records import ImageRecord, IndexRecord
 from .sources import Revision
 from .suggest import close_matches
+from . import digests
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +196,7 @@ class ImageBuilder:
         referrers = {}
         for media_type, text in sorted(manifests.items()):
             body = text.encode()
-            subject = {"mediaType": media_type, "digest": manifest.digest_of(body),
+            subject = {"mediaType": media_type, "digest": digests.digest_of(body),
                        "size": len(body)}
             artifact = manifest.render_artifact(
                 sbom.MEDIA_TYPE, {"mediaType": sbom.MEDIA_TYPE, **blob}, subject,
@@ -203,7 +205,7 @@ class ImageBuilder:
             descriptor = {"mediaType": manifest.OCI_MANIFEST, **ref,
                           "artifactType": sbom.MEDIA_TYPE}
             self.storage.put_bytes(keys.referrers(subject["digest"]),
-                                   manifest.canonical({"manifests": [descriptor]}),
+                                   digests.canonical({"manifests": [descriptor]}),
                                    "application/json")
             referrers[subject["digest"]] = descriptor
         return {**blob, "referrers": referrers}

@@ -27,7 +27,8 @@ import time
 import uuid
 
 from storage import keys
-from . import manifest, process
+from . import process
+from . import digests
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Claims:
 
     def record(self) -> bytes:
         pid = os.getpid()
-        return manifest.canonical({"owner": self.owner, "expires": self._clock() + self.lease,
+        return digests.canonical({"owner": self.owner, "expires": self._clock() + self.lease,
                                    "machine": self._machine, "pid": pid,
                                    "started": process.start_time(pid)})
 

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import cachetools
 
 from storage import keys
-from . import manifest
 from .errors import (BuildError, BuildFailed, BuildInterrupted, BuildTimeout, InvalidImage,
                      PackagesNotFound, PackageUnbuildable, PlatformUnsupported)
+from . import digests
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Settings:
                 signature = None
             if self._fingerprint is None or signature != self._signature:
                 self._signature = signature
-                self._fingerprint = hashlib.sha256(manifest.canonical(
+                self._fingerprint = hashlib.sha256(digests.canonical(
                     {**self._fixed, "nix_conf": self._read_conf()})).hexdigest()
             return self._fingerprint
 
@@ -176,7 +176,7 @@ class Failures:
         data = error.to_dict()
         fingerprint = self.settings.fingerprint()
         stored = self._key(key, fingerprint)
-        self.storage.put_bytes(stored, manifest.canonical(
+        self.storage.put_bytes(stored, digests.canonical(
             {"at": now, "error": data, "key": key, "settings": fingerprint,
              "about": about or {}}), "application/json")
         if self.lifetime(error) > 0:

@@ -30,8 +30,9 @@ import time
 from dataclasses import dataclass, field
 
 from storage import keys
-from . import manifest
-from .records import ImageRecord, IndexRecord, load_record
+from .image import manifest
+from .image.records import ImageRecord, IndexRecord, load_record
+from .digests import canonical, digest_of
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Collector:
                 images[record.key] = (info, record)
 
         def pulled(info, record):
-            digests = [manifest.digest_of(record.manifest(t)) for t in record.manifests]
+            digests = [digest_of(record.manifest(t)) for t in record.manifests]
             last = max([info.used] + [blobs[d[7:]].used for d in digests if d[7:] in blobs])
             return last >= pulled_since or info.used >= young
 
@@ -167,7 +168,7 @@ class Collector:
             if k in images:
                 live.update(_references(images[k][1]))
         for k in live_indexes:
-            live.update(manifest.digest_of(indexes[k][1].manifest(t))
+            live.update(digest_of(indexes[k][1].manifest(t))
                         for t in indexes[k][1].manifests)
         live_hex = {(d.decode() if isinstance(d, bytes) else d)[7:] for d in live}
 
@@ -236,7 +237,7 @@ class Collector:
             for tag in gone:
                 doc["revisions"].pop(tag, None)
                 kept_at.pop(tag, None)
-            if self.storage.put_if(keys.kept_revisions(), manifest.canonical(doc),
+            if self.storage.put_if(keys.kept_revisions(), canonical(doc),
                                    version=found[1]) is not None:
                 return
 
@@ -291,16 +292,16 @@ class Collector:
             state["freed_bytes"] = state.get("freed_bytes", 0) + freed.bytes
             state["freed_objects"] = state.get("freed_objects", 0) + freed.objects
             state["last_run_at"] = now
-        self.storage.put_bytes(keys.gc_state(), manifest.canonical(state), "application/json")
+        self.storage.put_bytes(keys.gc_state(), canonical(state), "application/json")
 
 
 def _references(record: ImageRecord) -> set[str]:
     """Every blob an image needs, its SBOM and artifacts included."""
-    refs = {manifest.digest_of(record.manifest(t)) for t in record.manifests}
+    refs = {digest_of(record.manifest(t)) for t in record.manifests}
     refs.add(record.config["digest"])
     refs.update(l["digest"] for l in record.layers)
     if record.sbom:
         refs.add(record.sbom["digest"])
         refs.update(d["digest"] for d in record.sbom["referrers"].values())
-        refs.add(manifest.digest_of(manifest.EMPTY))
+        refs.add(digest_of(manifest.EMPTY))
     return refs

@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import cachetools
 
 from storage import keys
-from . import gc, layers, manifest, metrics, tarball
+from . import gc, layers, metrics, tarball
 from .compress import Compression
 from .sync import Once
+from . import digests
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class LayerStore:
         self._layer = cachetools.cached(seen, key=lambda ident, source: ident, lock=lock)(
             self._layer_once)
         self._constant = cachetools.cached(
-            seen, key=lambda data, content_type: ("constant", manifest.digest_of(data)),
+            seen, key=lambda data, content_type: ("constant", digests.digest_of(data)),
             lock=lock)(self._constant_once)
 
     def store_layers(self, groups, tree, on_layer=None) -> list[dict]:
@@ -77,7 +78,7 @@ class LayerStore:
         """Store a small blob (a config, a manifest) by digest; {digest, size}.
         Putting an object that is already there is harmless (same key, same
         bytes), so no existence check is spent on it."""
-        digest = manifest.digest_of(data)
+        digest = digests.digest_of(data)
         self.storage.put_bytes(keys.blob(digest), data, content_type)
         metrics.BYTES_STORED.inc(len(data))
         self._record_source(digest, {"data": data.decode()})
@@ -89,7 +90,7 @@ class LayerStore:
         return self._constant(data, content_type)
 
     def _constant_once(self, data, content_type) -> dict:
-        return self._once(("constant", manifest.digest_of(data)),
+        return self._once(("constant", digests.digest_of(data)),
                           lambda: self.store_blob(data, content_type))
 
     def restore_blob(self, digest) -> bool:
@@ -101,7 +102,7 @@ class LayerStore:
         source = json.loads(data)
         if "data" in source:
             body = source["data"].encode()
-            if manifest.digest_of(body) != digest:
+            if digests.digest_of(body) != digest:
                 return False
             self.storage.put_bytes(keys.blob(digest), body)
         else:
@@ -119,7 +120,7 @@ class LayerStore:
         return self._layer(layers.layer_id(paths), {"paths": sorted(paths)})
 
     def _store_tree(self, tree) -> dict:
-        ident = hashlib.sha256(manifest.canonical(
+        ident = hashlib.sha256(digests.canonical(
             {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
         return self._layer(ident, {"tree": tree})
 
@@ -143,7 +144,7 @@ class LayerStore:
         self._record_source(blob.digest, source)
         known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,
                  "paths": len(source.get("paths", ()))}
-        self.storage.put_bytes(keys.layer(ident), manifest.canonical(known), "application/json")
+        self.storage.put_bytes(keys.layer(ident), digests.canonical(known), "application/json")
         return known
 
     def _writer(self, source):
@@ -168,5 +169,5 @@ class LayerStore:
         return blob
 
     def _record_source(self, digest, source):
-        self.storage.put_bytes(keys.blob_source(digest), manifest.canonical(source),
+        self.storage.put_bytes(keys.blob_source(digest), digests.canonical(source),
                                "application/json")

@@ -22,9 +22,10 @@ import time
 import cachetools
 
 from storage import keys
-from . import manifest, metrics
+from . import metrics
 from .errors import RevisionNotFound, SourceUnavailable
 from .sources import FOLDER_TAG_RE, Revision, Source
+from . import digests
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class Revisions:
             # when an image was last built from it: garbage collection drops
             # a revision no kept image was built from, once this is old
             doc.setdefault("kept_at", {})[tag] = self._clock()
-            if self.storage.put_if(keys.kept_revisions(), manifest.canonical(doc),
+            if self.storage.put_if(keys.kept_revisions(), digests.canonical(doc),
                                    version=version) is not None:
                 break
         with self._lock:
@@ -213,7 +214,7 @@ class Revisions:
                 self._hold(ident, revision, stored["resolved_at"])
                 return revision
         revision = self.state.watch(self.source.resolve, tag)
-        self.storage.put_bytes(keys.revision(ident), manifest.canonical(
+        self.storage.put_bytes(keys.revision(ident), digests.canonical(
             {"revision": revision.to_dict(), "resolved_at": now}), "application/json")
         self._hold(ident, revision, now)
         return revision

@@ -25,13 +25,14 @@ import time
 import cachetools
 
 from storage import keys
-from . import failures as failures_, gc, metrics, platforms as platforms_
+from . import failures as failures_, gc, metrics
+from .image import platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildInterrupted, BuildQueueFull, BuildTimeout,
                      InvalidImage, PackagesNotFound, PlatformUnsupported, RevisionNotFound)
-from .image import Image
+from .image.names import Image
 from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
-from .records import ImageRecord, IndexRecord, cache_key, index_key, load_record
+from .image.records import ImageRecord, IndexRecord, cache_key, index_key, load_record
 from .sources import FOLDER_TAG_RE
 
 logger = logging.getLogger(__name__)

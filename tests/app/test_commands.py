@@ -3,7 +3,7 @@ import re
 import time
 
 from builders.failures import RECHECK_SECONDS
-from builders.image import Image
+from builders.image.names import Image
 
 
 def test_prebuild_builds_names_and_a_file_of_them(app, tmp_path):
@@ -41,8 +41,8 @@ def test_prebuild_refuses_what_is_no_image_name(app):
 def test_prebuild_makes_every_platform(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.platforms import AMD64, ARM64
-    from builders.records import IndexRecord
+    from builders.image.platforms import AMD64, ARM64
+    from builders.image.records import IndexRecord
     from tests.conftest import PKGS
     app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                             platforms=(AMD64, ARM64)))
@@ -176,7 +176,7 @@ def failures_cleared_everywhere(first, second):
 def test_failures_are_listed_and_cleared_for_every_instance(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.platforms import AMD64, ARM64
+    from builders.image.platforms import AMD64, ARM64
     from tests.conftest import PKGS
 
     def instance(name):
@@ -188,7 +188,7 @@ def test_failures_are_listed_and_cleared_for_every_instance(tmp_path):
 def test_failures_are_listed_and_cleared_on_gcs(tmp_path, gcs_emulator, gcs_bucket):
     from app import create_app
     from app.config import Config
-    from builders.platforms import AMD64, ARM64
+    from builders.image.platforms import AMD64, ARM64
     from tests.conftest import PKGS
 
     def instance(name):

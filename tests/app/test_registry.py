@@ -11,7 +11,7 @@ from app import create_app, logs
 from storage import keys
 
 from app.errors import RegistryError
-from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from builders.image.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 
 
 def test_unexpected_exceptions_never_show_a_trace(app, client, monkeypatch):
@@ -356,8 +356,8 @@ def test_lenient_tags_mean_latest_as_in_nixery(client):
 def test_several_platforms_give_an_index_to_clients_that_take_one(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.manifest import DOCKER_LIST, OCI_INDEX
-    from builders.platforms import AMD64, ARM64
+    from builders.image.manifest import DOCKER_LIST, OCI_INDEX
+    from builders.image.platforms import AMD64, ARM64
     from tests.conftest import PKGS
     client = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                                platforms=(AMD64, ARM64))).test_client()
@@ -400,8 +400,8 @@ def test_several_platforms_give_an_index_to_clients_that_take_one(tmp_path):
 def test_a_platform_that_fails_fails_no_other_platforms_pull(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.manifest import OCI_INDEX
-    from builders.platforms import AMD64, ARM64
+    from builders.image.manifest import OCI_INDEX
+    from builders.image.platforms import AMD64, ARM64
     from tests.conftest import PKGS
     client = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                                platforms=(AMD64, ARM64))).test_client()
@@ -421,8 +421,8 @@ def test_a_platform_with_no_builder_is_a_retryable_503_and_the_others_pull(
     import uuid
     from app import create_app
     from app.config import Config
-    from builders.manifest import OCI_INDEX
-    from builders.platforms import AMD64, ARM64
+    from builders.image.manifest import OCI_INDEX
+    from builders.image.platforms import AMD64, ARM64
     from tests.conftest import package_set
     monkeypatch.setenv("NIX_CONFIG", "substituters =")  # this Nix cannot build aarch64-linux
     pkgs = package_set(tmp_path / "pkgs", [("Hello, world!", f"Hello, {uuid.uuid4().hex}!")])
@@ -444,7 +444,7 @@ def test_a_platform_with_no_builder_is_a_retryable_503_and_the_others_pull(
 def created_of(client, name, tag="latest"):
     """An image's config `created`, and its SBOM's timestamp."""
     import json as json_
-    from builders.manifest import OCI_MANIFEST
+    from builders.image.manifest import OCI_MANIFEST
     manifest = client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
     assert manifest.status_code == 200, manifest.get_data(as_text=True)
     config = client.get(f"/v2/{name}/blobs/{manifest.get_json()['config']['digest']}")
@@ -479,7 +479,7 @@ CYCLONEDX = "application/vnd.cyclonedx+json"
 
 
 def test_an_images_sbom_is_found_through_the_referrers_api(client):
-    from builders.manifest import OCI_INDEX
+    from builders.image.manifest import OCI_INDEX
     sboms = set()
     for media_type in (DOCKER_MANIFEST, OCI_MANIFEST):
         image = client.get("/v2/shell/hello/manifests/latest", headers={"Accept": media_type})

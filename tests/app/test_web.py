@@ -78,7 +78,7 @@ def test_package_lookup(client):
 
 def test_build_in_progress_shows_its_log(app, client, monkeypatch):
     images = app.extensions["images"]
-    from builders.image import Image
+    from builders.image.names import Image
     build = images.history.start(images.pinned(Image.from_name("hello")).label, "latest", "k")
     with open(build.log_path, "w") as f:
         f.write("building '/nix/store/abc-hello.drv'...\n")
@@ -106,7 +106,7 @@ def test_pulls_work_when_the_history_cannot_open(tmp_path):
 def test_build_page_shows_what_a_running_job_is_doing(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.image import Image
+    from builders.image.names import Image
     from tests.conftest import drowsy_set
     app = create_app(Config(pkgs_path=drowsy_set(tmp_path / "pkgs", 4),
                             storage_path=str(tmp_path / "s"), pull_wait=0.5))
@@ -143,9 +143,9 @@ def test_meta_packages_out_of_place_are_explained(client):
 def test_an_index_in_progress_says_what_each_platform_does(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.image import Image
-    from builders.manifest import OCI_INDEX
-    from builders.platforms import AMD64, ARM64
+    from builders.image.names import Image
+    from builders.image.manifest import OCI_INDEX
+    from builders.image.platforms import AMD64, ARM64
     from tests.conftest import drowsy_set
     app = create_app(Config(pkgs_path=drowsy_set(tmp_path / "pkgs", 4),
                             storage_path=str(tmp_path / "s"), pull_wait=0.5,
@@ -229,7 +229,7 @@ def test_recent_builds_are_named_as_asked_and_typos_are_no_builds(client):
 
 
 def test_a_build_page_shows_the_digest_and_how_to_pull_by_it(client):
-    from builders.manifest import DOCKER_MANIFEST
+    from builders.image.manifest import DOCKER_MANIFEST
     pulled = client.get("/v2/shell/hello/manifests/latest", headers={"Accept": DOCKER_MANIFEST})
     digest = pulled.headers["Docker-Content-Digest"]
     page = client.get("/builds/shell/hello:latest").get_data(as_text=True)

@@ -2,8 +2,8 @@
 import pytest
 
 from app.wire import REASON_MAX, admits_index, negotiate, reason
-from builders.manifest import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX,
-                               OCI_MANIFEST)
+from builders.image.manifest import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, OCI_INDEX,
+                                     OCI_MANIFEST)
 
 
 @pytest.mark.parametrize("headers,expected", [

@@ -8,8 +8,8 @@ import pytest
 
 from builders.claims import Claims
 from builders.errors import BuildInProgress
-from builders.image import Image
-from builders.records import cache_key
+from builders.image.names import Image
+from builders.image.records import cache_key
 from storage import FilesystemStorage, keys
 from tests.builders.test_service import service
 from tests.conftest import ROOT, at_once, drowsy_set

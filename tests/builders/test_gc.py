@@ -7,8 +7,9 @@ import time
 import pytest
 
 from builders import gc
-from builders.image import Image
-from builders.manifest import OCI_MANIFEST, digest_of
+from builders.image.names import Image
+from builders.digests import digest_of
+from builders.image.manifest import OCI_MANIFEST
 from storage import keys
 from tests.builders.test_service import kinds, service
 
@@ -186,7 +187,7 @@ def test_the_run_is_written_down_for_metrics(tmp_path):
 
 
 def test_an_index_keeps_its_platforms_images(tmp_path):
-    from builders.platforms import AMD64, ARM64
+    from builders.image.platforms import AMD64, ARM64
     svc = service(tmp_path, platforms=(AMD64, ARM64))
     index = svc.image(Image.from_name("hello"), "latest")
     for key in index.members.values():  # pulled only through the index

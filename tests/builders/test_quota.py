@@ -5,7 +5,7 @@ import time
 import pytest
 
 from builders.errors import QuotaExceeded
-from builders.image import Image
+from builders.image.names import Image
 from builders.jobs import Job
 from builders.locks import BuildLocks, FairTurns
 from builders.quota import BuildQuota, client_key

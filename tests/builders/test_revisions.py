@@ -53,7 +53,7 @@ def test_a_folder_revision_images_were_built_from_stays_a_tag(tmp_path):
     import pytest
 
     from builders.errors import RevisionNotFound
-    from builders.image import Image
+    from builders.image.names import Image
     from tests.builders.test_service import service
     from tests.conftest import PKGS
     import shutil

@@ -13,9 +13,9 @@ from builders import tarball
 from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildInterrupted,
                              BuildTimeout, InvalidImage, PackagesNotFound, PackageUnbuildable,
                              SourceUnavailable)
-from builders.image import Image
-from builders.platforms import AMD64
-from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from builders.image.names import Image
+from builders.image.platforms import AMD64
+from builders.image.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.build import ImageBuilder
 from builders.claims import Claims
 from builders.failures import Failures
@@ -230,7 +230,7 @@ def test_wide_closure_stays_within_the_layer_budget(tmp_path):
 
 def test_arm64_config_says_arm64(tmp_path, monkeypatch):
     # this machine cannot build aarch64: check the config from the build's last step
-    from builders import manifest
+    from builders.image import manifest
     config = json.loads(manifest.image_config(arch=Image.from_name("arm64/hello").arch,
                                               diff_ids=["sha256:" + "0" * 64]))
     assert config["architecture"] == "arm64" and config["os"] == "linux"
@@ -358,7 +358,7 @@ def test_verdicts_expire(tmp_path):
 
 def test_verdicts_hold_for_the_settings_that_decided_them(tmp_path):
     from builders.failures import Settings
-    from builders.platforms import ARM64
+    from builders.image.platforms import ARM64
     now = [0.0]
     conf = tmp_path / "nix.conf"
     conf.write_text("sandbox = false\n")

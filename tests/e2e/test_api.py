@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST
+from builders.image.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.process import descendants
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import skopeo_copy

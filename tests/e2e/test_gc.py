@@ -85,7 +85,7 @@ def pull(server, name, reference="latest"):
 def whole(store):
     """Every image record left in storage, with its blobs all there."""
     from builders import gc
-    from builders.records import IndexRecord, load_record
+    from builders.image.records import IndexRecord, load_record
     records = []
     for info in store.list("manifests/"):
         record = load_record(store.read(info.key))
@@ -100,7 +100,7 @@ def whole(store):
 def test_gc_while_images_are_pulled_and_built(backend, tmp_path):
     from app import make_images
     import storage as storage_mod
-    from builders.image import Image
+    from builders.image.names import Image
     from storage import keys
     kind, env = backend
     config = config_of(env, tmp_path / "old-state")

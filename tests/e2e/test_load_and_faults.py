@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from builders.manifest import DOCKER_MANIFEST
+from builders.image.manifest import DOCKER_MANIFEST
 from tests.conftest import package_set
 from tests.e2e.test_api import _leftover_builders, error_of
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack

@@ -6,11 +6,12 @@ import json
 import pytest
 
 from builders.errors import BuildFailed, PlatformUnsupported
-from builders.image import Image
-from builders.manifest import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-                               digest_of, media_type_of)
-from builders.platforms import AMD64, ARM64
-from builders.records import ImageRecord, IndexRecord
+from builders.image.names import Image
+from builders.digests import digest_of
+from builders.image.manifest import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+                                     media_type_of)
+from builders.image.platforms import AMD64, ARM64
+from builders.image.records import ImageRecord, IndexRecord
 from storage import keys
 from tests.builders.test_service import service
 

@@ -1,8 +1,8 @@
 import pytest
 
 from builders.errors import InvalidImage
-from builders import platforms
-from builders.image import SHELL_PACKAGES, Image
+from builders.image import platforms
+from builders.image.names import SHELL_PACKAGES, Image
 
 
 def test_order_and_duplicates_do_not_matter():

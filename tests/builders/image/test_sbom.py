@@ -7,9 +7,10 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from builders import sbom
-from builders.image import Image
-from builders.manifest import DOCKER_MANIFEST, OCI_MANIFEST, digest_of
+from builders.image import sbom
+from builders.image.names import Image
+from builders.digests import digest_of
+from builders.image.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.nix import sha256_hex
 from storage import keys
 from tests.builders.test_service import built_path, service

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from . import platforms
-from .errors import InvalidImage
+from ..errors import InvalidImage
 from .platforms import Platform
 
 # Meta-packages, recognised as leading components of a name.

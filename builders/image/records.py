@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from . import manifest
-from .image import Image
+from .names import Image
 from .platforms import Platform
-from .sources import Revision
+from ..sources import Revision
+from .. import digests
 
 # Bump when what a cache key builds changes, so old records are not reused.
 RECORD_FORMAT = 1
@@ -20,7 +21,7 @@ RECORD_FORMAT = 1
 def cache_key(image: Image, revision: Revision, max_layers: int) -> str:
     """One key per distinct image: its packages and system, the pinned
     revision they come from, and what shapes its layers."""
-    return hashlib.sha256(manifest.canonical({
+    return hashlib.sha256(digests.canonical({
         "format": RECORD_FORMAT,
         "source": revision.identity,
         "system": image.system,
@@ -39,7 +40,7 @@ class _Stored:
         return self.manifests[media_type].encode()
 
     def to_json(self) -> bytes:
-        return manifest.canonical(self.__dict__)
+        return digests.canonical(self.__dict__)
 
 
 def load_record(data: bytes) -> "ImageRecord | IndexRecord":
@@ -76,7 +77,7 @@ def index_key(image: Image, revision: Revision, platforms: tuple[Platform, ...],
               max_layers: int) -> str:
     """One key per index: the packages at the revision, for these platforms
     in this order (the keys of its images follow from the same inputs)."""
-    return hashlib.sha256(manifest.canonical({
+    return hashlib.sha256(digests.canonical({
         "format": RECORD_FORMAT,
         "kind": "index",
         "source": revision.identity,
@@ -107,4 +108,4 @@ class IndexRecord(_Stored):
     def to_json(self) -> bytes:
         doc = dict(self.__dict__)
         doc.pop("failed")  # stored indexes have none
-        return manifest.canonical(doc)
+        return digests.canonical(doc)

@@ -1,9 +1,10 @@
 """Image configs and manifests, Docker schema 2 and OCI, as canonical JSON."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+
+from ..digests import canonical, digest_of
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -41,14 +42,6 @@ def created(timestamp: float | None) -> str:
         return CREATED
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(timestamp)))
 PATH = "/bin:/sbin:/usr/bin:/usr/sbin"
-
-
-def canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None, labels=None,
