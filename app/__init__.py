@@ -50,7 +50,8 @@ def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
     import os
 
-    from builders import gc, sources
+    from builders import gc
+    from builders import sources
     from builders.build import ImageBuilder
     from builders.claims import Claims
     from builders.failures import Failures, Settings
@@ -59,7 +60,7 @@ def make_images(config: Config, store, *, nix=None):
     from builders.locks import BuildLocks
     from builders.nix import Nix
     from builders.popularity import Popularity
-    from builders.revisions import Revisions
+    from builders.sources.revisions import Revisions
     from builders.service import ImageService
 
     # builds root what they built here (Nix.roots): this machine's, like its store

@@ -22,7 +22,7 @@ from .errors import (BuildFailed, DerivationsCollected, PackagesNotFound, Packag
 from .image.names import Image
 from .nix import Deadline
 from .image.records import ImageRecord, IndexRecord
-from .sources import Revision
+from .sources.source import Revision
 from .suggest import close_matches
 from . import digests
 

@@ -219,7 +219,7 @@ class Collector:
 
     def _prune_kept_revisions(self, live_revisions, young, report, dry_run):
         """A folder revision stays a tag while an image built from it is
-        kept (builders/revisions.py); one nothing live was built from, and
+        kept (builders/sources/revisions.py); one nothing live was built from, and
         not built from within the grace period, goes."""
         for _ in range(10):  # a build may write it down at the same moment
             found = self.storage.read_versioned(keys.kept_revisions())

@@ -33,7 +33,7 @@ from .image.names import Image
 from .jobs import WAITING_FOR_ANOTHER, Job
 from .nix import Deadline
 from .image.records import ImageRecord, IndexRecord, cache_key, index_key, load_record
-from .sources import FOLDER_TAG_RE
+from .sources.folder import FOLDER_TAG_RE
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 from . import manifest
 from .names import Image
 from .platforms import Platform
-from ..sources import Revision
+from ..sources.source import Revision
 from .. import digests
 
 # Bump when what a cache key builds changes, so old records are not reused.

@@ -300,7 +300,7 @@ def test_every_valid_name_has_its_tags_listed(client):
 def test_tags_listed_are_tags_that_pull(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.sources import tree_hash
+    from builders.sources.folder import tree_hash
     from tests.conftest import package_set
     pkgs = package_set(tmp_path / "pkgs")
     client = create_app(Config(pkgs_path=pkgs, storage_path=str(tmp_path / "s"),

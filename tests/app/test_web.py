@@ -200,7 +200,7 @@ def test_the_pull_commands_suit_how_the_page_was_reached(client):
 def test_examples_and_revision_come_from_the_package_set_served(tmp_path):
     from app import create_app
     from app.config import Config
-    from builders.sources import tree_hash
+    from builders.sources.folder import tree_hash
     from tests.conftest import PKGS, package_set
     page = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "a"))
                       ).test_client().get("/").get_data(as_text=True)

@@ -24,9 +24,9 @@ from builders.layerstore import LayerStore
 from builders.locks import BuildLocks
 from builders.nix import Nix
 from builders.popularity import Popularity
-from builders.revisions import Revisions
+from builders.sources.revisions import Revisions
 from builders.service import ImageService
-from builders.sources import PathSource
+from builders.sources.folder import PathSource
 from storage import FilesystemStorage, keys
 from tests.conftest import PKGS, drowsy_set, killed_once_set
 

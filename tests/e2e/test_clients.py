@@ -6,7 +6,7 @@ import os
 import shutil
 import stat
 
-from builders.sources import tree_hash
+from builders.sources.folder import tree_hash
 from tests.conftest import PKGS, need
 from tests.e2e.conftest import run
 

@@ -22,10 +22,11 @@ import time
 import cachetools
 
 from storage import keys
-from . import metrics
-from .errors import RevisionNotFound, SourceUnavailable
-from .sources import FOLDER_TAG_RE, Revision, Source
-from . import digests
+from .. import metrics
+from ..errors import RevisionNotFound, SourceUnavailable
+from .folder import FOLDER_TAG_RE
+from .source import Revision, Source
+from .. import digests
 
 logger = logging.getLogger(__name__)
 

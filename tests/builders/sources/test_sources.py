@@ -3,7 +3,8 @@ import os
 import pytest
 
 from builders.errors import RevisionNotFound, SourceUnavailable
-from builders.sources import ChannelSource, tree_hash
+from builders.sources.channel import ChannelSource
+from builders.sources.folder import tree_hash
 
 
 def test_tree_hash_follows_contents_not_git_metadata(tmp_path):
@@ -26,7 +27,7 @@ def test_unreachable_channel_names_the_url():
 
 
 def test_unreachable_git_repository_names_it(tmp_path):
-    from builders.sources import GitSource
+    from builders.sources.git import GitSource
     url = f"file://{tmp_path}/no-such-repo"
     with pytest.raises(SourceUnavailable) as info:
         GitSource(url).resolve("latest")
@@ -35,7 +36,7 @@ def test_unreachable_git_repository_names_it(tmp_path):
 
 def test_git_tags_are_its_branches_and_tags(tmp_path):
     import subprocess
-    from builders.sources import GitSource
+    from builders.sources.git import GitSource
 
     def git(*args):
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
@@ -55,7 +56,7 @@ def test_a_git_commit_tag_must_be_on_a_branch_or_tag(tmp_path):
     only they hold is not built; one deep in a branch's history is."""
     import subprocess
     from builders.errors import RevisionNotFound
-    from builders.sources import GitSource
+    from builders.sources.git import GitSource
     repo = tmp_path / "repo"
     repo.mkdir()
 
@@ -162,7 +163,7 @@ def test_a_commit_tag_is_built_only_from_an_allowed_channels_history(channels):
 
 def test_git_errors_are_sentences_naming_the_remote_and_what_git_said(tmp_path):
     from builders.errors import SourceUnavailable
-    from builders.sources import GitSource
+    from builders.sources.git import GitSource
     gone = tmp_path / "gone"
     with pytest.raises(SourceUnavailable) as e:
         GitSource(f"file://{gone}").resolve("latest")

@@ -1,6 +1,6 @@
 """What a tag names now: asked of the source once per interval, shared through storage."""
-from builders.revisions import Revisions
-from builders.sources import PathSource
+from builders.sources.revisions import Revisions
+from builders.sources.folder import PathSource
 from storage import FilesystemStorage
 
 
