@@ -1,6 +1,6 @@
 """Package layout that setup.cfg cannot say: the Nix expressions in the
 top-level nix/ folder travel in the wheel as package data of
-`builders.nixexpr`, where builders/nix.py finds them once installed."""
+`builders.nixexpr`, where builders/nixbuild/nix.py finds them once installed."""
 from setuptools import find_packages, setup
 
 setup(

@@ -41,7 +41,7 @@ def _nix_cache(config):
     """The Nix binary cache built closures are copied to, or None."""
     if not config.nix_cache:
         return None
-    from builders.nixcache import BinaryCache
+    from builders.nixbuild.nixcache import BinaryCache
     return BinaryCache(config.nix_cache, config.nix_cache_key,
                        timeout=config.nix_timeout + 300)
 
@@ -58,7 +58,7 @@ def make_images(config: Config, store, *, nix=None):
     from builders.jobs import Jobs
     from builders.layerstore import LayerStore
     from builders.locks import BuildLocks
-    from builders.nix import Nix
+    from builders.nixbuild.nix import Nix
     from builders.popularity import Popularity
     from builders.sources.revisions import Revisions
     from builders.service import ImageService
@@ -128,7 +128,7 @@ def create_app(config: Config | None = None, *, nix=None):
         images.lookup)
     app.extensions["examples"] = web.Examples(images)
     app.extensions["nix_check"] = ops.NixCheck()
-    from builders.nixremote import RemoteBuilders
+    from builders.nixbuild.nixremote import RemoteBuilders
     app.extensions["nix_builders"] = RemoteBuilders()
     app.extensions["stored"] = metrics.StoredCollector(store)
     # /v2 is answered below Flask (app/registry.py says why); pages and

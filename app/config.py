@@ -301,7 +301,7 @@ class Config:
         return os.path.join(self.state_path, "history")
 
     def _check_nix_cache(self):
-        from builders import nixcache
+        from builders.nixbuild import nixcache
         if not self.nix_cache:
             if self.nix_cache_key:
                 raise ConfigError("NIXERY_NIX_CACHE_KEY is set but NIXERY_NIX_CACHE is not: name "
@@ -321,7 +321,7 @@ class Config:
         """The public key of NIXERY_NIX_CACHE_KEY, for substituters' trusted-public-keys."""
         if not self.nix_cache_key:
             return None
-        from builders import nixcache
+        from builders.nixbuild import nixcache
         try:
             with open(self.nix_cache_key, encoding="ascii") as f:
                 return nixcache.public_key(f.read(4096))

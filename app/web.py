@@ -12,7 +12,7 @@ from werkzeug.routing import PathConverter
 
 from builders.errors import BuildError
 from builders.image import manifest, platforms
-from builders.nix import Deadline
+from builders.nixbuild.nix import Deadline
 from builders.image.sbom import MEDIA_TYPE as SBOM_MEDIA_TYPE
 from storage import keys
 from builders.image.names import META_PACKAGES, SHELL_PACKAGES, Image

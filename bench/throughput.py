@@ -34,7 +34,7 @@ from bench import corpus  # noqa: E402
 from builders import layers, tarball  # noqa: E402
 from builders.compress import Compression  # noqa: E402
 from builders.layerstore import LayerStore  # noqa: E402
-from builders.nix import StorePath  # noqa: E402
+from builders.nixbuild.closure import StorePath  # noqa: E402
 from storage import FilesystemStorage  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from .image import manifest, sbom
 from .errors import (BuildFailed, DerivationsCollected, PackagesNotFound, PackagesRefused,
                      PlatformUnsupported)
 from .image.names import Image
-from .nix import Deadline
+from .nixbuild.nix import Deadline
 from .image.records import ImageRecord, IndexRecord
 from .sources.source import Revision
 from .suggest import close_matches

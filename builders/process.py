@@ -9,7 +9,7 @@ process can fork its way out between the snapshot and the kill.
 A command also dies with the process that ran it: it is started through
 util-linux's `setpriv --pdeathsig TERM`, so the kernel sends it SIGTERM
 when its parent (the worker's thread waiting for it) is gone, whatever
-killed the worker.  Nix's `timeout` guard (builders/nix.py) passes that on
+killed the worker.  Nix's `timeout` guard (builders/nixbuild/nix.py) passes that on
 to its whole process group and follows with SIGKILL, and Nix stops its
 builders, so a dead worker leaves no build going on.
 """

@@ -31,7 +31,7 @@ from .errors import (BuildError, BuildInProgress, BuildInterrupted, BuildQueueFu
                      InvalidImage, PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image.names import Image
 from .jobs import WAITING_FOR_ANOTHER, Job
-from .nix import Deadline
+from .nixbuild.nix import Deadline
 from .image.records import ImageRecord, IndexRecord, cache_key, index_key, load_record
 from .sources.folder import FOLDER_TAG_RE
 
@@ -81,7 +81,7 @@ class ImageService:
         self.jobs = jobs
         self.platforms = tuple(platforms)
         self.quota = quota
-        self.nix_cache = nix_cache  # builders/nixcache.py's BinaryCache, or None
+        self.nix_cache = nix_cache  # builders/nixbuild/nixcache.py's BinaryCache, or None
         # the threads of a worker share these caches; cachetools' are not
         # thread-safe, so each is read and written under this lock
         self._lock = threading.Lock()

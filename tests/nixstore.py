@@ -189,7 +189,7 @@ MACHINE_AUTO_ROOTS = "/nix/var/nix/gcroots/auto"
 
 def remove_stale_build_roots(auto=MACHINE_AUTO_ROOTS):
     """Remove the machine store's links to GC roots that registry builds
-    made (builders/nix.py Nix.roots: .../gcroots/registry-nix-*/result*)
+    made (builders/nixbuild/nix.py Nix.roots: .../gcroots/registry-nix-*/result*)
     and that are gone with their test folders.  Nix itself removes stale
     links when it next collects, which the tests never do to the
     machine's store, so each run would leave hundreds."""

@@ -87,7 +87,7 @@ class Server(Local):
         self.tmp = None
 
     def start(self, timeout=30):
-        # Nix's build folders of this server (builders/nix.py), gone with it
+        # Nix's build folders of this server (builders/nixbuild/nix.py), gone with it
         # even when its workers were killed; Nix's build users must reach it
         self.tmp = tempfile.mkdtemp(prefix="registry-test-")
         os.chmod(self.tmp, 0o755)

@@ -88,7 +88,7 @@ def make(*, image_name: str, platform, revision, source: str, closure, requested
          seed: str, created: str = manifest.CREATED) -> bytes:
     """The SBOM of one image, as CycloneDX JSON.
 
-    `closure` is the image's store paths (builders/nix.py StorePath),
+    `closure` is the image's store paths (builders/nixbuild/closure.py StorePath),
     `requested` what Nix resolved the image's packages to (Resolved, with
     their outputs, descriptions and licences), `seed` the image's config
     digest, from which the serial number is derived, and `created` the

@@ -1,7 +1,7 @@
 import pytest
 
 from builders.layers import group, layer_id
-from builders.nix import StorePath
+from builders.nixbuild.closure import StorePath
 
 
 def sp(name, size=100, refs=()):

@@ -22,7 +22,7 @@ from builders.failures import Failures
 from builders.jobs import Jobs
 from builders.layerstore import LayerStore
 from builders.locks import BuildLocks
-from builders.nix import Nix
+from builders.nixbuild.nix import Nix
 from builders.popularity import Popularity
 from builders.sources.revisions import Revisions
 from builders.service import ImageService

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from app.config import Config
-from builders.nix import Deadline, Nix
+from builders.nixbuild.nix import Deadline, Nix
 from tests.conftest import PKGS, ROOT, need
 from tests.e2e.conftest import run
 from tests.nixstore import FolderStore

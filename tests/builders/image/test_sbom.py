@@ -11,7 +11,7 @@ from builders.image import sbom
 from builders.image.names import Image
 from builders.digests import digest_of
 from builders.image.manifest import DOCKER_MANIFEST, OCI_MANIFEST
-from builders.nix import sha256_hex
+from builders.nixbuild.closure import sha256_hex
 from storage import keys
 from tests.builders.test_service import built_path, service
 

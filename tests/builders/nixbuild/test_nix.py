@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from builders.errors import BuildFailed, BuildInterrupted, BuildTimeout
-from builders.nix import Deadline, Nix, parse_path_info, remove_orphaned_folders
+from builders.nixbuild.closure import parse_path_info
+from builders.nixbuild.nix import Deadline, Nix, remove_orphaned_folders
 from tests.conftest import PKGS, killed_once_set, package_set
 
 SOURCE = {"type": "path", "path": str(PKGS)}

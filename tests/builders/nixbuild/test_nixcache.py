@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from builders.nixcache import BinaryCache, NotASecretKey, check_url, public_key
+from builders.nixbuild.nixcache import BinaryCache, NotASecretKey, check_url, public_key
 from tests.conftest import PKGS
 from tests.nixstore import PrivateStore, keypair
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import metrics, process
+from .. import metrics, process
 from .nixcache import NIX
 
 logger = logging.getLogger(__name__)

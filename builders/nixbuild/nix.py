@@ -5,36 +5,34 @@ evaluation and building together however many commands it takes.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import math
 import os
-import re
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
 
-from . import process
-from .errors import (BuildFailed, BuildInterrupted, BuildTimeout, DerivationsCollected,
-                     PackageUnbuildable,
-                     RevisionNotFound, SourceUnavailable)
+from .. import process
+from ..errors import BuildFailed, BuildInterrupted, BuildTimeout
+from . import nixlog
+from .closure import StorePath, parse_path_info
+from .nixlog import clean_log
 
 logger = logging.getLogger(__name__)
 
 
-
 def _expressions() -> str:
     """The folder of the Nix expressions: package data of an installed
-    registry (setup.py puts nix/ there), or nix/ beside a checkout's builders/."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    installed = os.path.join(here, "nixexpr")
+    registry (setup.py puts nix/ there as builders/nixexpr), or nix/ beside
+    a checkout's builders/."""
+    builders = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    installed = os.path.join(builders, "nixexpr")
     if os.path.isfile(os.path.join(installed, "image.nix")):
         return installed
-    return os.path.join(os.path.dirname(here), "nix")
+    return os.path.join(os.path.dirname(builders), "nix")
 
 
 NIX_DIR = _expressions()
@@ -45,37 +43,6 @@ IMAGE_NIX = os.path.join(NIX_DIR, "image.nix")
 FETCH_OPTIONS = ("--option", "connect-timeout", "10", "--option", "download-attempts", "2")
 
 KILL_GRACE = 5
-
-_MISSING_REV_RE = re.compile(r"Cannot find Git revision '([0-9a-f]{40})'")
-_DOWNLOAD_RE = re.compile(r"unable to download '([^']+)': (.*)")
-_GIT_RE = re.compile(r"(?:fetching Git repository|program 'git' failed|fatal: ).*")
-_NIX_TIMEOUT_RE = re.compile(r"building of '[^']+' .*timed out after \d+ seconds")
-_BUILDER_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed(?: with exit code (\d+))?")
-_WRONG_SYSTEM_RE = re.compile(r"a '([^']+)' with features \{[^}]*\} is required to build "
-                              r"'[^']+', but I am a '([^']+)'")
-# Trouble of the machine's, not of the image (see machine_trouble)
-_SIGNAL_RE = re.compile(r"builder for '(/nix/store/[^']+\.drv)' failed due to signal (\d+)")
-_NO_SPACE_RE = re.compile(r"No space left on device|Disk quota exceeded")
-_DAEMON_RE = re.compile(r"cannot connect to socket at '([^']+)': ([^\n]*)")
-_REMOTE_RE = re.compile(r"cannot build on '([^']+)': (?:error: )?([^\n]*)")
-# a derivation deleted after nix-instantiate wrote it (locally; through the daemon)
-_GONE_RE = re.compile(r"cannot build missing derivation '([^']+\.drv)'"
-                      r"|path '([^']+\.drv)' is not valid")
-_NOISE = ("(use '--show-trace'", "warning: you did not specify '--add-root'")
-
-
-@dataclass(frozen=True)
-class StorePath:
-    path: str
-    nar_size: int
-    references: tuple[str, ...]
-    nar_hash: str = ""  # sha256 of its NAR, in hex
-
-    @property
-    def name(self) -> str:
-        """The path's name without its hash, e.g. `glibc-2.37`."""
-        return os.path.basename(self.path).split("-", 1)[-1]
-
 
 @dataclass(frozen=True)
 class Resolved:
@@ -123,11 +90,6 @@ def _log_output(text, level):
         for line in text.splitlines():
             if line.strip():
                 _output_logger.log(level, "%s", line)
-
-
-def clean_log(text: str) -> str:
-    lines = [line for line in text.splitlines() if not line.startswith(_NOISE)]
-    return "\n".join(lines).strip()
 
 
 TMP_PREFIX = "registry-nix-"
@@ -217,7 +179,7 @@ class Nix:
             raise BuildInterrupted(f"the registry cannot run {cmd[0]}: is Nix installed?",
                                    cause="setup")
         if done.returncode != 0:
-            trouble = machine_trouble(clean_log(done.stderr_tail), done.returncode, cmd[0])
+            trouble = nixlog.machine_trouble(clean_log(done.stderr_tail), done.returncode, cmd[0])
             if trouble is not None:
                 raise trouble
         return done
@@ -237,7 +199,7 @@ class Nix:
                "-A", "report"]
         done = self._run(cmd, deadline)
         if done.returncode != 0:
-            raise _source_or_eval_error(done.stderr_tail)
+            raise nixlog.source_or_eval_error(done.stderr_tail)
         results = []
         for entry in json.loads(done.stdout):
             results.append(Resolved(
@@ -284,30 +246,7 @@ class Nix:
         done = self._run(cmd + sorted(outputs), deadline)
         if done.returncode == 0:
             return
-        log = clean_log(done.stderr_tail)
-        m = _GONE_RE.search(log)
-        if m:
-            raise DerivationsCollected(
-                f"the Nix store was collected while the image was built ({m.group(1) or m.group(2)} "
-                "was deleted); pull it again", log_tail=log)
-        if _NIX_TIMEOUT_RE.search(log):
-            raise BuildTimeout(deadline.limit, log_tail=log)
-        m = _BUILDER_RE.search(log)
-        if m:
-            drv = m.group(1)
-            owner = next((name for key, name in outputs.items() if key.split("!")[0] == drv), None)
-            what = os.path.basename(drv)[33:-4]
-            code = f" with exit code {m.group(2)}" if m.group(2) else ""
-            if owner:
-                message = f"package {owner} failed to build ({what}{code})"
-            else:
-                message = f"a dependency ({what}) of {', '.join(sorted(set(outputs.values())))} failed to build{code}"
-            raise BuildFailed(message, log_tail=log)
-        m = _DOWNLOAD_RE.search(log)
-        if m:
-            raise SourceUnavailable(f"could not download {m.group(1)}: {m.group(2)}", log_tail=log)
-        raise BuildFailed("Nix failed to build " + ", ".join(sorted(set(outputs.values()))),
-                          log_tail=log)
+        raise nixlog.realise_error(clean_log(done.stderr_tail), outputs, deadline.limit)
 
     def closure(self, paths, deadline) -> list[StorePath]:
         """Every store path the given paths need at run time, with NAR sizes and references."""
@@ -320,112 +259,3 @@ class Nix:
         return parse_path_info(json.loads(done.stdout))
 
 
-def machine_trouble(log: str, returncode: int, program: str) -> BuildInterrupted | None:
-    """What stopped a Nix command, when it was the machine and not the
-    image: Nix's log names it, or Nix itself died of a signal (`timeout`,
-    which runs it, then exits with 128 plus the signal, or of the signal)."""
-    if _NIX_TIMEOUT_RE.search(log):
-        return None  # the build's own time ran out: BuildTimeout
-    retry = "not a fault of the image: pull again in a moment"
-    m = _DAEMON_RE.search(log)
-    if m:
-        return BuildInterrupted(f"the Nix daemon cannot be reached ({m.group(1)}: "
-                                f"{m.group(2)}); {retry}", cause="nix-daemon", log_tail=log)
-    m = _NO_SPACE_RE.search(log)
-    if m:
-        return BuildInterrupted(f"the build machine has no disk space left ({m.group(0)}); "
-                                f"{retry}, once its operator has freed some", cause="disk",
-                                log_tail=log)
-    m = _WRONG_SYSTEM_RE.search(log)
-    remote = _REMOTE_RE.search(log)
-    if remote and (m or not _BUILDER_RE.search(log)):
-        # no builder ran and failed (which would be the image's fault): the
-        # builders Nix was sent to did not answer, e.g. with max-jobs = 0
-        platform = f" for {m.group(1)}" if m else ""
-        return BuildInterrupted(
-            f"Nix's remote builder {remote.group(1)}{platform} cannot be reached "
-            f"({remote.group(2)}); {retry}", cause="remote-builder", log_tail=log)
-    if m:
-        return BuildInterrupted(
-            f"this registry's Nix cannot build for {m.group(1)} (it is {m.group(2)}): its "
-            f"operator must give Nix a binary cache or a builder for {m.group(1)}",
-            cause="no-builder", log_tail=log)
-    m = _SIGNAL_RE.search(log)
-    if m:
-        what = os.path.basename(m.group(1))[33:-4]
-        return BuildInterrupted(
-            f"the build of {what} was killed by {_signal_name(int(m.group(2)))}, which "
-            f"came from the machine (its out-of-memory killer, say); {retry}",
-            cause="signal", log_tail=log)
-    if returncode < 0 or 128 < returncode < 128 + 65:
-        number = -returncode if returncode < 0 else returncode - 128
-        return BuildInterrupted(f"{program} was killed by {_signal_name(number)}; {retry}",
-                                cause="signal", log_tail=log)
-    return None
-
-
-def _signal_name(number: int) -> str:
-    """`signal 9 (Killed)`, as Nix says it."""
-    try:
-        name = signal.strsignal(number)
-    except ValueError:
-        name = None
-    return f"signal {number} ({name})" if name else f"signal {number}"
-
-
-def parse_path_info(data) -> list[StorePath]:
-    """Nix before 2.19 prints a list of objects, later versions an object keyed by path."""
-    if isinstance(data, dict):
-        items = [dict(info, path=path) for path, info in data.items()]
-    else:
-        items = data
-    result = [StorePath(i["path"], int(i["narSize"]), tuple(sorted(i.get("references", ()))),
-                        sha256_hex(i.get("narHash", "")))
-              for i in items]
-    return sorted(result, key=lambda p: p.path)
-
-
-NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
-
-
-def sha256_hex(nix_hash: str) -> str:
-    """A sha256 as Nix prints it (SRI `sha256-<base64>`, or `sha256:` and
-    Nix's base-32 or hex) in hex; "" for anything else."""
-    if nix_hash.startswith("sha256-"):
-        try:
-            raw = base64.b64decode(nix_hash[7:], validate=True)
-        except ValueError:
-            return ""
-        return raw.hex() if len(raw) == 32 else ""
-    if not nix_hash.startswith("sha256:"):
-        return ""
-    text = nix_hash[7:]
-    if re.fullmatch(r"[0-9a-f]{64}", text):
-        return text
-    if len(text) != 52 or any(c not in NIX32 for c in text):
-        return ""
-    out = bytearray(32)
-    for n, c in enumerate(reversed(text)):  # Nix's base 32 runs from the last character
-        digit, bit = NIX32.index(c), n * 5
-        i, j = divmod(bit, 8)
-        out[i] |= (digit << j) & 0xFF
-        if i + 1 < 32:
-            out[i + 1] |= digit >> (8 - j)
-    return out.hex()
-
-
-def _source_or_eval_error(stderr_tail):
-    log = clean_log(stderr_tail)
-    m = _MISSING_REV_RE.search(log)
-    if m:
-        return RevisionNotFound(f"commit {m.group(1)} is not in the package repository",
-                                log_tail=log)
-    m = _DOWNLOAD_RE.search(log)
-    if m:
-        return SourceUnavailable(
-            f"could not fetch the package source {m.group(1)}: {m.group(2)}", log_tail=log)
-    m = _GIT_RE.search(log)
-    if m and "git" in log:
-        return SourceUnavailable(f"could not fetch the package source: {m.group(0)}", log_tail=log)
-    last = log.splitlines()[-1] if log else "no output"
-    return PackageUnbuildable(f"evaluating the package source failed: {last}", log_tail=log)

@@ -13,7 +13,7 @@ from app import create_app
 from app.config import Config
 from builders.errors import BuildFailed
 from builders.image.names import Image
-from builders.nix import Nix
+from builders.nixbuild.nix import Nix
 from tests.conftest import PKGS
 from tests.nixstore import FolderStore
 

@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from . import process
+from .. import process
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class BinaryCache:
             self._failures += not status.ok
         # imported here: app/config.py checks the settings with this module
         # before prometheus_client may be imported (gunicorn's settings)
-        from . import metrics
+        from .. import metrics
         metrics.NIX_CACHE_COPIES.labels("ok" if status.ok else "failed").inc()
         if status.ok:
             logger.info("copied %d store paths to the Nix binary cache %s in %.1fs", len(paths),
