@@ -56,10 +56,10 @@ def make_images(config: Config, store, *, nix=None):
     from builders.claims import Claims
     from builders.failures import Failures, Settings
     from builders.jobs import Jobs
-    from builders.layerstore import LayerStore
+    from builders.layers.layerstore import LayerStore
     from builders.locks import BuildLocks
     from builders.nixbuild.nix import Nix
-    from builders.popularity import Popularity
+    from builders.layers.popularity import Popularity
     from builders.sources.revisions import Revisions
     from builders.service import ImageService
 

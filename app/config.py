@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import click
 
-from builders import compress
+from builders.layers import compress
 from builders.image import platforms as platforms_
 
 from .proxy import Proxies

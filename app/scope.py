@@ -1,7 +1,7 @@
 """What every request gets, whichever endpoint answers it: an id, carried by
 each log line written for it (layer threads included, see
-builders/layerstore.py) and sent back as X-Request-ID, and its count in the
-request metrics, by route, method and status."""
+builders/layers/layerstore.py) and sent back as X-Request-ID, and its count
+in the request metrics, by route, method and status."""
 from __future__ import annotations
 
 from . import logs, metrics

@@ -21,8 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import corpus  # noqa: E402
-from builders.compress import Compression  # noqa: E402
-from builders.tarball import BLOCK  # noqa: E402
+from builders.layers.compress import Compression  # noqa: E402
+from builders.layers.tarball import BLOCK  # noqa: E402
 
 CANDIDATES = [("zlib", 6), ("zlib", 1), ("zlib-ng", 6), ("zlib-ng", 3), ("zlib-ng", 2),
               ("zlib-ng", 1), ("isal", 3), ("isal", 2), ("isal", 1), ("isal", 0)]

@@ -5,7 +5,7 @@ Builds 10 images with overlapping package sets from the test package set
 into fresh storage for each layering:
 
 - ours with NIX_POPULARITY_URL: popularity-weighted grouping
-  (builders/layers.py) with counts made the way nixpkgs popularity data is,
+  (builders/layers/grouping.py) with counts made the way nixpkgs popularity data is,
   over the package set: for each name, how many of its packages need it;
 - ours without it: the counts derived from the images built before;
 - one layer per image (plus the symlink layer);
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from app import make_images  # noqa: E402
 from app.config import Config  # noqa: E402
-from builders import layers  # noqa: E402
+from builders.layers import grouping  # noqa: E402
 from builders.image.names import Image  # noqa: E402
 from storage import FilesystemStorage  # noqa: E402
 
@@ -56,7 +56,7 @@ PACKAGE_SET = ["bench." + n for n in (
     "glibc zlib openssl ncurses readline bash coreutils perl-modules perl libssh2 curl git "
     "htop python-stdlib python vim").split()] + ["hello", "git", "htop", "curl", "wide"]
 
-_ours = layers.group
+_ours = grouping.group
 
 
 def one_per_image(closure, budget, popularity=None, roots=None, threshold=None):
@@ -88,8 +88,8 @@ def package_set_popularity(path):
         json.dump(counts, f)
 
 
-def run(grouping, max_layers, scratch, popularity_url=None):
-    layers.group = grouping  # the builder groups through this module function
+def run(layering, max_layers, scratch, popularity_url=None):
+    grouping.group = layering  # the builder groups through this module function
     try:
         with tempfile.TemporaryDirectory(dir=scratch) as root:
             config = Config(pkgs_path=PKGS, storage_path=root, nix_timeout=600,
@@ -97,7 +97,7 @@ def run(grouping, max_layers, scratch, popularity_url=None):
             svc = make_images(config, FilesystemStorage(root))
             return [svc.image(Image.from_name(name), "latest").layers for name in IMAGES]
     finally:
-        layers.group = _ours
+        grouping.group = _ours
 
 
 def main():
@@ -111,9 +111,9 @@ def main():
     results = {}
     with tempfile.NamedTemporaryFile(suffix=".json") as pop:
         package_set_popularity(pop.name)
-        for name, grouping in LAYERINGS:
+        for name, layering in LAYERINGS:
             url = "file://" + pop.name if "URL" in name else None
-            results[name] = run(grouping, args.max_layers, args.scratch, url)
+            results[name] = run(layering, args.max_layers, args.scratch, url)
 
     print(f"{len(IMAGES)} images, at most {args.max_layers} layers each")
     header = f"{'':4} {'image':32}" + "".join(f"{n:>25}" for n, _ in LAYERINGS)

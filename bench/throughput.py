@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import corpus  # noqa: E402
-from builders import layers, tarball  # noqa: E402
-from builders.compress import Compression  # noqa: E402
-from builders.layerstore import LayerStore  # noqa: E402
+from builders.layers import grouping, tarball  # noqa: E402
+from builders.layers.compress import Compression  # noqa: E402
+from builders.layers.layerstore import LayerStore  # noqa: E402
 from builders.nixbuild.closure import StorePath  # noqa: E402
 from storage import FilesystemStorage  # noqa: E402
 
@@ -96,7 +96,7 @@ def main():
     paths = corpus.build(args.root, args.scale)
     closure = closure_of(paths)
     files, size = corpus.describe(paths)
-    groups = layers.group(closure, 99)
+    groups = grouping.group(closure, 99)
     quoted = " ".join(f"'{p}'" for p in paths)
     tar = f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1 -cf - {quoted}"
     shell(f"{tar} | cat > /dev/null")  # into the page cache, for every contender

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from storage import keys
-from . import forest, layers
+from .layers import forest, grouping
 from .image import manifest, sbom
 from .errors import (BuildFailed, DerivationsCollected, PackagesNotFound, PackagesRefused,
                      PlatformUnsupported)
@@ -63,7 +63,7 @@ class ImageBuilder:
 
             names = [p.name for p in closure]
             counts, popular = self.popularity.for_layering(names, image.system)
-            groups = layers.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
+            groups = grouping.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
             phase("making layers")
             job.layers(len(groups) + 1)
             stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),

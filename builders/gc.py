@@ -12,7 +12,7 @@ Safe to run while instances serve and build:
   period, which exceeds every cache that can say an object exists (the
   records and layers a process remembers for a day, signed URLs), plus a
   build (NIX_TIMEOUT) and its uploads.  A build that reuses a stored layer
-  marks it used (builders/layerstore.py).
+  marks it used (builders/layers/layerstore.py).
 - Every delete is conditional on the version the listing saw: an object
   written or marked used since then survives.  Records go first, and only
   the blobs of records that went: a record a pull marked meanwhile keeps
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 DAY = 24 * 3600
 # How long the caches that can say an object exists keep their word: image
 # records and seen layers in each process (builders/service.py,
-# builders/layerstore.py) for a day, signed URLs for minutes.
+# builders/layers/layerstore.py) for a day, signed URLs for minutes.
 CACHES_SECONDS = DAY
 UPLOAD_SECONDS = 300
 # A pull marks a record (or a manifest it got by digest) at most this often.

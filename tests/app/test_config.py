@@ -82,7 +82,7 @@ def test_bad_values_name_the_variable(env, names):
 
 
 def test_layer_compression_settings():
-    from builders.compress import DEFAULT, KINDS, Compression
+    from builders.layers.compress import DEFAULT, KINDS, Compression
     assert Config.from_env({}).compression == Compression(DEFAULT, KINDS[DEFAULT].default)
     c = Config.from_env({"NIXERY_COMPRESSOR": "zlib", "NIXERY_COMPRESSION_LEVEL": "9",
                          "NIX_POPULARITY_URL": "file:///srv/popularity.json"})

@@ -268,7 +268,7 @@ def test_a_tag_due_for_a_new_look_at_the_source_is_resolved_again(app, client):
 def test_layer_threads_log_under_the_request_id(client, lines):
     r = client.get("/v2/shell/hello/manifests/latest", headers={"X-Request-ID": "build-1"})
     assert r.status_code == 200
-    made = [rec for rec in lines if rec.name == "builders.layerstore"]
+    made = [rec for rec in lines if rec.name == "builders.layers.layerstore"]
     assert made and all(rec.threadName.startswith("layer") for rec in made)
     assert {rec.request_id for rec in made} == {"build-1"}
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from builders import tarball
+from builders.layers import tarball
 from builders.errors import (BuildError, BuildFailed, BuildInProgress, BuildInterrupted,
                              BuildTimeout, InvalidImage, PackagesNotFound, PackageUnbuildable,
                              SourceUnavailable)
@@ -20,10 +20,10 @@ from builders.build import ImageBuilder
 from builders.claims import Claims
 from builders.failures import Failures
 from builders.jobs import Jobs
-from builders.layerstore import LayerStore
+from builders.layers.layerstore import LayerStore
 from builders.locks import BuildLocks
 from builders.nixbuild.nix import Nix
-from builders.popularity import Popularity
+from builders.layers.popularity import Popularity
 from builders.sources.revisions import Revisions
 from builders.service import ImageService
 from builders.sources.folder import PathSource

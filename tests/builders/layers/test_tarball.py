@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from builders import tarball
-from builders.compress import KINDS, Compression
+from builders.layers import tarball
+from builders.layers.compress import KINDS, Compression
 
 
 def make_tree(root):

@@ -1,6 +1,6 @@
 import os
 
-from builders.forest import symlink_tree
+from builders.layers.forest import symlink_tree
 
 
 def pkg(root, name, files):

@@ -25,7 +25,7 @@ from collections import Counter
 from typing import Iterable, Mapping
 
 from storage import keys
-from . import layers
+from . import grouping
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ class Popularity:
         if self.url:
             fetched = self._from_url()
             if fetched is not None:
-                return fetched, layers.popular_threshold(fetched)
+                return fetched, grouping.popular_threshold(fetched)
         counts = self.derived(system)
         counts.update(set(names))
-        return counts, layers.MIN_POPULAR
+        return counts, grouping.MIN_POPULAR
 
     def derived(self, system: str = "x86_64-linux") -> Counter:
         data = self.storage.read(keys.popularity(system))

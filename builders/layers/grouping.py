@@ -22,7 +22,7 @@ import hashlib
 import logging
 from typing import Iterable, Mapping
 
-from .nixbuild.closure import StorePath
+from ..nixbuild.closure import StorePath
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from builders import popularity
-from builders.popularity import Popularity, PopularityError
+from builders.layers import popularity
+from builders.layers.popularity import Popularity, PopularityError
 from storage import FilesystemStorage, keys
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from builders.layers import group, layer_id
+from builders.layers.grouping import group, layer_id
 from builders.nixbuild.closure import StorePath
 
 

@@ -1,6 +1,6 @@
 """Layers and small blobs in storage: made once, recorded, made again when lost.
 
-A layer is known by the set of its store paths (`layers.layer_id`).  What
+A layer is known by the set of its store paths (`grouping.layer_id`).  What
 it was stored as (digest, size, diff_id) is recorded under `layerinfo/`, so
 another image, worker or instance needing the same paths reuses the blob
 without making it; and how to make each blob again (its store paths, its
@@ -16,21 +16,48 @@ import logging
 import os
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import cachetools
 
 from storage import keys
-from . import gc, layers, metrics, tarball
+from .. import digests, gc, metrics
+from . import grouping, tarball
 from .compress import Compression
-from .sync import Once
-from . import digests
 
 logger = logging.getLogger(__name__)
 
 # How long this process believes a layer it has seen stored is still there
 # (garbage collection's grace period exceeds it).
 SEEN_SECONDS = gc.CACHES_SECONDS
+
+
+class Once:
+    """make() once per key at a time in this process: callers that come
+    while it runs wait and share its result or its error."""
+
+    def __init__(self):
+        self._running: dict = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, key, make):
+        with self._lock:
+            future = self._running.get(key)
+            owner = future is None
+            if owner:
+                future = self._running[key] = Future()
+        if not owner:
+            return future.result()
+        try:
+            result = make()
+            future.set_result(result)
+            return result
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                del self._running[key]
 
 
 class LayerStore:
@@ -117,11 +144,11 @@ class LayerStore:
         return True
 
     def _store_paths(self, paths) -> dict:
-        return self._layer(layers.layer_id(paths), {"paths": sorted(paths)})
+        return self._layer(grouping.layer_id(paths), {"paths": sorted(paths)})
 
     def _store_tree(self, tree) -> dict:
         ident = hashlib.sha256(digests.canonical(
-            {"format": layers.LAYER_FORMAT, "tree": tree})).hexdigest()
+            {"format": grouping.LAYER_FORMAT, "tree": tree})).hexdigest()
         return self._layer(ident, {"tree": tree})
 
     def _layer_once(self, ident, source) -> dict:
