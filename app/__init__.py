@@ -14,7 +14,7 @@ def _history(path):
     import logging
     import sqlite3
 
-    from builders.history import BuildHistory
+    from builders.jobs.history import BuildHistory
     try:
         return BuildHistory(path)
     except (sqlite3.Error, OSError) as e:
@@ -29,7 +29,7 @@ def _quota(config):
         return None
     import os
 
-    from builders.quota import BuildQuota
+    from .quota import BuildQuota
     from builders.service import UPLOAD_MARGIN
     per_hour, at_once = config.client_builds
     return BuildQuota(os.path.join(config.state_path, "quotas.json"), per_hour=per_hour,
@@ -53,11 +53,11 @@ def make_images(config: Config, store, *, nix=None):
     from builders import gc
     from builders import sources
     from builders.build import ImageBuilder
-    from builders.claims import Claims
-    from builders.failures import Failures, Settings
-    from builders.jobs import Jobs
+    from builders.jobs.claims import Claims
+    from builders.jobs.failures import Failures, Settings
+    from builders.jobs.jobs import Jobs
     from builders.layers.layerstore import LayerStore
-    from builders.locks import BuildLocks
+    from builders.jobs.locks import BuildLocks
     from builders.nixbuild.nix import Nix
     from builders.layers.popularity import Popularity
     from builders.sources.revisions import Revisions

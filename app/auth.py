@@ -39,10 +39,9 @@ from collections import deque
 import bcrypt
 import cachetools
 
-from builders.quota import client_key
-
 from . import metrics, proxy, wire
 from .errors import RegistryError, TooManyRequests
+from .quota import client_key
 
 logger = logging.getLogger(__name__)
 

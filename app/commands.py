@@ -11,10 +11,10 @@ from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
 
 from builders.errors import BuildError
-from builders.failures import RECHECK_SECONDS
+from builders.jobs.failures import RECHECK_SECONDS
 from builders.image.names import Image
 from builders.words import counted
-from builders.jobs import Job
+from builders.jobs.jobs import Job
 from storage import keys
 
 from . import grammar
@@ -225,7 +225,7 @@ def failures():
 @with_appcontext
 def list_failures(show_all):
     """The failures that answer pulls now: age, state, kind, image, key, reason."""
-    from builders import failures as failures_
+    from builders.jobs import failures as failures_
 
     now = time.time()
     remembered = [r for r in current_app.extensions["images"].failures.remembered()

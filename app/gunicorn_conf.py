@@ -70,7 +70,7 @@ def on_starting(server):
 
 def worker_exit(server, worker):
     # Builds are jobs that outlive the requests that started them
-    # (builders/jobs.py): a worker that stops (a HUP, a deploy, a
+    # (builders/jobs/jobs.py): a worker that stops (a HUP, a deploy, a
     # max-requests recycle) waits for its jobs before it exits, within
     # graceful_timeout, so no build is lost half done.
     app = getattr(worker, "wsgi", None)

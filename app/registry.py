@@ -20,14 +20,13 @@ import logging
 import os
 import urllib.parse
 
-from builders.image import manifest
 from builders.errors import BuildError
-from builders import quota
+from builders.image import manifest
 from builders.image.names import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
 
-from . import errors, grammar, metrics, wire
+from . import errors, grammar, metrics, quota, wire
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
                      PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
 from .scope import ROUTE

@@ -16,7 +16,7 @@ from builders.nixbuild.nix import Deadline
 from builders.image.sbom import MEDIA_TYPE as SBOM_MEDIA_TYPE
 from storage import keys
 from builders.image.names import META_PACKAGES, SHELL_PACKAGES, Image
-from builders.suggest import close_matches
+from builders.words import close_matches
 
 from . import grammar
 from builders import digests

@@ -23,7 +23,7 @@ from .image.names import Image
 from .nixbuild.nix import Deadline
 from .image.records import ImageRecord, IndexRecord
 from .sources.source import Revision
-from .suggest import close_matches
+from .words import close_matches
 from . import digests
 
 logger = logging.getLogger(__name__)

@@ -71,7 +71,7 @@ class BuildInterrupted(BuildError):
     build it, so it is never the image's verdict."""
 
     # What a client is told to wait, and how long the failure answers new
-    # pulls of the image without Nix (builders/failures.py)
+    # pulls of the image without Nix (builders/jobs/failures.py)
     retry_after = 10
 
     def __init__(self, message, *, cause, log_tail=""):

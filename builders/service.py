@@ -25,12 +25,13 @@ import time
 import cachetools
 
 from storage import keys
-from . import failures as failures_, gc, metrics
+from .jobs import failures as failures_
+from . import gc, metrics
 from .image import platforms as platforms_
 from .errors import (BuildError, BuildInProgress, BuildInterrupted, BuildQueueFull, BuildTimeout,
                      InvalidImage, PackagesNotFound, PlatformUnsupported, RevisionNotFound)
 from .image.names import Image
-from .jobs import WAITING_FOR_ANOTHER, Job
+from .jobs.jobs import WAITING_FOR_ANOTHER, Job
 from .nixbuild.nix import Deadline
 from .image.records import ImageRecord, IndexRecord, cache_key, index_key, load_record
 from .sources.folder import FOLDER_TAG_RE
@@ -123,7 +124,7 @@ class ImageService:
         a time in this process (and one build per image on the machine);
         an image that failed answers with its remembered error.  A pull
         marks the record used (for garbage collection), at most once per
-        `mark_every` seconds.  `client` (builders/quota.py) is who asks: a
+        `mark_every` seconds.  `client` (app/quota.py) is who asks: a
         new build counts against its quota, and waits its turn fairly.
         """
         record_or_job = self.start(image, tag, client)

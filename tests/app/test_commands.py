@@ -2,7 +2,7 @@
 import re
 import time
 
-from builders.failures import RECHECK_SECONDS
+from builders.jobs.failures import RECHECK_SECONDS
 from builders.image.names import Image
 
 

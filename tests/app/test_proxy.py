@@ -139,7 +139,7 @@ def test_gunicorn_is_not_given_another_list_than_the_registry(tmp_path):
 
 
 def test_quotas_and_pages_see_the_client_and_host_a_trusted_range_forwards(tmp_path):
-    from builders import quota
+    from app import quota
     app = create_app(Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "s"),
                             forwarded_allow_ips="10.0.0.0/8"))
     images = app.extensions["images"]

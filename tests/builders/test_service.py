@@ -17,11 +17,11 @@ from builders.image.names import Image
 from builders.image.platforms import AMD64
 from builders.image.manifest import DOCKER_MANIFEST, OCI_MANIFEST
 from builders.build import ImageBuilder
-from builders.claims import Claims
-from builders.failures import Failures
-from builders.jobs import Jobs
+from builders.jobs.claims import Claims
+from builders.jobs.failures import Failures
+from builders.jobs.jobs import Jobs
 from builders.layers.layerstore import LayerStore
-from builders.locks import BuildLocks
+from builders.jobs.locks import BuildLocks
 from builders.nixbuild.nix import Nix
 from builders.layers.popularity import Popularity
 from builders.sources.revisions import Revisions
@@ -357,7 +357,7 @@ def test_verdicts_expire(tmp_path):
 
 
 def test_verdicts_hold_for_the_settings_that_decided_them(tmp_path):
-    from builders.failures import Settings
+    from builders.jobs.failures import Settings
     from builders.image.platforms import ARM64
     now = [0.0]
     conf = tmp_path / "nix.conf"
@@ -382,7 +382,7 @@ def test_verdicts_hold_for_the_settings_that_decided_them(tmp_path):
 
 
 def test_a_pull_after_a_settings_change_runs_nix_again(tmp_path):
-    from builders.failures import Settings
+    from builders.jobs.failures import Settings
     svc = service(tmp_path)
     with pytest.raises(BuildFailed):
         svc.image(Image.from_name("broken"), "latest")

@@ -12,7 +12,7 @@ import time
 import requests
 
 from builders import process
-from builders.failures import RECHECK_SECONDS
+from builders.jobs.failures import RECHECK_SECONDS
 from tests.conftest import PKGS, ROOT, drowsy_set, killed_once_set
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack

@@ -13,7 +13,7 @@ import os
 import time
 
 from storage import filelock
-from .errors import BuildQueueFull
+from ..errors import BuildQueueFull
 
 logger = logging.getLogger(__name__)
 

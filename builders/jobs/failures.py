@@ -42,9 +42,9 @@ from dataclasses import dataclass
 import cachetools
 
 from storage import keys
-from .errors import (BuildError, BuildFailed, BuildInterrupted, BuildTimeout, InvalidImage,
-                     PackagesNotFound, PackageUnbuildable, PlatformUnsupported)
-from . import digests
+from ..errors import (BuildError, BuildFailed, BuildInterrupted, BuildTimeout, InvalidImage,
+                      PackagesNotFound, PackageUnbuildable, PlatformUnsupported)
+from .. import digests
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from builders.claims import Claims
+from builders.jobs.claims import Claims
 from builders.errors import BuildInProgress
 from builders.image.names import Image
 from builders.image.records import cache_key
@@ -97,7 +97,7 @@ def test_a_pull_waiting_for_another_instances_build_says_so_in_a_users_words(tmp
 def claim_in_a_process_that_exits(store, key):
     """A claim made by another process of this machine, which then exits
     without a word (as a worker killed mid-build does)."""
-    code = ("import sys; from builders.claims import Claims; from storage import "
+    code = ("import sys; from builders.jobs.claims import Claims; from storage import "
             "FilesystemStorage; Claims(FilesystemStorage(sys.argv[1]), lease=600, "
             "owner='killed worker').acquire(sys.argv[2])")
     subprocess.run([sys.executable, "-c", code, str(store.root), key], check=True,

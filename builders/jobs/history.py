@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS builds (
     asked TEXT,                 -- the name as the client wrote it (shell/hello)
     key TEXT NOT NULL,          -- the manifest cache key
     status TEXT NOT NULL,       -- building | built | failed | timeout | interrupted
-    phase TEXT,                 -- what a building job is doing (builders/jobs.py)
+    phase TEXT,                 -- what a building job is doing (builders/jobs/jobs.py)
     started REAL NOT NULL,
     finished REAL,
     code TEXT,
@@ -178,7 +178,7 @@ class BuildHistory:
     def prune(self, before: float, *, dry_run=False):
         """Forget builds that started before `before`, and remove their logs;
         a Tally (builders/gc.py) of the logs."""
-        from .gc import Tally
+        from ..gc import Tally
         db = self._db()
         rows = db.execute("SELECT id FROM builds WHERE started < ? AND status != 'building'",
                           (before,)).fetchall()

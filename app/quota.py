@@ -22,9 +22,9 @@ import os
 import time
 import uuid
 
+from builders.errors import QuotaExceeded
+from builders.words import counted
 from storage import filelock
-from .errors import QuotaExceeded
-from .words import counted
 
 HOUR = 3600
 

@@ -27,8 +27,8 @@ import time
 import uuid
 
 from storage import keys
-from . import process
-from . import digests
+from .. import process
+from .. import digests
 
 logger = logging.getLogger(__name__)
 

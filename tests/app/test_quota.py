@@ -4,11 +4,11 @@ import time
 
 import pytest
 
+from app.quota import BuildQuota, client_key
 from builders.errors import QuotaExceeded
 from builders.image.names import Image
-from builders.jobs import Job
-from builders.locks import BuildLocks, FairTurns
-from builders.quota import BuildQuota, client_key
+from builders.jobs.jobs import Job
+from builders.jobs.locks import BuildLocks, FairTurns
 from tests.builders.test_service import service
 from tests.conftest import drowsy_set
 

@@ -1,7 +1,7 @@
 """The build history several worker processes share."""
 import multiprocessing
 
-from builders.history import BuildHistory
+from builders.jobs.history import BuildHistory
 
 
 def _open_and_record(root, n, queue, barrier):

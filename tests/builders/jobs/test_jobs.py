@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from builders.errors import BuildFailed
-from builders.jobs import Jobs, realise_progress
+from builders.jobs.jobs import Jobs, realise_progress
 
 
 def test_realise_progress_from_the_log():

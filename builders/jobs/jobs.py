@@ -19,9 +19,9 @@ import re
 import threading
 import time
 
-from . import metrics
-from .errors import BuildError
-from .words import counted
+from .. import metrics
+from ..errors import BuildError
+from ..words import counted
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Job:
         self.layers_done = 0
         self.layer_bytes = 0
         self.parts: dict[str, "Job"] = {}  # an index's jobs, by platform
-        self.client = None          # who started it (builders/quota.py)
+        self.client = None          # who started it (app/quota.py)
         self.reservation = None     # its room in that client's build quota, once it builds
         self._lock = threading.Lock()
         self._done = threading.Event()
