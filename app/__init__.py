@@ -30,7 +30,7 @@ def _quota(config):
     import os
 
     from .quota import BuildQuota
-    from builders.service import UPLOAD_MARGIN
+    from builders.jobs.builds import UPLOAD_MARGIN
     per_hour, at_once = config.client_builds
     return BuildQuota(os.path.join(config.state_path, "quotas.json"), per_hour=per_hour,
                       at_once=at_once, hold_seconds=config.nix_timeout + UPLOAD_MARGIN

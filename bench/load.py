@@ -42,7 +42,7 @@ UNKNOWN = ["nosuchpkg", "gti", "htop/curll", "hello/nosuchpkg"]
 # The access log line the server writes for every request the app answers
 # (app/logs.py): client user "METHOD path" status bytes duration_ms "ms" ...
 ACCESS_RE = re.compile(r'^\S+ \S+ "(\S+) (.*?)" (\d{3}) \S+ ([\d.]+)ms ', re.M)
-BUILDING, BUILT = "builders.service: building ", "builders.service: built "
+BUILDING, BUILT = "builders.jobs.builds: building ", "builders.jobs.builds: built "
 BUILDING_RE = re.compile(r"builders\.service: building (\S+) for ")
 
 

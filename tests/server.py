@@ -124,7 +124,7 @@ class Server(Local):
 
     def builds(self) -> int:
         """Images this server built, counted from its log."""
-        return self.read_log().count("builders.service: built ")
+        return self.read_log().count("builders.jobs.builds: built ")
 
     def stop(self):
         if self.proc:

@@ -191,7 +191,7 @@ def test_an_index_keeps_its_platforms_images(tmp_path):
     svc = service(tmp_path, platforms=(AMD64, ARM64))
     index = svc.image(Image.from_name("hello"), "latest")
     for key in index.members.values():  # pulled only through the index
-        age_image(svc, svc._load(key), 40)
+        age_image(svc, svc.stored(key), 40)
     collect(svc, days_later=3).run()
     for key in index.members.values():
         assert svc.storage.exists(keys.manifest(key))

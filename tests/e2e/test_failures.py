@@ -45,7 +45,7 @@ def test_an_image_whose_builder_was_killed_pulls_a_moment_later(tmp_path):
         assert time.monotonic() - killed_at < 60
         rootfs = unpack(tmp_path / "oci", tmp_path / "bundle")
         assert in_root(rootfs, "killed-once") == "built on the second try\n"
-        assert srv.read_log().count("builders.service: building killed-once for") == 2
+        assert srv.read_log().count("builders.jobs.builds: building killed-once for") == 2
     finally:
         srv.stop()
         os.unlink(marker)
@@ -61,7 +61,7 @@ def test_an_operator_clears_a_failure_and_the_next_pull_runs_nix(tmp_path):
     srv = Server(str(tmp_path / "srv"), NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120").start()
 
     def builds():
-        return srv.read_log().count("builders.service: building broken for")
+        return srv.read_log().count("builders.jobs.builds: building broken for")
     try:
         for _ in range(2):
             r = requests.get(f"{srv.url}/v2/broken/manifests/latest", timeout=120)

@@ -104,7 +104,7 @@ def two_on_a_bucket(tmp_path, gcs_emulator, gcs_key):
 
 
 def building(srv, name):
-    return srv.read_log().count(f"builders.service: building {name} for")
+    return srv.read_log().count(f"builders.jobs.builds: building {name} for")
 
 
 def test_two_instances_pulled_at_once_build_a_new_image_once(two_on_a_bucket):

@@ -32,7 +32,7 @@ def drowsy_server(tmp_path):
 def nix_builds(server, name):
     """How many times the server ran a build of the image `name` (its
     packages as the log names them)."""
-    return server.read_log().count(f"builders.service: building {name} for")
+    return server.read_log().count(f"builders.jobs.builds: building {name} for")
 
 
 def test_skopeo_pulls_a_long_build_unattended(drowsy_server, tmp_path):
@@ -124,7 +124,7 @@ def test_a_restart_waits_for_the_build_jobs_of_its_workers(tmp_path):
         assert "waits for 1 build job(s) before it exits: drowsy" in srv.read_log()
         # the build the old worker started finished; the new workers ran none
         assert nix_builds(srv, "drowsy") == 1
-        assert srv.read_log().count("builders.service: built drowsy") == 1
+        assert srv.read_log().count("builders.jobs.builds: built drowsy") == 1
     finally:
         srv.stop()
 

@@ -105,7 +105,7 @@ def test_32_simultaneous_pulls_of_one_new_image_run_nix_once(fresh_server):
     assert [r.status_code for r in answers] == [200] * 32
     assert len({r.content for r in answers}) == 1
     log = srv.read_log()
-    assert log.count("builders.service: building ") == 1
+    assert log.count("builders.jobs.builds: building ") == 1
     assert srv.builds() == 1
 
 
@@ -156,7 +156,7 @@ def test_disconnected_client_leaves_a_cached_build(fresh_server):
     srv = fresh_server()
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.get(f"{srv.url}/v2/sleepy-too/manifests/latest", timeout=0.5)
-    wait_for_log(srv, "builders.service: built sleepy-too")
+    wait_for_log(srv, "builders.jobs.builds: built sleepy-too")
     r = requests.get(f"{srv.url}/v2/sleepy-too/manifests/latest", timeout=60)
     assert r.status_code == 200
     assert srv.builds() == 1

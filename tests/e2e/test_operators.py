@@ -60,7 +60,7 @@ def test_json_logs_carry_the_request_id_through_nix_output(tmp_path):
     events = [json.loads(line) for line in srv.read_log().splitlines() if line.strip()]
     ours = [e for e in events if e.get("request_id") == "req-abc-1"]
     loggers = {e.get("logger") for e in ours}
-    assert {"builders.service", "builders.nixbuild.nix.output", "access"} <= loggers
+    assert {"builders.jobs.builds", "builders.nixbuild.nix.output", "access"} <= loggers
     nix_lines = [e["message"] for e in ours if e["logger"] == "builders.nixbuild.nix.output"]
     assert any("fails to build on purpose" in m for m in nix_lines)
     access = next(e for e in ours if e["logger"] == "access")
