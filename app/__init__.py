@@ -50,7 +50,7 @@ def make_images(config: Config, store, *, nix=None):
     """The image service and the parts it orchestrates, for `config`."""
     import os
 
-    from builders import gc
+    from storage import lifecycle
     from builders import sources
     from builders.build import ImageBuilder
     from builders.jobs.claims import Claims
@@ -82,7 +82,7 @@ def make_images(config: Config, store, *, nix=None):
         layerstore=layerstore, nix=nix, jobs=Jobs(),
         history=_history(config.history_path),
         nix_timeout=config.nix_timeout, pull_wait=config.pull_wait, platforms=config.platforms,
-        mark_every=gc.mark_every(config.retention), quota=_quota(config),
+        mark_every=lifecycle.mark_every(config.retention), quota=_quota(config),
         nix_cache=_nix_cache(config))
 
 

@@ -179,7 +179,9 @@ def gc(dry_run):
     build logs older than the retention.  Safe to run while instances serve
     and build: what is used meanwhile is kept.
     """
-    from builders import gc as collection
+    from builders.image import records
+    from builders.sources import revisions
+    from storage import gc as collection, lifecycle
 
     config = current_app.config["REGISTRY"]
     images = current_app.extensions["images"]
@@ -188,15 +190,16 @@ def gc(dry_run):
     expected = sum(t["objects"] for t in before.get("stored", {}).values()) or 1
     with click.progressbar(length=expected, label="listing storage", file=sys.stderr) as bar:
         collector = collection.Collector(
-            store, retention=config.retention, grace=collection.grace_seconds(config.nix_timeout),
-            failure_ttl=config.failure_ttl, history=images.history,
+            store, retention=config.retention, grace=lifecycle.grace_seconds(config.nix_timeout),
+            failure_ttl=config.failure_ttl, history=images.history, held=records.held,
+            prune_tags=functools.partial(revisions.prune_kept, store),
             on_listed=lambda info: bar.update(1))
         report = collector.run(dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     for info in sorted(report.doomed, key=lambda i: i.key):
         click.echo(f"{verb} {info.key} ({_mb(info.size)})")
     by_kind = report.judged() if dry_run else report.deleted
-    total = collection.total(by_kind.values())
+    total = lifecycle.total(by_kind.values())
     for kind, tally in sorted(by_kind.items()):
         click.echo(f"{kind}: {verb} {counted(tally.objects, 'object')}, {_mb(tally.bytes)}")
     click.echo(f"{verb} {counted(total.objects, 'object')}, {_mb(total.bytes)} in all"

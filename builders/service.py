@@ -23,8 +23,8 @@ import threading
 
 import cachetools
 
-from storage import keys
-from . import gc, metrics
+from storage import keys, lifecycle
+from . import metrics
 from .errors import BuildError, BuildInProgress, RevisionNotFound
 from .image import platforms as platforms_
 from .image.names import Image
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 # How long this process keeps an image's record in memory (garbage
 # collection's grace period exceeds it).
-RECORD_SECONDS = gc.CACHES_SECONDS
+RECORD_SECONDS = lifecycle.CACHES_SECONDS
 # What a pull that stopped waiting for a job tells the client to wait
 # before it asks again.  containers/image (podman, skopeo) honours it;
 # containerd 1.6 retries at once whatever it says.
@@ -47,7 +47,7 @@ RETRY_AFTER = 10
 class ImageService:
     def __init__(self, storage, *, revisions, failures, locks, claims, builder, layerstore, nix,
                  jobs, history=None, nix_timeout: float = 60.0, pull_wait: float = 25.0,
-                 platforms=(platforms_.HOST,), mark_every: float = gc.MARK_EVERY,
+                 platforms=(platforms_.HOST,), mark_every: float = lifecycle.MARK_EVERY,
                  quota=None, nix_cache=None):
         self.storage = storage
         self.revisions = revisions

@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from storage.lifecycle import Held
+
 from . import manifest
 from .names import Image
 from .platforms import Platform
@@ -109,3 +111,25 @@ class IndexRecord(_Stored):
         doc = dict(self.__dict__)
         doc.pop("failed")  # stored indexes have none
         return digests.canonical(doc)
+
+
+def references(record: ImageRecord) -> set[str]:
+    """Every blob an image needs, its SBOM and artifacts included."""
+    refs = {digests.digest_of(record.manifest(t)) for t in record.manifests}
+    refs.add(record.config["digest"])
+    refs.update(l["digest"] for l in record.layers)
+    if record.sbom:
+        refs.add(record.sbom["digest"])
+        refs.update(d["digest"] for d in record.sbom["referrers"].values())
+        refs.add(digests.digest_of(manifest.EMPTY))
+    return refs
+
+
+def held(data: bytes) -> Held:
+    """What the stored record `data` keeps alive, for garbage collection
+    (TypeError or ValueError when it is not one this version can read)."""
+    record = load_record(data)
+    served = tuple(digests.digest_of(record.manifest(t)) for t in record.manifests)
+    if isinstance(record, IndexRecord):
+        return Held(record.key, True, tuple(record.members.values()), served, frozenset(served))
+    return Held(record.key, False, (), served, frozenset(references(record)), record.revision)

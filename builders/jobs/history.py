@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from storage import filelock
+from storage.lifecycle import Tally
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +178,7 @@ class BuildHistory:
 
     def prune(self, before: float, *, dry_run=False):
         """Forget builds that started before `before`, and remove their logs;
-        a Tally (builders/gc.py) of the logs."""
-        from ..gc import Tally
+        a Tally (storage/lifecycle.py) of the logs."""
         db = self._db()
         rows = db.execute("SELECT id FROM builds WHERE started < ? AND status != 'building'",
                           (before,)).fetchall()

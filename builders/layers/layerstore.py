@@ -20,8 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import cachetools
 
-from storage import keys
-from .. import digests, gc, metrics
+from storage import keys, lifecycle
+from .. import digests, metrics
 from . import grouping, tarball
 from .compress import Compression
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # How long this process believes a layer it has seen stored is still there
 # (garbage collection's grace period exceeds it).
-SEEN_SECONDS = gc.CACHES_SECONDS
+SEEN_SECONDS = lifecycle.CACHES_SECONDS
 
 
 class Once:

@@ -238,3 +238,31 @@ class Revisions:
             return hit[0]
         data = self.storage.read(keys.revision(ident))
         return Revision(**json.loads(data)["revision"]) if data else None
+
+
+def prune_kept(storage, live_revisions, young, dry_run=False) -> list[str]:
+    """The tags of kept revisions that go at a garbage collection, gone
+    unless `dry_run`: a folder revision stays a tag while an image built
+    from it is kept (`live_revisions`, their identities); one nothing
+    live was built from, and not built from since `young`, goes."""
+    pruned = []
+    for _ in range(10):  # a build may write it down at the same moment
+        found = storage.read_versioned(keys.kept_revisions())
+        if found is None:
+            break
+        doc = json.loads(found[0])
+        kept_at = doc.get("kept_at", {})
+        gone = [t for t, r in doc.get("revisions", {}).items()
+                if r.get("identity") not in live_revisions and kept_at.get(t, 0) < young]
+        if not gone:
+            break
+        pruned = sorted(gone)
+        if dry_run:
+            break
+        for tag in gone:
+            doc["revisions"].pop(tag, None)
+            kept_at.pop(tag, None)
+        if storage.put_if(keys.kept_revisions(), digests.canonical(doc),
+                          version=found[1]) is not None:
+            break
+    return pruned

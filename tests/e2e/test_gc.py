@@ -84,14 +84,13 @@ def pull(server, name, reference="latest"):
 
 def whole(store):
     """Every image record left in storage, with its blobs all there."""
-    from builders import gc
-    from builders.image.records import IndexRecord, load_record
+    from builders.image.records import IndexRecord, load_record, references
     records = []
     for info in store.list("manifests/"):
         record = load_record(store.read(info.key))
         if isinstance(record, IndexRecord):
             continue
-        missing = [d for d in gc._references(record) if not store.exists(f"layers/{d}")]
+        missing = [d for d in references(record) if not store.exists(f"layers/{d}")]
         assert not missing, (record.packages, missing)
         records.append(record)
     return records

@@ -1,31 +1,34 @@
 """Garbage collection on storage that images were really built into: what
 is live stays, what is not goes, and what is used meanwhile survives."""
+import functools
 import json
 import os
 import time
 
 import pytest
 
-from builders import gc
-from builders.image.names import Image
 from builders.digests import digest_of
+from builders.image import records
 from builders.image.manifest import OCI_MANIFEST
-from storage import keys
+from builders.image.names import Image
+from builders.sources import revisions
+from storage import gc, keys, lifecycle
 from tests.builders.test_service import kinds, service
 
 DAY = 24 * 3600
-GRACE = gc.grace_seconds(120)
+GRACE = lifecycle.grace_seconds(120)
 
 
 def collect(svc, *, days_later=0.0, retention_days=30, **kw):
     """A collection as if run `days_later` days from now."""
     return gc.Collector(svc.storage, retention=retention_days * DAY, grace=GRACE,
                         failure_ttl=3600, clock=lambda: time.time() + days_later * DAY,
-                        **kw)
+                        held=records.held,
+                        prune_tags=functools.partial(revisions.prune_kept, svc.storage), **kw)
 
 
 def blobs_of(svc, record):
-    return gc._references(record)
+    return records.references(record)
 
 
 def present(svc, digests):
@@ -84,7 +87,7 @@ def test_images_not_pulled_within_the_retention_go_with_what_only_they_use(tmp_p
     assert only_git and not present(svc, only_git)
     for subject in git.sbom["referrers"]:
         assert not svc.storage.exists(keys.referrers(subject))
-    gone = {gc.kind_of(i.key) for i in report.doomed}
+    gone = {lifecycle.kind_of(i.key) for i in report.doomed}
     assert {"manifests", "layers", "blobsources", "layerinfo", "referrers"} <= gone
     # pulled again, it is built again, whole
     again = service(tmp_path).image(Image.from_name("shell/git"), "latest")

@@ -11,8 +11,8 @@ Safe to run while instances serve and build:
 - What nothing live references may go once it is older than the grace
   period, which exceeds every cache that can say an object exists (the
   records and layers a process remembers for a day, signed URLs), plus a
-  build (NIX_TIMEOUT) and its uploads.  A build that reuses a stored layer
-  marks it used (builders/layers/layerstore.py).
+  build (NIX_TIMEOUT) and its uploads (storage/lifecycle.py).  A build that
+  reuses a stored layer marks it used (builders/layers/layerstore.py).
 - Every delete is conditional on the version the listing saw: an object
   written or marked used since then survives.  Records go first, and only
   the blobs of records that went: a record a pull marked meanwhile keeps
@@ -27,93 +27,30 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass, field
 
-from storage import keys
-from .image import manifest
-from .image.records import ImageRecord, IndexRecord, load_record
-from .digests import canonical, digest_of
+from . import keys
+from .lifecycle import CLAIMS_SECONDS, KINDS, SOURCES_SECONDS, Report, Tally, kind_of
 
 logger = logging.getLogger(__name__)
 
-DAY = 24 * 3600
-# How long the caches that can say an object exists keep their word: image
-# records and seen layers in each process (builders/service.py,
-# builders/layers/layerstore.py) for a day, signed URLs for minutes.
-CACHES_SECONDS = DAY
-UPLOAD_SECONDS = 300
-# A pull marks a record (or a manifest it got by digest) at most this often.
-MARK_EVERY = DAY
-# Expired small records, by kind: how long after their last write they go.
-SOURCES_SECONDS = 7 * DAY
-CLAIMS_SECONDS = DAY
-
 DIGEST_RE = re.compile(rb"sha256:[0-9a-f]{64}")
-KINDS = ("manifests", "layers", "layerinfo", "blobsources", "referrers", "failures", "claims",
-         "sources", "state")
-
-
-def grace_seconds(nix_timeout: float) -> float:
-    """How old an unreferenced object must be before it may go."""
-    return CACHES_SECONDS + nix_timeout + UPLOAD_SECONDS + 3600
-
-
-def mark_every(retention: float) -> float:
-    """How often a pull marks what it uses: once a day, or more often when
-    the retention is short, so that nothing pulled is ever collected."""
-    return min(MARK_EVERY, retention / 4)
-
-
-@dataclass
-class Tally:
-    objects: int = 0
-    bytes: int = 0
-
-    def add(self, size):
-        self.objects += 1
-        self.bytes += size
-
-
-@dataclass
-class Report:
-    stored: dict[str, Tally] = field(default_factory=dict)   # by kind, before
-    doomed: list = field(default_factory=list)                # ObjectInfo judged garbage
-    deleted: dict[str, Tally] = field(default_factory=dict)  # by kind
-    survived: int = 0       # judged garbage, but used or written meanwhile
-    logs: Tally = field(default_factory=Tally)               # build logs of this machine
-    pruned_tags: list = field(default_factory=list)          # folder revisions no longer tags
-
-    @property
-    def freed(self) -> Tally:
-        return total(self.deleted.values())
-
-    def judged(self) -> dict[str, Tally]:
-        """What was judged garbage, by kind (what a dry run would delete)."""
-        by_kind = {}
-        for info in self.doomed:
-            by_kind.setdefault(kind_of(info.key), Tally()).add(info.size)
-        return by_kind
-
-
-def total(tallies) -> Tally:
-    out = Tally()
-    for t in tallies:
-        out.objects += t.objects
-        out.bytes += t.bytes
-    return out
-
-
-def kind_of(key: str) -> str:
-    return key.split("/", 1)[0]
-
-
 class Collector:
+    """One collection of `storage`.  What a record holds is the builders'
+    knowledge: `held(data)` reads a stored record (lifecycle.Held, or
+    TypeError or ValueError for one it cannot read), and
+    `prune_tags(live_revisions, young, dry_run)` drops the kept revisions
+    no live image was built from and that were not built from since
+    `young`, answering their tags."""
+
     def __init__(self, storage, *, retention: float, grace: float, failure_ttl: float,
-                 history=None, clock=time.time, on_judged=None, on_listed=None):
+                 held, prune_tags=None, history=None, clock=time.time, on_judged=None,
+                 on_listed=None):
         self.storage = storage
         self.retention = retention
         self.grace = grace
         self.failure_ttl = failure_ttl
+        self._held = held
+        self._prune_tags = prune_tags
         self.history = history
         self._clock = clock
         self._on_judged = on_judged    # called with the doomed blobs before any goes
@@ -136,20 +73,20 @@ class Collector:
                 # a record this version cannot read (a later format?) is kept,
                 # with every digest it names
                 live.update(DIGEST_RE.findall(self.storage.read(info.key) or b""))
-            elif isinstance(record, IndexRecord):
+            elif record.index:
                 indexes[record.key] = (info, record)
             else:
                 images[record.key] = (info, record)
 
         def pulled(info, record):
-            digests = [digest_of(record.manifest(t)) for t in record.manifests]
-            last = max([info.used] + [blobs[d[7:]].used for d in digests if d[7:] in blobs])
+            last = max([info.used] + [blobs[d[7:]].used for d in record.manifests
+                                      if d[7:] in blobs])
             return last >= pulled_since or info.used >= young
 
         live_images = {k for k, (i, r) in images.items() if pulled(i, r)}
         live_indexes = {k for k, (i, r) in indexes.items() if pulled(i, r)}
         for k in live_indexes:
-            live_images.update(m for m in indexes[k][1].members.values() if m in images)
+            live_images.update(m for m in indexes[k][1].members if m in images)
 
         doomed_records = ([indexes[k][0] for k in indexes if k not in live_indexes]
                           + [images[k][0] for k in images if k not in live_images])
@@ -162,14 +99,13 @@ class Collector:
                 # pulled meanwhile: it and all it references stay
                 (live_indexes if record_key in indexes else live_images).add(record_key)
                 if record_key in indexes:
-                    live_images.update(indexes[record_key][1].members.values())
+                    live_images.update(indexes[record_key][1].members)
 
         for k in live_images:
             if k in images:
-                live.update(_references(images[k][1]))
+                live.update(images[k][1].blobs)
         for k in live_indexes:
-            live.update(digest_of(indexes[k][1].manifest(t))
-                        for t in indexes[k][1].manifests)
+            live.update(indexes[k][1].blobs)
         live_hex = {(d.decode() if isinstance(d, bytes) else d)[7:] for d in live}
 
         # blobs nothing live references, older than the grace period
@@ -210,36 +146,13 @@ class Collector:
             if info.used < now - SOURCES_SECONDS:
                 self._doom(info, report, dry_run)
 
-        self._prune_kept_revisions(
-            {images[k][1].revision for k in live_images if k in images}, young, report, dry_run)
+        if self._prune_tags is not None:
+            report.pruned_tags = self._prune_tags(
+                {images[k][1].revision for k in live_images if k in images}, young, dry_run)
         if self.history is not None:
             report.logs = self.history.prune(pulled_since, dry_run=dry_run)
         self._save(report, now, dry_run)
         return report
-
-    def _prune_kept_revisions(self, live_revisions, young, report, dry_run):
-        """A folder revision stays a tag while an image built from it is
-        kept (builders/sources/revisions.py); one nothing live was built from, and
-        not built from within the grace period, goes."""
-        for _ in range(10):  # a build may write it down at the same moment
-            found = self.storage.read_versioned(keys.kept_revisions())
-            if found is None:
-                return
-            doc = json.loads(found[0])
-            kept_at = doc.get("kept_at", {})
-            gone = [t for t, r in doc.get("revisions", {}).items()
-                    if r.get("identity") not in live_revisions and kept_at.get(t, 0) < young]
-            if not gone:
-                return
-            report.pruned_tags = sorted(gone)
-            if dry_run:
-                return
-            for tag in gone:
-                doc["revisions"].pop(tag, None)
-                kept_at.pop(tag, None)
-            if self.storage.put_if(keys.kept_revisions(), canonical(doc),
-                                   version=found[1]) is not None:
-                return
 
     def _list(self, kind, report):
         tally = report.stored.setdefault(kind, Tally())
@@ -253,7 +166,7 @@ class Collector:
 
     def _read_record(self, key):
         try:
-            return load_record(self.storage.read(key))
+            return self._held(self.storage.read(key))
         except (TypeError, ValueError):
             logger.warning("%s is not a record this registry can read", key)
             return None
@@ -292,16 +205,5 @@ class Collector:
             state["freed_bytes"] = state.get("freed_bytes", 0) + freed.bytes
             state["freed_objects"] = state.get("freed_objects", 0) + freed.objects
             state["last_run_at"] = now
-        self.storage.put_bytes(keys.gc_state(), canonical(state), "application/json")
-
-
-def _references(record: ImageRecord) -> set[str]:
-    """Every blob an image needs, its SBOM and artifacts included."""
-    refs = {digest_of(record.manifest(t)) for t in record.manifests}
-    refs.add(record.config["digest"])
-    refs.update(l["digest"] for l in record.layers)
-    if record.sbom:
-        refs.add(record.sbom["digest"])
-        refs.update(d["digest"] for d in record.sbom["referrers"].values())
-        refs.add(digest_of(manifest.EMPTY))
-    return refs
+        self.storage.put_bytes(keys.gc_state(), json.dumps(
+            state, sort_keys=True, separators=(",", ":")).encode(), "application/json")
