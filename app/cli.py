@@ -18,7 +18,7 @@ from .config import Config
 
 PROG = "nix-image-registry"
 # the gunicorn settings `serve` runs with (gunicorn.conf.py loads them too)
-GUNICORN_SETTINGS = "python:app.gunicorn_conf"
+GUNICORN_SETTINGS = "python:app.http.gunicorn_conf"
 
 
 class RegistryGroup(FlaskGroup):

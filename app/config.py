@@ -24,7 +24,7 @@ from .proxy import Proxies
 
 STORAGE_BACKENDS = ("filesystem", "gcs", "s3")
 # NIXERY_HTTP_WORKER: the gunicorn worker class each name runs
-HTTP_WORKERS = {"registry": "app.worker.Worker", "gthread": "gthread"}
+HTTP_WORKERS = {"registry": "app.http.worker.Worker", "gthread": "gthread"}
 DEFAULT_CHANNEL = "nixos-unstable"
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -32,7 +32,7 @@ CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def script_name(environ=None) -> str:
     """The path prefix gunicorn strips from every request's path (its own
     SCRIPT_NAME variable, read by gunicorn itself, not a registry setting):
-    app/http1.py leaves requests to gunicorn when one is set."""
+    app/http/http1.py leaves requests to gunicorn when one is set."""
     env = os.environ if environ is None else environ
     return env.get("SCRIPT_NAME", "")
 
@@ -142,7 +142,7 @@ class Config:
     log_format: str = "text"
     # Peers whose X-Forwarded-* headers are believed (gunicorn's setting).
     forwarded_allow_ips: str = "127.0.0.1"
-    # The gunicorn worker: the registry's own (app/worker.py, which reads
+    # The gunicorn worker: the registry's own (app/http/worker.py, which reads
     # plain requests itself) or gunicorn's stock gthread worker.
     http_worker: str = "registry"
     # Layers of an image, the symlink layer included.

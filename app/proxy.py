@@ -12,7 +12,7 @@ peer whoever it is, only the listed ranges count as proxies within the
 header: `*` alone takes the rightmost entry.
 
 gunicorn reads the same list (gunicorn.conf.py hands it over) to decide
-the scheme from X-Forwarded-Proto, and app/http1.py does the same with
+the scheme from X-Forwarded-Proto, and app/http/http1.py does the same with
 this module's `Proxies.trusts`; tests/app/test_proxy.py holds that test to
 gunicorn's own.
 """

@@ -16,7 +16,7 @@ at 16 connections:
   ten times nginx's: bench/README.md, "Tail latency of large blobs".)
 - cached manifest GET by tag: nginx + registry vs the registry directly
   (gunicorn), to say what the hop costs; no target.
-- the worker's floor (gunicorn with app/worker.py), for the layers below
+- the worker's floor (gunicorn with app/http/worker.py), for the layers below
   4 MB, where the cost of a request weighs most: nginx in front of
   bench/floor.py (a WSGI app that only answers X-Accel-Redirect, under
   gunicorn.conf.py's settings) vs nginx alone, and the registry vs that

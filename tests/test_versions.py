@@ -26,7 +26,7 @@ def _requirement(name) -> Requirement:
 def test_python_range_is_the_one_tested_and_excludes_310():
     python = SpecifierSet(_options()["python_requires"])
     assert platform.python_version() in python
-    # app/http1.py's possessive quantifiers are new in 3.11
+    # app/http/http1.py's possessive quantifiers are new in 3.11
     assert "3.10.14" not in python
     assert re.compile(r"a++b").fullmatch("aab")
 

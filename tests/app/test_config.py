@@ -249,7 +249,7 @@ def _gunicorn_conf(tmp_path, **env) -> dict:
 
 def test_the_http_worker_is_the_registrys_or_gunicorns_stock_one(tmp_path):
     assert Config.from_env({}).http_worker == "registry"
-    assert _gunicorn_conf(tmp_path)["worker_class"] == "app.worker.Worker"
+    assert _gunicorn_conf(tmp_path)["worker_class"] == "app.http.worker.Worker"
     assert Config.from_env({"NIXERY_HTTP_WORKER": "gthread"}).http_worker == "gthread"
     assert _gunicorn_conf(tmp_path, NIXERY_HTTP_WORKER="gthread")["worker_class"] == "gthread"
 
@@ -283,7 +283,7 @@ def test_the_configuration_imports_no_metrics():
         secret, _ = keypair(folder, "k")
         code = ("import sys; from app.config import Config; "
                 f"Config.from_env({{'NIXERY_NIX_CACHE': 'file:///c', 'NIXERY_NIX_CACHE_KEY': {secret!r}}}); "
-                "import app.gunicorn_conf; print('prometheus_client' in sys.modules)")
+                "import app.http.gunicorn_conf; print('prometheus_client' in sys.modules)")
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                               text=True, check=True)
     assert done.stdout.strip() == "False"

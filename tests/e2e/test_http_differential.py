@@ -2,7 +2,7 @@
 by raw request: the same bytes, sent to both, get the same answers, the
 same bytes read as each request, and the same end of the connection.
 
-app/worker.py keeps connections on their threads and app/http1.py reads
+app/http/worker.py keeps connections on their threads and app/http/http1.py reads
 the plain requests that follow a connection's first; everything else is
 gunicorn's own. Both servers run gunicorn.conf.py with one worker and the
 same trivial app (tests/echo.py, which answers with what it was asked), one
@@ -16,7 +16,7 @@ over-long lines), bodies read or left unread, and the same bytes cut into
 pieces sent apart.
 
 Every exchange starts with a plain request (so that what follows reaches
-app/http1.py on the registry's worker) and ends with one asking to close,
+app/http/http1.py on the registry's worker) and ends with one asking to close,
 then the client shuts its side: whatever a request left unread is read as
 the next one, and a server waiting for more bytes sees the end instead of
 hanging. The answers compared are their status, the framing of their body
@@ -237,7 +237,7 @@ def long_field(req, n):
 def _sizes(limits) -> dict:
     """Each way of sizing a request, and the limit it meets."""
     sizes = {long_line: limits[0], long_field: limits[2]}
-    # a head is read by app/http1.py up to 16 KB: more fields than that holds
+    # a head is read by app/http/http1.py up to 16 KB: more fields than that holds
     # are gunicorn's alone, as are the heads of the other exchanges
     if limits[1] <= 200:
         sizes[many_fields] = limits[1]

@@ -1,5 +1,5 @@
 """NIXERY_HTTP_WORKER=gthread: the registry under gunicorn's stock gthread
-worker, without app/worker.py, pulled from by a real client."""
+worker, without app/http/worker.py, pulled from by a real client."""
 from __future__ import annotations
 
 import pytest
@@ -18,6 +18,6 @@ def test_skopeo_pulls_from_the_stock_gthread_worker(stock, tmp_path):
     rootfs = unpack(tmp_path / "oci", tmp_path / "bundle")
     assert in_root(rootfs, "hello") == "Hello, world!\n"
     log = stock.read_log()
-    assert "Using worker: gthread" in log and "app.worker" not in log
+    assert "Using worker: gthread" in log and "app.http.worker" not in log
     assert '"GET /v2/shell/hello/manifests/latest" 200 ' in log
     assert "Traceback" not in log

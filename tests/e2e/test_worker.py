@@ -1,7 +1,7 @@
-"""The gunicorn worker (app/worker.py) on a real server: kept-alive
+"""The gunicorn worker (app/http/worker.py) on a real server: kept-alive
 connections answered on their thread, no connection starved by a busy or
 an idle one, a worker that stops keeps none, and every request answered
-alike whether gunicorn or app/http1.py read it."""
+alike whether gunicorn or app/http/http1.py read it."""
 from __future__ import annotations
 
 import http.client
@@ -126,7 +126,7 @@ def test_a_stopping_server_does_not_wait_for_idle_connections(one_thread):
 
 # The same requests, each alone on a new connection (gunicorn reads a
 # connection's first request) and pipelined on one kept connection (plain
-# ones then read by app/http1.py, the others by gunicorn): a client cannot
+# ones then read by app/http/http1.py, the others by gunicorn): a client cannot
 # tell which read it.
 PIPELINED = [
     ("GET", "/v2/", ""),

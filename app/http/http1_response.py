@@ -1,8 +1,8 @@
 """Answers written by gunicorn's rules, without its response object.
 
 gunicorn's Response is general (any protocol version, proxies, sendfile);
-the answers here are HTTP/1.1 ones: app/http1.py answers plain requests
-with it, and app/worker.py its JSON refusal of a request gunicorn could not
+the answers here are HTTP/1.1 ones: app/http/http1.py answers plain requests
+with it, and app/http/worker.py its JSON refusal of a request gunicorn could not
 read.  tests/app/test_http1.py compares the bytes with gunicorn's own.
 """
 from __future__ import annotations

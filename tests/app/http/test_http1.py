@@ -1,4 +1,4 @@
-"""app/http1.py and app/http1_response.py held to gunicorn's own parser and
+"""app/http/http1.py and app/http/http1_response.py held to gunicorn's own parser and
 response: the same environ for every request it takes, the same bytes on
 the wire for every answer, and every other request left to gunicorn."""
 import socket
@@ -10,8 +10,8 @@ from gunicorn.config import Config
 from gunicorn.http import RequestParser, wsgi
 from gunicorn.http.errors import ParseException
 
-from app.http1 import PlainHTTP, addresses, limits
-from app.http1_response import PlainResponse
+from app.http.http1 import PlainHTTP, addresses, limits
+from app.http.http1_response import PlainResponse
 
 PEER = ("127.0.0.1", 40000)
 SERVER = ("127.0.0.1", 8080)
@@ -289,7 +289,7 @@ ANSWERS = {
 
 
 def send(resp, status, headers, body):
-    """What gthread (and app/http1.py) do with an app's answer."""
+    """What gthread (and app/http/http1.py) do with an app's answer."""
     resp.start_response(status, list(headers))
     for chunk in body:
         resp.write(chunk)

@@ -25,7 +25,7 @@ bind = [f"{_config.listen_address}:{_config.port}"]
 
 # Builds wait on Nix subprocesses, so threads serve other pulls meanwhile.
 # gthread, keeping a busy kept-alive connection on its thread and reading
-# plain requests itself (app/worker.py); or, with NIXERY_HTTP_WORKER=gthread,
+# plain requests itself (app/http/worker.py); or, with NIXERY_HTTP_WORKER=gthread,
 # gunicorn's own.
 worker_class = HTTP_WORKERS[_config.http_worker]
 workers = max(2, multiprocessing.cpu_count())

@@ -19,7 +19,7 @@ it is on.  So a busy or idle client never makes another one wait, and a
 stopping worker keeps no connection (handle_exit wakes them all).
 
 This relies on gthread internals, not on a public gunicorn API
-(app/gthread_internals.py names and checks them), checked when this module
+(app/http/gthread_internals.py names and checks them), checked when this module
 is imported: without them `Worker` is gunicorn's gthread worker unchanged
 and a warning says so.
 """
@@ -36,7 +36,7 @@ import time
 import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
-from .config import script_name
+from ..config import script_name
 from .gthread_internals import missing_internals
 from .http1 import PlainHTTP, remote_addr
 from .http1_response import PlainResponse
@@ -66,7 +66,7 @@ class LingeringWorker(ThreadWorker):
         self._held = 0
         self._counts = threading.Lock()
         self._wakeup = None  # made in the forked worker: init_process()
-        self._plain = None   # app/http1.py, once the app is loaded
+        self._plain = None   # app/http/http1.py, once the app is loaded
 
     def init_process(self):
         self._wakeup = Wakeup()
@@ -89,7 +89,7 @@ class LingeringWorker(ThreadWorker):
         other error as gunicorn answers it."""
         # imported here, in the worker: they make the metrics, which
         # gunicorn's master (where this module is imported) must not
-        from . import errors, metrics
+        from .. import errors, metrics
         error = errors.for_unreadable_request(exc)
         if error is None:
             return super().handle_error(req, client, addr, exc)
@@ -109,7 +109,7 @@ class LingeringWorker(ThreadWorker):
     def _refuse(self, client, error) -> PlainResponse:
         """Write the registry's JSON answer of `error`, and the end of the
         connection, to a client whose request was not read."""
-        from . import logs, wire
+        from .. import logs, wire
         status, headers, body = error.render()
         resp = PlainResponse(client, "GET", must_close=True)  # its method is unknown
         rid = logs.new_request_id(None)
@@ -143,7 +143,7 @@ class LingeringWorker(ThreadWorker):
             return False  # gone
         if head != b"\x16\x03":  # a TLS record of a handshake, any version
             return False
-        from . import errors
+        from .. import errors
         self.log.info("TLS handshake from ip=%s on this plain-HTTP port (a client trying "
                       "HTTPS first); answered in plain HTTP", remote_addr(conn.client or ""))
         conn.sock.setblocking(True)
@@ -183,7 +183,7 @@ class LingeringWorker(ThreadWorker):
 
     def _next_request(self, conn):
         """Answer the next request on a kept connection: a plain one here
-        (app/http1.py), any other by gthread as before."""
+        (app/http/http1.py), any other by gthread as before."""
         if self._plain is not None:
             try:
                 kept = self._plain.serve(conn)
@@ -263,7 +263,7 @@ def worker_class() -> type[ThreadWorker]:
     missing = missing_internals()
     if not missing:
         return LingeringWorker
-    logger.warning("gunicorn %s lacks gthread internals app/worker.py relies on: %s; "
+    logger.warning("gunicorn %s lacks gthread internals app/http/worker.py relies on: %s; "
                 "the registry falls back to plain gthread workers",
                 gunicorn.__version__, "; ".join(missing))
     return PlainWorker

@@ -1,4 +1,4 @@
-"""The gthread internals app/worker.py relies on, checked against the
+"""The gthread internals app/http/worker.py relies on, checked against the
 installed gunicorn.
 
 LingeringWorker overrides and reads parts of gunicorn's gthread worker that
@@ -7,11 +7,11 @@ to the pool, `ThreadWorker.handle(conn)` answers one request and returns
 True exactly when the connection may be kept alive, `init_process()` runs in
 the forked worker, `handle_exit(sig, frame)` on SIGTERM, the worker's
 `alive` and `ppid`, and a connection's `sock` and `parser.unreader.buf`
-(the bytes already read ahead), and what app/http1.py and
-app/http1_response.py take from gunicorn to answer plain requests as gthread
+(the bytes already read ahead), and what app/http/http1.py and
+app/http/http1_response.py take from gunicorn to answer plain requests as gthread
 would (see _check_plain).
 missing_internals() says which of them the
-installed gunicorn lacks or has changed, so that app/worker.py can fall back
+installed gunicorn lacks or has changed, so that app/http/worker.py can fall back
 to plain gthread workers, and tests/app/test_worker_internals.py fails
 before such an upgrade is deployed.
 """
@@ -42,7 +42,7 @@ def missing_internals() -> list[str]:
              _check_methods),
             ("what ThreadWorker.handle() returns", _check_handle_returns),
             ("a connection's sock and parser.unreader.buf", _check_conn),
-            ("what app/http1*.py read and call of gunicorn", _check_plain)):
+            ("what app/http/http1*.py read and call of gunicorn", _check_plain)):
         try:
             missing.extend(check())
         except Exception as e:  # changed beyond what the check can read, e.g. no source
@@ -184,7 +184,7 @@ def _check_conn() -> list[str]:
 
 
 def _check_plain() -> list[str]:
-    """What app/http1.py and app/http1_response.py rely on: a connection's
+    """What app/http/http1.py and app/http/http1_response.py rely on: a connection's
     client, server address, HTTP/2 flag and parser; the unreader's
     take_buffered() and unread(); the worker's request count, its
     keep-alive bookkeeping, load_wsgi() and handle_error(); and gunicorn's
@@ -210,7 +210,7 @@ def _check_plain() -> list[str]:
         method = getattr(base.Worker, name, None)
         if not inspect.isfunction(method) or list(inspect.signature(method).parameters) != args:
             missing.append(f"Worker.{name}({', '.join(args)})")
-    # app/http1.py reads the limits off a request gunicorn parsed (limits())
+    # app/http/http1.py reads the limits off a request gunicorn parsed (limits())
     probe = message.Request(Config(), http.unreader.IterUnreader([b"GET / HTTP/1.1\r\n\r\n"]),
                             ("127.0.0.1", 0))
     missing += [f"gunicorn.http.message.Request.{a}, an int" for a in (

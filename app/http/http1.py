@@ -33,7 +33,7 @@ from gunicorn import util
 from gunicorn.http import message, unreader as unreaders, wsgi
 
 from .http1_response import PlainResponse
-from .proxy import Proxies
+from ..proxy import Proxies
 
 _LINE = rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1"          # no '#': gunicorn splits fragments
 # a token without '_' (gunicorn drops or refuses such names), its value

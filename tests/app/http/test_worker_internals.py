@@ -1,4 +1,4 @@
-"""The gunicorn internals app/worker.py relies on (app/gthread_internals.py),
+"""The gunicorn internals app/http/worker.py relies on (app/http/gthread_internals.py),
 checked against the installed gunicorn; the plain gthread worker it falls
 back to; and LingeringWorker on real connections."""
 from __future__ import annotations
@@ -19,12 +19,12 @@ from gunicorn.http.unreader import Unreader
 from gunicorn.workers.base import Worker
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from app import gthread_internals, worker
-from app.http1 import PlainHTTP
+from app.http import gthread_internals, worker
+from app.http.http1 import PlainHTTP
 
 
 def test_the_installed_gunicorn_has_every_internal_the_worker_uses():
-    # fails on a gunicorn upgrade that changes them: app/worker.py would
+    # fails on a gunicorn upgrade that changes them: app/http/worker.py would
     # serve with plain gthread workers, so look at what changed
     assert gthread_internals.missing_internals() == []
     assert worker.Worker is worker.LingeringWorker
@@ -65,7 +65,7 @@ def worker_init_without_ppid(self, age, ppid, sockets, app, timeout, cfg, log):
     (Unreader, "__init__", unreader_without_buffer, "unreader.buf"),
     (ThreadWorker, "init_process", init_process_taking_sockets, "init_process(self)"),
     (ThreadWorker, "handle_exit", handle_exit_without_frame, "handle_exit(self, sig, frame)"),
-    # what app/http1.py and app/http1_response.py take from gunicorn
+    # what app/http/http1.py and app/http/http1_response.py take from gunicorn
     (Unreader, "take_buffered", None, "Unreader.take_buffered()"),
     (Worker, "handle_error", handle_exit_without_frame, "Worker.handle_error("),
     (message.Request, "__init__", request_init_without_limits, "Request.limit_request_line"),
