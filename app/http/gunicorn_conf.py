@@ -8,7 +8,8 @@ import os
 import shutil
 import sys
 
-from app.config import HTTP_WORKERS, Config, ConfigError
+from app.config import Config, ConfigError
+from app.settings import HTTP_WORKERS
 
 try:
     _config = Config.from_env()

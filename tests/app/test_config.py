@@ -175,7 +175,7 @@ def test_any_value_is_taken_or_refused_in_one_line(variable):
     ("/srv/pkgs", "/srv/pkgs"),
 ])
 def test_secrets_in_urls_are_masked(url, shown):
-    from app.config import mask
+    from app.settings import mask
     assert mask(url) == shown
 
 
