@@ -109,7 +109,7 @@ def create_app(config: Config | None = None, *, nix=None):
 
     import storage as storage_mod
 
-    from . import auth, commands, errors, logs, metrics, ops, web
+    from . import auth, commands, errors, logs, metrics, ops, upkeep, web
     from .proxy import Forwarded, Proxies
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
@@ -149,8 +149,8 @@ def create_app(config: Config | None = None, *, nix=None):
     errors.register(app)
     app.cli.add_command(commands.prebuild)
     app.cli.add_command(commands.sbom)
-    app.cli.add_command(commands.gc)
+    app.cli.add_command(upkeep.gc)
     from .cli import show_config
     app.cli.add_command(show_config)
-    app.cli.add_command(commands.failures)
+    app.cli.add_command(upkeep.failures)
     return app

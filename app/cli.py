@@ -13,7 +13,7 @@ import click
 from flask.cli import FlaskGroup
 from gunicorn.app.base import Application
 
-from . import commands
+from . import commands, upkeep
 from .config import Config
 
 PROG = "nix-image-registry"
@@ -38,7 +38,7 @@ class RegistryGroup(FlaskGroup):
         self.params = [p for p in self.params if p.name not in ("app", "debug", "env_file")]
 
     def make_context(self, info_name, args, parent=None, **extra):
-        extra.setdefault("obj", commands.EnvironmentScriptInfo(
+        extra.setdefault("obj", upkeep.EnvironmentScriptInfo(
             create_app=_create_app, set_debug_flag=False, load_dotenv_defaults=False))
         return super().make_context(info_name, args, parent=parent, **extra)
 
@@ -116,8 +116,8 @@ def show_config():
 cli = click.version_option(package_name="nix-image-registry", prog_name=PROG)(RegistryGroup(
     name=PROG, help="The Nix image registry: serve it, and look after what it stores.  "
     "Settings come from the environment (see `config`)."))
-for command in (serve, show_config, commands.gc, commands.prebuild, commands.sbom,
-                commands.failures):
+for command in (serve, show_config, upkeep.gc, commands.prebuild, commands.sbom,
+                upkeep.failures):
     cli.add_command(command)
 
 
