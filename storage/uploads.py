@@ -9,6 +9,7 @@ import shutil
 import tempfile
 
 from .errors import IntegrityError
+from .ranged import RangedReader
 
 # Copy buffer for hashing and spooling the data to upload.
 COPY_SIZE = 1 << 20
@@ -82,35 +83,21 @@ class Limited(io.RawIOBase):
         return data
 
 
-class Window(io.RawIOBase):
+class Window(RangedReader):
     """`size` bytes of a seekable file from `start`, as a seekable file of
     its own: what an HTTP client that rewinds its body (to hash it, to
     retry) is given."""
 
     def __init__(self, raw, start, size):
-        self.raw, self.start, self.size = raw, start, size
-        self.pos = 0
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self.pos
+        super().__init__(size)
+        self.raw, self.start = raw, start
 
     def seek(self, offset, whence=io.SEEK_SET):
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, min(base + offset, self.size))
-        return self.pos
+        # kept within the window: a client may seek to its end and back
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, min(base + offset, self._size))
+        return self._pos
 
-    def readinto(self, buffer):
-        n = min(len(buffer), self.size - self.pos)
-        if n <= 0:
-            return 0
-        self.raw.seek(self.start + self.pos)
-        data = self.raw.read(n)
-        buffer[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
+    def _fetch(self, first, last):
+        self.raw.seek(self.start + first)
+        return self.raw.read(last - first + 1)
