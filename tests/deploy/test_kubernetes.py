@@ -67,8 +67,9 @@ def nginx_conf(directive) -> str:
                      re.MULTILINE)[1]
 
 
-def test_there_is_a_base_and_a_gcs_overlay():
-    assert KUSTOMIZATIONS == ["base", os.path.join("overlays", "gcs")]
+def test_there_is_a_base_and_gcs_and_s3_overlays():
+    assert KUSTOMIZATIONS == ["base", os.path.join("overlays", "gcs"),
+                              os.path.join("overlays", "s3")]
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
@@ -78,7 +79,7 @@ def test_every_kustomization_renders_and_validates(folder, version):
     for resources in kinds.values():
         for resource in resources:
             kubernetes_validate.validate(resource, version, strict=True)
-    expected = KINDS - {"PersistentVolumeClaim"} if folder.endswith("gcs") else KINDS
+    expected = KINDS - {"PersistentVolumeClaim"} if folder.startswith("overlays") else KINDS
     assert set(kinds) == expected
 
 
@@ -155,3 +156,21 @@ def test_gcs_overlay_uses_workload_identity_and_the_bucket():
     # the bucket is shared: more than one pod, and gc on any node
     assert one(kinds, "Deployment")["spec"]["replicas"] > 1
     assert "affinity" not in pods[1]
+
+
+def test_s3_overlay_uses_web_identity_and_the_bucket():
+    kinds = render(os.path.join("overlays", "s3"))
+    account = one(kinds, "ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
+        "arn:aws:iam::")
+    settings = one(kinds, "ConfigMap")["data"]
+    assert settings["NIXERY_STORAGE_BACKEND"] == "s3" and settings["BUCKET"]
+    # web identity: no access key in the settings, no Secret
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(settings)
+    assert "Secret" not in kinds
+    pods = [one(kinds, "Deployment")["spec"]["template"]["spec"],
+            one(kinds, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
+    for pod in pods:
+        assert pod["serviceAccountName"] == account["metadata"]["name"]
+        assert not any("secret" in v or "persistentVolumeClaim" in v for v in pod["volumes"])
+    assert one(kinds, "Deployment")["spec"]["replicas"] > 1
