@@ -16,7 +16,7 @@ RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
 	apache2-utils mmdebstrap systemd
 # What the benchmarks measure against and load with (bench/, by hand only).
-BENCH_DEBS := wrk nginx docker-registry skopeo
+BENCH_DEBS := wrk nginx docker-registry skopeo gcc
 
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS
@@ -41,7 +41,8 @@ test-e2e: deps test-deps $(VENV)/.installed
 bench: deps bench-deps $(VENV)/.installed
 	$(BIN)/python -m bench.serve $(SERVE_ARGS); s=$$?; \
 	$(BIN)/python -m bench.load $(LOAD_ARGS); l=$$?; \
-	exit $$((s || l))
+	$(BIN)/python -m bench.pulls $(PULLS_ARGS); p=$$?; \
+	exit $$((s || l || p))
 
 # The registry's wheel and a wheel of everything it needs, in
 # dist/wheelhouse: what `pip install --no-index --find-links` takes offline.
