@@ -12,9 +12,10 @@ RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
 # apache2-utils: htpasswd, as the README makes the users' file with it;
 # mmdebstrap: the base of the registry's image; systemd: systemd-analyze
-# and systemd-sysusers check deploy/systemd/).
+# and systemd-sysusers check deploy/systemd/; openssh-server: a Nix remote
+# builder on loopback, tests/nixstore.py).
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
-	apache2-utils mmdebstrap systemd
+	apache2-utils mmdebstrap systemd openssh-server openssh-client
 # What the benchmarks measure against and load with (bench/, by hand only).
 BENCH_DEBS := wrk nginx docker-registry skopeo gcc
 
