@@ -23,9 +23,10 @@ import sys
 
 import requests
 
-from .common import OCI_MANIFEST, Process, free_port, median, need, registry, servers
+from .common import OCI_MANIFEST, Process, median, need, registry, servers
 from .floor import ACCEL
 from .nginx import front
+from .serve import nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGES = {"many layers": "shell/git/htop", "few layers": "hello"}
@@ -66,33 +67,8 @@ def static_nginx(workdir, storage_root, images) -> tuple[Process, str]:
             target = os.path.join(folder, "blobs", blob["digest"])
             if not os.path.exists(target):
                 os.symlink(os.path.join(storage_root, "layers", blob["digest"]), target)
-    port = free_port()
-    conf = os.path.join(workdir, "static.conf")
-    user = "user root root;" if os.getuid() == 0 else ""
-    with open(conf, "w") as f:
-        f.write(f"""{user}
-worker_processes auto;
-pid {workdir}/static.pid;
-error_log {workdir}/static-error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  types {{ }}
-  default_type application/octet-stream;
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    location ~ /manifests/ {{ default_type {OCI_MANIFEST}; }}
-  }}
-}}
-""")
-    proc = Process(["nginx", "-c", conf, "-g", "daemon off;"],
-                   os.path.join(workdir, "static.log"))
-    host = f"127.0.0.1:{port}"
-    proc.wait_http(f"http://{host}/v2/hello/manifests/latest")
+    proc, host = nginx(workdir, root, name="static", access_log=False,
+                       locations=f"location ~ /manifests/ {{ default_type {OCI_MANIFEST}; }}")
     return proc, host
 
 
