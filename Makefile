@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
-# apache2-utils: htpasswd, as the README makes the users' file with it;
+# apache2-utils: htpasswd, as docs/security.md makes the users' file with it;
 # mmdebstrap: the base of the registry's image; systemd: systemd-analyze
 # and systemd-sysusers check deploy/systemd/).
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
