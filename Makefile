@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
-# apache2-utils: htpasswd, as the README makes the users' file with it;
+# apache2-utils: htpasswd, as docs/security.md makes the users' file with it;
 # mmdebstrap: the base of the registry's image; systemd: systemd-analyze
 # and systemd-sysusers check deploy/systemd/; openssh-server: a Nix remote
 # builder on loopback, tests/nixstore.py).
@@ -22,7 +22,7 @@ BENCH_DEBS := wrk nginx docker-registry skopeo gcc
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS
 
-.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean wheelhouse image
+.PHONY: run test test-unit test-e2e docs bench deps test-deps bench-deps clean wheelhouse image
 
 # the installed operator command, as a deployment runs it
 run: deps $(VENV)/.installed
@@ -36,6 +36,14 @@ test-unit: deps $(VENV)/.installed
 
 test-e2e: deps test-deps $(VENV)/.installed
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+# The documentation site (docs/, mkdocs.yml) in site/, built strictly: a
+# broken link, a missing anchor or a page left out of the navigation fails
+# it.  MkDocs and its theme come with the test extras; the site loads
+# nothing from the network.  (NO_MKDOCS_2_WARNING: the theme's notice
+# about MkDocs' future, printed on every build.)
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Not part of `make test`: minutes long, and its figures depend on the
 # machine.  Runs both benchmarks, then fails if either missed a target.
@@ -76,4 +84,4 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) var .pytest_cache dist build
+	rm -rf $(VENV) var .pytest_cache dist build site
