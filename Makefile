@@ -10,18 +10,19 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # the static busybox the test package set is built from.
 RUN_DEBS := nix-bin nix-setup-systemd git ca-certificates busybox-static
 # What the end-to-end tests drive (nginx: deploy/nginx.conf in front;
-# apache2-utils: htpasswd, as the README makes the users' file with it;
+# apache2-utils: htpasswd, as docs/security.md makes the users' file with it;
 # mmdebstrap: the base of the registry's image; systemd: systemd-analyze
-# and systemd-sysusers check deploy/systemd/).
+# and systemd-sysusers check deploy/systemd/; openssh-server: a Nix remote
+# builder on loopback, tests/nixstore.py).
 TEST_DEBS := skopeo umoci podman runc containerd docker.io uidmap chromium chromium-driver nginx \
-	apache2-utils mmdebstrap systemd
+	apache2-utils mmdebstrap systemd openssh-server openssh-client
 # What the benchmarks measure against and load with (bench/, by hand only).
-BENCH_DEBS := wrk nginx docker-registry skopeo
+BENCH_DEBS := wrk nginx docker-registry skopeo gcc
 
 LISTEN_ADDRESS ?= 127.0.0.1
 export LISTEN_ADDRESS
 
-.PHONY: run test test-unit test-e2e bench deps test-deps bench-deps clean wheelhouse image
+.PHONY: run test test-unit test-e2e docs bench deps test-deps bench-deps clean wheelhouse image
 
 # the installed operator command, as a deployment runs it
 run: deps $(VENV)/.installed
@@ -36,12 +37,21 @@ test-unit: deps $(VENV)/.installed
 test-e2e: deps test-deps $(VENV)/.installed
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
+# The documentation site (docs/, mkdocs.yml) in site/, built strictly: a
+# broken link, a missing anchor or a page left out of the navigation fails
+# it.  MkDocs and its theme come with the test extras; the site loads
+# nothing from the network.  (NO_MKDOCS_2_WARNING: the theme's notice
+# about MkDocs' future, printed on every build.)
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # Not part of `make test`: minutes long, and its figures depend on the
 # machine.  Runs both benchmarks, then fails if either missed a target.
 bench: deps bench-deps $(VENV)/.installed
 	$(BIN)/python -m bench.serve $(SERVE_ARGS); s=$$?; \
 	$(BIN)/python -m bench.load $(LOAD_ARGS); l=$$?; \
-	exit $$((s || l))
+	$(BIN)/python -m bench.pulls $(PULLS_ARGS); p=$$?; \
+	exit $$((s || l || p))
 
 # The registry's wheel and a wheel of everything it needs, in
 # dist/wheelhouse: what `pip install --no-index --find-links` takes offline.
@@ -74,4 +84,4 @@ $(VENV)/.installed: setup.cfg setup.py pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) var .pytest_cache dist build
+	rm -rf $(VENV) var .pytest_cache dist build site

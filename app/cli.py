@@ -7,18 +7,16 @@ same commands (app/__init__.py adds them to the app's own group).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
 from flask.cli import FlaskGroup
-from gunicorn.app.base import Application
 
 from . import commands, upkeep
 from .config import Config
 
 PROG = "nix-image-registry"
-# the gunicorn settings `serve` runs with (gunicorn.conf.py loads them too)
-GUNICORN_SETTINGS = "python:app.http.gunicorn_conf"
 
 
 class RegistryGroup(FlaskGroup):
@@ -54,33 +52,6 @@ def _create_app():
     return create_app()
 
 
-class _Gunicorn(Application):
-    """gunicorn's arbiter with the registry's packaged settings, then any
-    gunicorn options given on the command line."""
-
-    def __init__(self, args):
-        self.args = list(args)
-        super().__init__(usage=f"{PROG} serve [GUNICORN_OPTIONS]", prog=f"{PROG} serve")
-
-    def load_config(self):
-        self.load_config_from_module_name_or_filename(GUNICORN_SETTINGS)
-        if not self.args:
-            return
-        parser = self.cfg.parser()
-        parser.prog = f"{PROG} serve"
-        options = parser.parse_args(self.args)
-        if options.args:
-            parser.error("the registry is the only app it serves: "
-                         f"unexpected {' '.join(options.args)}")
-        for name, value in vars(options).items():
-            if value is not None and name != "args":
-                self.cfg.set(name.lower(), value)
-
-    def load(self):
-        from gunicorn import util
-        return util.import_app(self.cfg.wsgi_app)
-
-
 @click.command("serve", context_settings={"ignore_unknown_options": True})
 @click.argument("gunicorn_options", nargs=-1, type=click.UNPROCESSED)
 def serve(gunicorn_options):
@@ -96,7 +67,12 @@ def serve(gunicorn_options):
     # and storage that cannot be used (no credentials, no bucket) here,
     # not in every worker as it boots
     storage.from_config(config)
-    _Gunicorn(gunicorn_options).run()
+    # gunicorn runs in a fresh interpreter: this one has imported
+    # prometheus_client (with the commands), which picks its kind of
+    # counters when imported, before gunicorn's settings could name the
+    # folder the workers count in together (app/http/gunicorn_conf.py)
+    # (-P: not the current folder's own `app`, whatever folder it is)
+    os.execv(sys.executable, [sys.executable, "-P", "-m", "app.http.serving", *gunicorn_options])
 
 
 @click.command("config")

@@ -43,7 +43,7 @@ UNKNOWN = ["nosuchpkg", "gti", "htop/curll", "hello/nosuchpkg"]
 # (app/logs.py): client user "METHOD path" status bytes duration_ms "ms" ...
 ACCESS_RE = re.compile(r'^\S+ \S+ "(\S+) (.*?)" (\d{3}) \S+ ([\d.]+)ms ', re.M)
 BUILDING, BUILT = "builders.jobs.builds: building ", "builders.jobs.builds: built "
-BUILDING_RE = re.compile(r"builders\.service: building (\S+) for ")
+BUILDING_RE = re.compile(r"builders\.jobs\.builds: building (\S+) for ")
 
 
 def lua(value) -> str:

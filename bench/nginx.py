@@ -13,7 +13,7 @@ at 16 connections:
   own checks) weighs most against the cost of the bytes.
 - blob GET, p99 latency on the 9 MB layer: nginx + registry vs nginx
   alone; target: within 2x.  (Python sending the bytes itself had a p99
-  ten times nginx's: bench/README.md, "Tail latency of large blobs".)
+  ten times nginx's: docs/benchmarks.md, "Tail latency of large blobs".)
 - cached manifest GET by tag: nginx + registry vs the registry directly
   (gunicorn), to say what the hop costs; no target.
 - the worker's floor (gunicorn with app/http/worker.py), for the layers below

@@ -61,11 +61,12 @@ http:
     return proc, host
 
 
-def nginx(workdir, root) -> tuple[Process, str]:
+def nginx(workdir, root, *, name="nginx", locations="", access_log=True) -> tuple[Process, str]:
     """nginx serving `root` (our storage folder) with sendfile, as a static
-    file server is usually set up; one worker per core like ours."""
+    file server is usually set up; one worker per core like ours.
+    `locations` are added to its server block."""
     port = free_port()
-    prefix = os.path.join(workdir, "nginx")
+    prefix = os.path.join(workdir, name)
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(prefix, "nginx.conf")
     # Our storage files are private to their owner: workers run as the same
@@ -78,7 +79,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log;
 events {{ worker_connections 1024; }}
 http {{
-  access_log {prefix}/access.log;
+  access_log {f"{prefix}/access.log" if access_log else "off"};
   sendfile on;
   tcp_nopush on;
   # wrk keeps its connections for the whole run, as our gunicorn allows
@@ -88,6 +89,7 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     root {root};
+    {locations}
   }}
 }}
 """)

@@ -5,7 +5,7 @@ deal (bodies, chunked transfer, trailers, obsolete folding, Expect,
 upgrades, proxy protocol, header mapping policies), and answers through a
 response object as general.  Behind nginx, on this project's 2 cores, that
 costs about 150 µs of the 300 µs of CPU that a small blob request spends in
-a worker (bench/README.md, "nginx in front"), more than the registry's own
+a worker (docs/benchmarks.md, "nginx in front"), more than the registry's own
 work.  But a pull is GET and HEAD requests with a handful of headers and no
 body, over one kept-alive connection.
 

@@ -32,7 +32,7 @@ class Kind:
 
 
 # The defaults per compressor and the overall default come from the figures
-# of bench/compressors.py (see README): isal level 1 is the fastest choice
+# of bench/compressors.py (docs/benchmarks.md, "Which compressor"): isal level 1 is the fastest choice
 # whose layers stay within 15% of zlib -6.
 KINDS = {
     "isal": Kind("isal", range(0, 4), 1),

@@ -162,7 +162,7 @@ class LayerStore:
         if data is not None:
             known = json.loads(data)
             # marked as used, so that a garbage collection judging it now
-            # keeps it (builders/gc.py); False when it is gone
+            # keeps it (storage/gc.py); False when it is gone
             if self.storage.mark_used(keys.blob(known["digest"])):
                 return known
         logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))

@@ -283,7 +283,7 @@ def test_the_configuration_imports_no_metrics():
         secret, _ = keypair(folder, "k")
         code = ("import sys; from app.config import Config; "
                 f"Config.from_env({{'NIXERY_NIX_CACHE': 'file:///c', 'NIXERY_NIX_CACHE_KEY': {secret!r}}}); "
-                "import app.http.gunicorn_conf; print('prometheus_client' in sys.modules)")
+                "import app.http.gunicorn_conf, app.http.serving; print('prometheus_client' in sys.modules)")
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                               text=True, check=True)
     assert done.stdout.strip() == "False"

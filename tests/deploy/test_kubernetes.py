@@ -67,8 +67,9 @@ def nginx_conf(directive) -> str:
                      re.MULTILINE)[1]
 
 
-def test_there_is_a_base_and_a_gcs_overlay():
-    assert KUSTOMIZATIONS == ["base", os.path.join("overlays", "gcs")]
+def test_there_is_a_base_and_gcs_and_s3_overlays():
+    assert KUSTOMIZATIONS == ["base", os.path.join("overlays", "gcs"),
+                              os.path.join("overlays", "s3")]
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
@@ -78,7 +79,7 @@ def test_every_kustomization_renders_and_validates(folder, version):
     for resources in kinds.values():
         for resource in resources:
             kubernetes_validate.validate(resource, version, strict=True)
-    expected = KINDS - {"PersistentVolumeClaim"} if folder.endswith("gcs") else KINDS
+    expected = KINDS - {"PersistentVolumeClaim"} if folder.startswith("overlays") else KINDS
     assert set(kinds) == expected
 
 
@@ -137,21 +138,37 @@ def test_settings_are_ones_the_registry_accepts(folder, tmp_path):
     assert config.storage_chosen
 
 
-def test_gcs_overlay_uses_workload_identity_and_the_bucket():
-    kinds = render(os.path.join("overlays", "gcs"))
+def bucket_overlay(name, backend) -> tuple[dict, dict, dict]:
+    """An overlay's resources, its ServiceAccount and its settings, after
+    checking what every bucket overlay promises: the backend and a bucket,
+    no Secret and no volume claim (the bucket holds what the claim held),
+    both pods as the account, more than one registry pod, gc on any node."""
+    kinds = render(os.path.join("overlays", name))
     account = one(kinds, "ServiceAccount")
-    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
-        ".iam.gserviceaccount.com")
     settings = one(kinds, "ConfigMap")["data"]
-    assert settings["NIXERY_STORAGE_BACKEND"] == "gcs" and settings["BUCKET"]
-    # no key file anywhere: no secret, no credentials setting
-    assert "GOOGLE_APPLICATION_CREDENTIALS" not in settings
+    assert settings["NIXERY_STORAGE_BACKEND"] == backend and settings["BUCKET"]
     assert "Secret" not in kinds
     pods = [one(kinds, "Deployment")["spec"]["template"]["spec"],
             one(kinds, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
     for pod in pods:
         assert pod["serviceAccountName"] == account["metadata"]["name"]
         assert not any("secret" in v or "persistentVolumeClaim" in v for v in pod["volumes"])
-    # the bucket is shared: more than one pod, and gc on any node
     assert one(kinds, "Deployment")["spec"]["replicas"] > 1
     assert "affinity" not in pods[1]
+    return kinds, account, settings
+
+
+def test_gcs_overlay_uses_workload_identity_and_the_bucket():
+    _, account, settings = bucket_overlay("gcs", "gcs")
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com")
+    # no key file anywhere
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in settings
+
+
+def test_s3_overlay_uses_web_identity_and_the_bucket():
+    _, account, settings = bucket_overlay("s3", "s3")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith(
+        "arn:aws:iam::")
+    # web identity: no access key in the settings
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(settings)

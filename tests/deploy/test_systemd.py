@@ -26,7 +26,7 @@ SERVICE = SYSTEMD / "nix-image-registry.service"
 GC = SYSTEMD / "nix-image-registry-gc.service"
 TIMER = SYSTEMD / "nix-image-registry-gc.timer"
 SYSUSERS = SYSTEMD / "sysusers.d" / "nix-image-registry.conf"
-# where the README installs the registry; not on the test machine
+# where docs/deployment.md installs the registry; not on the test machine
 COMMAND = "/opt/nix-image-registry/bin/nix-image-registry"
 
 

@@ -16,7 +16,7 @@ IMAGE = "shell/hello"
 def locked(tmp_path_factory):
     need("htpasswd")
     users = tmp_path_factory.mktemp("users") / "htpasswd"
-    # as the README says to make it
+    # as docs/security.md says to make it
     run(["htpasswd", "-B", "-b", "-c", str(users), "alice", "wonderland"])
     yield from registry(tmp_path_factory, "registry-auth", NIXERY_HTPASSWD=str(users),
                         NIXERY_TLS_IN_FRONT="1")

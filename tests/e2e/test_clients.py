@@ -94,7 +94,7 @@ def test_docker_pulls_and_runs(server, dockerd):
 def test_docker_reports_missing_packages(server, dockerd):
     done = run(["docker", "pull", f"{server.host}/hello/nopkg/gti:latest"], check=False,
                env=dockerd.env)
-    print("docker:", done.stderr)  # what the README quotes
+    print("docker:", done.stderr)  # what docs/clients.md quotes
     assert done.returncode != 0
     assert "nopkg" in done.stderr and "did you mean git" in done.stderr
 

@@ -83,6 +83,11 @@ def test_installed_wheel_serves_a_pull_and_collects_from_another_folder(installe
         rootfs = unpack(tmp_path / "oci", tmp_path / "bundle")
         assert in_root(rootfs, "hello") == "Hello, world!\n"
         assert answers(second.url + "/v2/", 200)
+        # its workers count together: the pull and the build are in /metrics
+        import requests
+        metrics = requests.get(first.url + "/metrics", timeout=10).text
+        assert 'registry_builds_total{outcome="built"}' in metrics
+        assert 'registry_http_requests_total{method="GET",route="registry.blobs"' in metrics
         # no gunicorn control socket for the two of them to share
         assert not os.path.exists(tmp_path / "home" / ".gunicorn")
     finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -15,7 +14,7 @@ import requests
 from tests.conftest import PKGS, drowsy_set
 from tests.e2e.conftest import run
 from tests.e2e.test_clients import in_root, skopeo_copy, unpack
-from tests.e2e.test_gcs import BLOB_REDIRECT, BLOB_STREAMED, building
+from tests.e2e.test_gcs import BLOB_REDIRECT, BLOB_STREAMED, pulled_at_once_built_once
 from tests.server import Server
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -79,12 +78,7 @@ def test_two_instances_on_one_bucket_build_a_new_image_once(tmp_path, s3_server)
     env["NIXERY_PKGS_PATH"] = drowsy_set(tmp_path / "pkgs", 8)
     servers = [Server(str(tmp_path / name), **env).start() for name in ("one", "two")]
     try:
-        with ThreadPoolExecutor(2) as pool:
-            answers = list(pool.map(lambda srv: requests.get(
-                f"{srv.url}/v2/drowsy/manifests/latest", timeout=120), servers))
-        assert [r.status_code for r in answers] == [200, 200]
-        assert answers[0].content == answers[1].content
-        assert sum(building(srv, "drowsy") for srv in servers) == 1
+        pulled_at_once_built_once(servers)
     finally:
         for srv in servers:
             srv.stop()

@@ -68,33 +68,24 @@ def _fill(driver):
     assert driver.put_if("claims/x", b"{}", version=None)
 
 
-def test_files_are_readable_by_a_web_server_whatever_the_umask(tmp_path):
+@pytest.mark.parametrize("group,folder_mode,file_mode", [
+    (None, 0o755, 0o644),          # anyone may read: nginx's workers run as nobody
+    (os.getgid(), 0o2750, 0o640),  # NIXERY_STORAGE_GROUP: its members only
+])
+def test_files_are_readable_by_a_web_server_whatever_the_umask(tmp_path, group, folder_mode,
+                                                              file_mode):
     old = os.umask(0o077)
     try:
-        driver = FilesystemStorage(str(tmp_path / "s"))
-        _fill(driver)
+        _fill(FilesystemStorage(str(tmp_path / "s"), group=group))
     finally:
         os.umask(old)
     folders, files = _modes(tmp_path / "s")
-    assert set(folders.values()) == {0o755}
+    assert set(folders.values()) == {folder_mode}
     stored = {p: m for p, m in files.items() if "/.locks/" not in p}
-    assert len(stored) == 3 and set(stored.values()) == {0o644}
+    assert len(stored) == 3 and set(stored.values()) == {file_mode}
     assert not any(m & 0o002 for m in list(folders.values()) + list(files.values()))
-
-
-def test_a_storage_group_narrows_reading_to_it(tmp_path):
-    gid = os.getgid()
-    old = os.umask(0o077)
-    try:
-        driver = FilesystemStorage(str(tmp_path / "s"), group=gid)
-        _fill(driver)
-    finally:
-        os.umask(old)
-    folders, files = _modes(tmp_path / "s")
-    assert set(folders.values()) == {0o2750}
-    stored = {p: m for p, m in files.items() if "/.locks/" not in p}
-    assert set(stored.values()) == {0o640}
-    assert all(os.stat(p).st_gid == gid for p in list(folders) + list(stored))
+    if group is not None:
+        assert all(os.stat(p).st_gid == group for p in list(folders) + list(stored))
 
 
 def test_a_blob_written_closed_by_an_earlier_version_is_opened_up_when_read(tmp_path):
