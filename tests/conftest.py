@@ -170,3 +170,14 @@ def s3_server(tmp_path_factory):
 def s3_bucket(s3_server):
     """A new, empty bucket on moto's server for one test."""
     return s3_server.create_bucket()
+
+
+@pytest.fixture
+def nix_store(tmp_path, monkeypatch):
+    """A Nix store of the test's own in its folder (tests/nixstore.py), the
+    Nix of this process and its children pointed at it."""
+    from tests.nixstore import FolderStore
+    private = FolderStore(tmp_path / "nix")
+    for name, value in private.env.items():
+        monkeypatch.setenv(name, value)
+    return private

@@ -12,14 +12,13 @@ import socket
 import subprocess
 import sys
 
-import pytest
+import requests
 
 from app.config import Config
 from builders.nixbuild.nix import Deadline, Nix
 from tests.conftest import PKGS, ROOT, need
 from tests.e2e.conftest import run
-from tests.nixstore import FolderStore
-from tests.server import answers, free_port, stop_process
+from tests.server import free_port, stop_process
 
 SYSTEMD = ROOT / "deploy" / "systemd"
 SERVICE = SYSTEMD / "nix-image-registry.service"
@@ -137,32 +136,26 @@ def test_serve_tells_systemd_when_it_listens(tmp_path):
     try:
         message = notify.recv(4096).decode()
         assert "READY=1" in message.split("\n")
-        assert answers(f"http://127.0.0.1:{port}/healthz", 200)
+        # gunicorn says READY=1 once it listens, before its workers are up:
+        # a connection made then waits in the listen queue, and is answered
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
     finally:
         stop_process(proc, 30)
         log.close()
         notify.close()
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    private = FolderStore(tmp_path / "nix")
-    for name, value in private.env.items():
-        monkeypatch.setenv(name, value)
-    return private
-
-
-def collect_nix_store(tmp_path, store, **thresholds):
-    """The gc unit's Nix part, run with the unit's environment on `store`."""
+def collect_nix_store(tmp_path, nix_store, **thresholds):
+    """The gc unit's Nix part, run with the unit's environment on `nix_store`."""
     nix_part, = [line for line in values(GC, "ExecStart") if "nix-collect-garbage" in line]
-    env = store.environ(**{**environment(GC, tmp_path / "state"), **thresholds})
+    env = nix_store.environ(**{**environment(GC, tmp_path / "state"), **thresholds})
     env["NIX_REMOTE"] = "local"  # the private store, not a daemon's
     return run(command(nix_part), env=env).stdout
 
 
-def test_gc_unit_collects_the_nix_store_and_keeps_what_a_build_rooted(tmp_path, store):
+def test_gc_unit_collects_the_nix_store_and_keeps_what_a_build_rooted(tmp_path, nix_store):
     assert values(GC, "ExecStart")[0] == f"{COMMAND} gc"
-    dead = store.add(tmp_path, "dead", "nothing roots this\n")
+    dead = nix_store.add(tmp_path, "dead", "nothing roots this\n")
     config = Config(pkgs_path=str(PKGS), storage_path=str(tmp_path / "storage"))
     nix = Nix(roots_path=config.gc_roots_path)
     hello, = nix.resolve({"type": "path", "path": str(PKGS)}, "x86_64-linux", [["hello"]],
@@ -171,17 +164,17 @@ def test_gc_unit_collects_the_nix_store_and_keeps_what_a_build_rooted(tmp_path, 
         nix.realise({f"{hello.drv}!out": "hello"}, Deadline(120), roots=building)
 
         # enough space: nothing is collected
-        said = collect_nix_store(tmp_path, store, STORE_MIN_FREE_GIB="0")
+        said = collect_nix_store(tmp_path, nix_store, STORE_MIN_FREE_GIB="0")
         assert "nothing to collect" in said
-        assert store.valid(dead)
+        assert nix_store.valid(dead)
 
         # short of space (less free than asked for): what nothing roots goes
-        said = collect_nix_store(tmp_path, store, STORE_MIN_FREE_GIB="1000000",
+        said = collect_nix_store(tmp_path, nix_store, STORE_MIN_FREE_GIB="1000000",
                                  STORE_MAX_FREE_GIB="2000000")
         assert "collecting" in said
-        assert not store.valid(dead)
-        assert store.valid(hello.out)
+        assert not nix_store.valid(dead)
+        assert nix_store.valid(hello.out)
     # the build is done: its output is garbage too
-    collect_nix_store(tmp_path, store, STORE_MIN_FREE_GIB="1000000",
+    collect_nix_store(tmp_path, nix_store, STORE_MIN_FREE_GIB="1000000",
                       STORE_MAX_FREE_GIB="2000000")
-    assert not store.valid(hello.out)
+    assert not nix_store.valid(hello.out)

@@ -15,15 +15,6 @@ from builders.errors import BuildFailed
 from builders.image.names import Image
 from builders.nixbuild.nix import Nix
 from tests.conftest import PKGS
-from tests.nixstore import FolderStore
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    private = FolderStore(tmp_path / "nix")
-    for name, value in private.env.items():
-        monkeypatch.setenv(name, value)
-    return private
 
 
 class CollectingNix(Nix):
@@ -64,33 +55,33 @@ def test_the_app_roots_builds_in_its_state(config):
 
 
 def test_what_a_build_made_stays_through_a_collection_until_its_layers_are_stored(
-        tmp_path, config, store):
-    dead = store.add(tmp_path, "dead", "nothing roots this\n")
-    nix = CollectingNix(store, "closure", roots_path=config.gc_roots_path)
+        tmp_path, config, nix_store):
+    dead = nix_store.add(tmp_path, "dead", "nothing roots this\n")
+    nix = CollectingNix(nix_store, "closure", roots_path=config.gc_roots_path)
 
     record = images(config, nix).image(Image.from_name("hello"), "latest")
 
     # the collection ran between the build and the layers, and collected
-    assert dead in nix.collected and not store.valid(dead)
-    hello = next(p for p in os.listdir(store.dir) if p.endswith("-hello-1.0"))
+    assert dead in nix.collected and not nix_store.valid(dead)
+    hello = next(p for p in os.listdir(nix_store.dir) if p.endswith("-hello-1.0"))
     assert record.layers and any(layer["paths"] for layer in record.layers)
     # nothing is rooted once the layers are stored: the next collection
     # takes what the build made
     assert os.listdir(config.gc_roots_path) == []
-    assert store.valid(os.path.join(store.dir, hello))
-    store.collect()
-    assert not store.valid(os.path.join(store.dir, hello))
+    assert nix_store.valid(os.path.join(nix_store.dir, hello))
+    nix_store.collect()
+    assert not nix_store.valid(os.path.join(nix_store.dir, hello))
 
 
-def test_without_roots_that_collection_deletes_the_build_under_it(config, store):
-    nix = CollectingNix(store, "closure", roots_path=None)
+def test_without_roots_that_collection_deletes_the_build_under_it(config, nix_store):
+    nix = CollectingNix(nix_store, "closure", roots_path=None)
     with pytest.raises(BuildFailed, match="could not read the closure"):
         images(config, nix).image(Image.from_name("hello"), "latest")
     assert "-hello-1.0" in nix.collected
 
 
-def test_derivations_collected_before_their_build_are_evaluated_again(config, store, caplog):
-    nix = CollectingNix(store, "realise", roots_path=config.gc_roots_path)
+def test_derivations_collected_before_their_build_are_evaluated_again(config, nix_store, caplog):
+    nix = CollectingNix(nix_store, "realise", roots_path=config.gc_roots_path)
 
     record = images(config, nix).image(Image.from_name("hello"), "latest")
 
