@@ -1,16 +1,20 @@
-"""Layer-making throughput on a large closure, against two baselines.
+"""Layer-making throughput on a large closure, against the hashing ceiling.
 
 On the same store paths (bench/corpus.py: real files from /usr, many small
 and some large, several hundred MB), in one run:
 
 - ours: the closure grouped into layers, each layer made (tar -> sha256 ->
-  gzip -> sha256 + MD5 -> a temporary file) on the service's layer pool;
-  and the same again through LayerStore.store_layers into filesystem
-  storage, which also verifies each blob as it stores it;
-- `tar --sort=name -cf - PATHS | gzip -6 | sha256sum`: a zlib -6 pipeline
-  (target: ours at least 5x faster);
-- `tar --sort=name -cf - PATHS | sha256sum`: no compression at all, the
-  ceiling (target: ours within 2x of it).
+  gzip -> sha256 (+ MD5 where the storage needs it) -> a temporary file) on
+  the service's layer pool; and the same again through
+  LayerStore.store_layers into filesystem storage;
+- the ceiling: the tar stream of the same paths only hashed, no
+  compression, no writes: `tar --sort=name -cf - PATHS | openssl dgst
+  -sha256`, and the same stream hashed in this process with hashlib (both
+  OpenSSL, with SHA-NI where the CPU has it); the faster of the two is the
+  ceiling (target: made and stored at >= 400 MB/s);
+- for reference, `tar | sha256sum` (coreutils' own sha256, no SHA-NI: it
+  measured 0.37x of OpenSSL here, so it is no ceiling) and, with
+  --gzip-pipeline, `tar | gzip -6 | sha256sum`.
 
 Each figure is the best of --repeat runs, with the files in the page cache,
 so load from other processes on the machine slows every contender alike.
@@ -20,6 +24,7 @@ so load from other processes on the machine slows every contender alike.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -56,6 +61,22 @@ def shell(cmd):
     return time.perf_counter() - start
 
 
+def hashlib_of(cmd):
+    """The tar stream hashed in this process with hashlib (OpenSSL's sha256),
+    as the layer writer hashes it."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(["bash", "-c", cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n := proc.stdout.readinto(buf):
+        h.update(view[:n])
+    if proc.wait():
+        raise SystemExit(f"{cmd} failed")
+    return time.perf_counter() - start
+
+
 def make_layers(groups, compression, workers):
     def one(group):
         with tempfile.TemporaryFile() as f:
@@ -85,6 +106,8 @@ def main():
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--compressor", default=None, help="KIND or KIND:LEVEL (default: ours)")
+    parser.add_argument("--gzip-pipeline", action="store_true",
+                        help="also time tar | gzip -6 | sha256sum (slow: ~45 s a run)")
     args = parser.parse_args()
     if args.compressor:
         kind, _, level = args.compressor.partition(":")
@@ -112,25 +135,33 @@ def main():
         best[name] = min(best.get(name, seconds), seconds)
 
     for _ in range(args.repeat):
-        record("tar | gzip -6 | sha256sum", shell(f"{tar} | gzip -6 | sha256sum"))
-        record("tar | sha256sum", shell(f"{tar} | sha256sum"))
+        if args.gzip_pipeline:
+            record("tar | gzip -6 | sha256sum", shell(f"{tar} | gzip -6 | sha256sum"))
+        record("tar | sha256sum (coreutils)", shell(f"{tar} | sha256sum"))
+        record("tar | openssl dgst -sha256", shell(f"{tar} | openssl dgst -sha256"))
+        record("tar | hashlib sha256", hashlib_of(tar))
         seconds, blobs = make_layers(groups, compression, workers)
         record("ours: layers made", seconds)
         record("ours: layers made and stored", store_layers(groups, compression, workers,
                                                              args.root))
     gz = sum(b.size for b in blobs)
-    print(f"our layers: {gz / 1e6:.0f} MB gzipped")
+    print(f"our layers: {gz / 1e6:.0f} MB ({gz / tar_bytes:.3f} of the tar stream)")
     for name, seconds in best.items():
         print(f"{name:32} {seconds:7.2f} s {tar_bytes / seconds / 1e6:7.0f} MB/s")
-    ours = best["ours: layers made"]
-    print(f"ours vs tar | gzip -6 | sha256sum: {best['tar | gzip -6 | sha256sum'] / ours:.1f}x "
-          f"faster (target >= 5x)")
-    print(f"ours vs tar | sha256sum: {ours / best['tar | sha256sum']:.2f}x its time "
-          f"(target <= 2x)")
-    stored = best["ours: layers made and stored"]
-    print(f"made and stored: {best['tar | gzip -6 | sha256sum'] / stored:.1f}x faster than the "
-          f"gzip pipeline, {stored / best['tar | sha256sum']:.2f}x the ceiling's time")
+    ceiling = min(best["tar | openssl dgst -sha256"], best["tar | hashlib sha256"])
+    print(f"ceiling (the faster hash of the tar stream): {tar_bytes / ceiling / 1e6:.0f} MB/s")
+    for name in ("ours: layers made", "ours: layers made and stored"):
+        print(f"{name}: {tar_bytes / best[name] / 1e6:.0f} MB/s, "
+              f"{ceiling / best[name]:.2f}x the ceiling's speed")
+    stored = tar_bytes / best["ours: layers made and stored"] / 1e6
+    print(f"made and stored: {stored:.0f} MB/s (target >= 400 MB/s): "
+          f"{'met' if stored >= 400 else 'missed'}")
+    if args.gzip_pipeline:
+        print(f"made and stored vs tar | gzip -6 | sha256sum: "
+              f"{best['tar | gzip -6 | sha256sum'] / best['ours: layers made and stored']:.1f}x "
+              f"faster")
+    return 0 if stored >= 400 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

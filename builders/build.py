@@ -35,6 +35,24 @@ class Built:
     store_paths: int      # in the closure
     nix_seconds: float    # of the whole build's time
     roots: tuple = ()     # the requested packages' store paths (the closure's roots)
+    phases: tuple = ()    # (phase, seconds) in the order they ran, for the "built" log line
+
+
+class _Clock:
+    """Tells `phase` each step, and times the steps: (name, seconds) each."""
+
+    def __init__(self, phase):
+        self._phase = phase
+        self._name, self._since = None, time.monotonic()
+        self.times: list[tuple[str, float]] = []
+
+    def __call__(self, name=None):
+        now = time.monotonic()
+        if self._name is not None:
+            self.times.append((self._name, now - self._since))
+        self._name, self._since = name, now
+        if name is not None:
+            self._phase(name)
 
 
 class ImageBuilder:
@@ -53,6 +71,7 @@ class ImageBuilder:
         `job` the Nix log's path and the layers as they are stored.
         `source` describes the package source, for the SBOM."""
         started = time.monotonic()
+        phase = _Clock(phase)
         deadline = Deadline(self.nix_timeout, log_path=job.log_path)
         # what Nix built stays rooted until its layers are stored
         with self.nix.roots() as gc_roots:
@@ -61,10 +80,10 @@ class ImageBuilder:
             closure = self.nix.closure(roots, deadline)
             nix_seconds = time.monotonic() - started
 
+            phase("making layers")  # grouping the closure is part of it
             names = [p.name for p in closure]
             counts, popular = self.popularity.for_layering(names, image.system)
             groups = grouping.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
-            phase("making layers")
             job.layers(len(groups) + 1)
             stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
                                                   on_layer=job.layer_done)
@@ -91,7 +110,8 @@ class ImageBuilder:
             sbom=self.store_sbom(bom, manifests), licenses=_licenses(resolved),
             revision=revision.identity)
         self.storage.put_bytes(keys.manifest(key), record.to_json(), "application/json")
-        return Built(record, len(closure), nix_seconds, tuple(roots))
+        phase()
+        return Built(record, len(closure), nix_seconds, tuple(roots), tuple(phase.times))
 
     def _realised(self, image: Image, source: dict, deadline, gc_roots, phase=lambda name: None):
         """The requested packages, evaluated and built (rooted in `gc_roots`).

@@ -150,9 +150,11 @@ def _tracked_build(svc, image, tag, revision, key, job: Job) -> ImageRecord:
                     "fault of the image: pull again in a moment, once its operator has "
                     "freed some", cause="disk") from e
         record = built.record
-        logger.info("built %s: %d store paths in %d layers, Nix %.1fs, total %.1fs",
+        # seconds per phase, to see where a build's time beyond Nix goes
+        logger.info("built %s: %d store paths in %d layers, Nix %.2fs, total %.2fs (%s)",
                     image.name, built.store_paths, len(record.layers), built.nix_seconds,
-                    time.monotonic() - started)
+                    time.monotonic() - started,
+                    ", ".join(f"{name} {seconds:.2f}s" for name, seconds in built.phases))
         outcome = "built"
         if svc.nix_cache is not None:
             # once the pulls waiting for it have the image

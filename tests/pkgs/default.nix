@@ -108,6 +108,25 @@ let
     python = benchPkg { pname = "python"; mb = 10; deps = [ python-stdlib openssl zlib readline ]; };
     vim = benchPkg { pname = "vim"; mb = 12; files = 2000; deps = [ ncurses python ]; };
 
+    # One store path of 96 MiB, one file: half random bytes (compiled code
+    # compresses little), half text, 1 MiB of each in turn, so every block
+    # of its layer is work for the compressor.  For bench/coldpull.py: a
+    # one-path image whose single layer is big.
+    big96 = mk {
+      pname = "big96";
+      script = ''
+        mkdir -p $out/lib
+        seq 1 9000000 > $TMPDIR/text
+        i=0
+        while [ $i -lt 48 ]; do
+          head -c 1048576 /dev/urandom
+          dd if=$TMPDIR/text bs=1048576 skip=$i count=1 2>/dev/null
+          i=$((i + 1))
+        done > $out/lib/libbig96.so
+        [ "$(wc -c < $out/lib/libbig96.so)" -eq 100663296 ]
+      '';
+    };
+
     # About 1 GB: four parts of mostly large files, four of small files.
     huge = benchPkg { pname = "huge"; mb = 1; deps = map (i: benchPkg {
       pname = "huge-data-${toString i}"; mb = 200;
@@ -294,6 +313,20 @@ let
       script = ''
         mkdir -p $out/share
         head -c 120000000 /dev/urandom > $out/share/big
+      '';
+    };
+
+    # Bytes that deflate cannot shrink (bzip2's output of pseudo-random
+    # text), the same in every build: its layer is stored as plain tar.
+    # Its program prints the data's MD5, to check it arrived whole.
+    incompressible = mk {
+      pname = "incompressible";
+      script = ''
+        mkdir -p $out/share $out/bin
+        awk 'BEGIN { srand(7); for (i = 0; i < 1800000; i++) printf "%08x", int(rand() * 4294967296) }' \
+          | bzip2 -9 > $out/share/incompressible
+        printf '%s\n' '#!${bb} sh' "exec ${bb} md5sum $out/share/incompressible" > $out/bin/incompressible
+        chmod 0755 $out/bin/incompressible
       '';
     };
 
