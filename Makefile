@@ -46,12 +46,14 @@ docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Not part of `make test`: minutes long, and its figures depend on the
-# machine.  Runs both benchmarks, then fails if either missed a target.
+# machine.  Runs every benchmark with a target, then fails if any missed it.
 bench: deps bench-deps $(VENV)/.installed
 	$(BIN)/python -m bench.serve $(SERVE_ARGS); s=$$?; \
 	$(BIN)/python -m bench.load $(LOAD_ARGS); l=$$?; \
 	$(BIN)/python -m bench.pulls $(PULLS_ARGS); p=$$?; \
-	exit $$((s || l || p))
+	NIX_CONFIG='substituters =' $(BIN)/python -m bench.coldpull $(COLDPULL_ARGS); c=$$?; \
+	$(BIN)/python -m bench.throughput $(THROUGHPUT_ARGS); t=$$?; \
+	exit $$((s || l || p || c || t))
 
 # The registry's wheel and a wheel of everything it needs, in
 # dist/wheelhouse: what `pip install --no-index --find-links` takes offline.

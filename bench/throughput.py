@@ -4,9 +4,11 @@ On the same store paths (bench/corpus.py: real files from /usr, many small
 and some large, several hundred MB), in one run:
 
 - ours: the closure grouped into layers, each layer made (tar -> sha256 ->
-  gzip -> sha256 (+ MD5 where the storage needs it) -> a temporary file) on
-  the service's layer pool; and the same again through
-  LayerStore.store_layers into filesystem storage;
+  gzip -> sha256 -> a temporary file; no MD5, which filesystem storage does
+  not ask for) on a layer pool, its blocks compressed on a second pool, as
+  the service makes them; and the same again through
+  LayerStore.store_layers into filesystem storage (synced and renamed into
+  place, as every stored layer is);
 - the ceiling: the tar stream of the same paths only hashed, no
   compression, no writes: `tar --sort=name -cf - PATHS | openssl dgst
   -sha256`, and the same stream hashed in this process with hashlib (both
@@ -78,14 +80,21 @@ def hashlib_of(cmd):
 
 
 def make_layers(groups, compression, workers):
+    """Each layer made to a temporary file as filesystem storage has it
+    made (no MD5: it is not asked for), layers on one pool and their blocks
+    compressed on another, as LayerStore does."""
+    blocks = ThreadPoolExecutor(max_workers=workers)
+
     def one(group):
         with tempfile.TemporaryFile() as f:
-            return tarball.write_store_layer(group, f, compression)
+            return tarball.write_store_layer(group, f, compression, pool=blocks, md5=False)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         blobs = list(pool.map(one, groups))
-    return time.perf_counter() - start, blobs
+    seconds = time.perf_counter() - start
+    blocks.shutdown()
+    return seconds, blobs
 
 
 def store_layers(groups, compression, workers, scratch):

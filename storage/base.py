@@ -4,11 +4,13 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
+import os
+import tempfile
 import typing
 from dataclasses import dataclass
 
 from . import keys
-from .errors import ObjectNotFound
+from .errors import IntegrityError, ObjectNotFound
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,28 @@ class ObjectInfo:
     version: str    # what a conditional delete compares with
 
 
+class Spool:
+    """A file the bytes of an object are written into before they are
+    stored (Storage.put_spooled); closed, and removed unless stored, when
+    the `with` block ends."""
+
+    def __init__(self, file: typing.BinaryIO, path: str | None = None):
+        self.file = file
+        self.path = path        # where it is, for drivers that move it into place
+        self.stored = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+        if self.path is not None and not self.stored:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
 class Storage(abc.ABC):
     """A flat key -> bytes store.
 
@@ -31,6 +55,9 @@ class Storage(abc.ABC):
 
     #: name shown to people, e.g. in "storage unavailable" errors
     name = "storage"
+    #: whether put_spooled() needs the MD5 of the bytes (a bucket checks
+    #: uploads with it); a writer computes it only then
+    wants_md5 = True
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -62,6 +89,31 @@ class Storage(abc.ABC):
         IntegrityError, leaving nothing under `key`, if the data does not
         match it (or, for a blob key, its sha256).
         """
+
+    def spool(self) -> Spool:
+        """A temporary file to write an object into as it is made, for
+        put_spooled(): large objects (layers) are written once, not written
+        and then copied."""
+        return Spool(tempfile.TemporaryFile())
+
+    def put_spooled(self, key: str, spool: Spool, *, size: int, sha256: str,
+                    md5: str | None = None,
+                    content_type: str = "application/octet-stream") -> None:
+        """Store the `size` bytes written into `spool` under `key`, with
+        the sha256 (hex) and, when `wants_md5`, the MD5 the writer computed
+        as it wrote them: IntegrityError, leaving nothing under `key`, if
+        they do not match the key's digest or the bytes.  A driver that
+        keeps the spooled file as it is (the filesystem) need not read it
+        again; the others check and upload it as put() does."""
+        if md5 is None:
+            raise ValueError(f"{self.name} needs the MD5 of what it stores")
+        want = self.expected_sha256(key)
+        if want and want != sha256:
+            raise IntegrityError(f"{key}: content has sha256 {sha256}")
+        spool.file.flush()
+        spool.file.seek(0)
+        self.put(key, spool.file, size=size, md5=md5, content_type=content_type)
+        spool.stored = True
 
     # Small records that writers race for (build claims): written whole,
     # conditionally on what the writer last saw, so of two writers exactly

@@ -12,7 +12,7 @@ from cachetools import LRUCache
 
 from . import filelock
 from .access import Access
-from .base import ObjectInfo, Storage
+from .base import ObjectInfo, Spool, Storage
 from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ class FilesystemStorage(Storage):
     """
 
     name = "filesystem storage"
+    wants_md5 = False  # a spooled file is renamed into place as it was written
 
     def __init__(self, root, *, group: int | None = None):
         self.root = os.path.abspath(root)
@@ -202,16 +203,58 @@ class FilesystemStorage(Storage):
             _unlink(path)
         return True
 
-    def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
-        path = self._path(key)
-        want_sha = self.expected_sha256(key)
-        md5sum, sha = hashlib.md5(), hashlib.sha256()
+    def _temporary(self):
         try:
             fd, tmp = tempfile.mkstemp(dir=self.tmp)
         except OSError as e:
             raise StorageUnavailable(f"{self.name}: cannot write to {self.tmp}: {e.strerror}") from e
         try:
             self.access.own(tmp, self.access.file_mode, fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        return fd, tmp
+
+    def spool(self):
+        """A temporary file in `root/.tmp`, on the file system of the
+        objects, so that storing it is a rename."""
+        fd, tmp = self._temporary()
+        return Spool(os.fdopen(fd, "wb"), tmp)
+
+    def put_spooled(self, key, spool, *, size, sha256, md5=None,
+                    content_type="application/octet-stream"):
+        """The writer hashed the bytes as it wrote them: they are not read
+        again.  Its file is synced and renamed into place, and the digest
+        it vouched for counts as checked (open() and size() need not hash it
+        in this process while the file stays as it is)."""
+        path = self._path(key)
+        want = self.expected_sha256(key)
+        if want and want != sha256:
+            raise IntegrityError(f"{key}: content has sha256 {sha256}")
+        if spool.path is None or os.path.dirname(spool.path) != self.tmp:
+            raise ValueError(f"{self.name} stores only what its own spool() holds")
+        try:
+            spool.file.flush()
+            os.fsync(spool.file.fileno())
+            st = os.fstat(spool.file.fileno())
+            if st.st_size != size:
+                raise IntegrityError(f"{key}: got {st.st_size} of {size} bytes")
+            self.access.makedirs(os.path.dirname(path))
+            os.replace(spool.path, path)
+        except OSError as e:
+            raise StorageUnavailable(f"{self.name}: cannot write {key}: {e.strerror}") from e
+        spool.stored = True
+        if want:
+            with self._verified_lock:
+                self._verified[path] = _signature(st)
+
+    def put(self, key, fileobj, *, size, md5, content_type="application/octet-stream"):
+        path = self._path(key)
+        want_sha = self.expected_sha256(key)
+        md5sum, sha = hashlib.md5(), hashlib.sha256()
+        fd, tmp = self._temporary()
+        try:
             with os.fdopen(fd, "wb") as out:
                 remaining = size
                 while remaining > 0:

@@ -9,9 +9,11 @@ from ..digests import canonical, digest_of
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -24,9 +26,10 @@ MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
 INDEX_TYPES = (DOCKER_LIST, OCI_INDEX)
 # the manifests an index of each kind lists
 INDEX_MEMBERS = {DOCKER_LIST: DOCKER_MANIFEST, OCI_INDEX: OCI_MANIFEST}
+# config, gzipped layer, plain tar layer
 _FORMATS = {
-    DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER),
-    OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER),
+    DOCKER_MANIFEST: (DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LAYER_TAR),
+    OCI_MANIFEST: (OCI_CONFIG, OCI_LAYER, OCI_LAYER_TAR),
 }
 
 # An image's creation time is its package source's revision's date, where
@@ -65,15 +68,16 @@ def image_config(*, arch, diff_ids, env=(), cmd=None, variant=None, labels=None,
 
 def render(media_type, config: dict, layers: list[dict], annotations=None) -> bytes:
     """The manifest of `media_type` for a config {digest, size} and layers
-    [{digest, size}, ...]; the same inputs always give the same bytes.
-    `annotations` go into the OCI manifest (Docker's format has none)."""
-    config_type, layer_type = _FORMATS[media_type]
+    [{digest, size}, ...] (with `uncompressed` true for a plain tar layer);
+    the same inputs always give the same bytes.  `annotations` go into the
+    OCI manifest (Docker's format has none)."""
+    config_type, gzip_type, tar_type = _FORMATS[media_type]
     doc = {
         "schemaVersion": 2,
         "mediaType": media_type,
         "config": {"mediaType": config_type, "digest": config["digest"], "size": config["size"]},
-        "layers": [{"mediaType": layer_type, "digest": l["digest"], "size": l["size"]}
-                   for l in layers],
+        "layers": [{"mediaType": tar_type if l.get("uncompressed") else gzip_type,
+                    "digest": l["digest"], "size": l["size"]} for l in layers],
     }
     if annotations and media_type == OCI_MANIFEST:
         doc["annotations"] = dict(annotations)

@@ -7,11 +7,13 @@ default is the fastest level whose output stays within 15% of zlib -6.
 Every compressor is fed fixed-size blocks by its caller and writes a gzip
 header with no file name and mtime 0, so the bytes depend only on the input,
 the compressor and its level.  Each compressor releases the GIL while it
-deflates, so layers made on several threads use several cores.
+deflates; ISA-L's blocks do not depend on each other's output, so even one
+layer's blocks are compressed on every core (tarball.py).
 """
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -40,58 +42,93 @@ KINDS = {
     "zlib": Kind("zlib", range(0, 10), 6),
 }
 DEFAULT = "isal"
+# Not a compressor an operator picks: what a layer that deflate cannot
+# shrink is stored as (a plain tar layer).
+NONE = "none"
 
 
 class _ZlibGzip:
-    """zlib or zlib-ng: their compress() releases the GIL on large inputs."""
+    """zlib or zlib-ng: their compress() releases the GIL on large inputs,
+    but each block continues the stream the block before left, so a
+    stream's blocks are compressed one after another."""
+
+    parallel = False
 
     def __init__(self, module, level):
         self._z = module.compressobj(level, module.DEFLATED, 31)
 
-    def compress(self, block) -> bytes:
-        return self._z.compress(block)
+    def header(self) -> bytes:
+        return b""  # zlib writes it with the first block
 
-    def finish(self) -> bytes:
+    def block(self, data, tail) -> tuple[bytes, int]:
+        return self._z.compress(data), 0
+
+    def combine(self, crc, block_crc, n) -> int:
+        return 0  # zlib keeps the CRC itself
+
+    def trailer(self, crc, size) -> bytes:
         return self._z.flush()
 
 
 class _IsalGzip:
-    """ISA-L's deflate, a block at a time.
+    """ISA-L's deflate, a block at a time, any number of blocks at once.
 
     isal's compressobj holds the GIL while it works; the block compressor
-    behind its threaded gzip writer does not.  It ends every block with a
-    sync flush and takes the previous block's last 32 KiB as dictionary, so
-    the stream is one valid deflate stream.  The gzip wrapper (header, empty
-    final block, CRC and size) is written here.
+    behind its threaded gzip writer does not.  Every block ends with a sync
+    flush and takes the previous block's last 32 KiB of input (`tail`) as
+    dictionary, so a block's bytes depend on its input alone and blocks can
+    be compressed on several threads at once, while the stream is still one
+    valid deflate stream.  The gzip wrapper (header, empty final block, the
+    CRC combined from the blocks' and the size) is written here.
     """
 
+    parallel = True
+    # a block compressor holds one output buffer: one per thread
+    _local = threading.local()
+
     def __init__(self, level, block_size):
-        isal_zlib = _isal()
-        self._isal = isal_zlib
+        self._isal = _isal()
+        self._level = level
         # Deflate codes at most 15 bits per input byte (level 0 never falls
         # back to stored blocks); more than enough room for any block.
-        self._c = isal_zlib._ParallelCompress(buffersize=2 * block_size + 1024, level=level)
-        self._crc = 0
-        self._size = 0
-        self._tail = b""
-        self._started = False
+        self._buffer = 2 * block_size + 1024
 
-    def compress(self, block) -> bytes:
-        out, crc = self._c.compress_and_crc(block, self._tail)
-        n = len(block)
-        self._crc = self._isal.crc32_combine(self._crc, crc, n) if self._size else crc
-        self._size += n
-        self._tail = bytes(block[-WINDOW:])
-        if not self._started:
-            self._started = True
-            return GZIP_HEADER + out
-        return out
+    def header(self) -> bytes:
+        return GZIP_HEADER
 
-    def finish(self) -> bytes:
-        head = b"" if self._started else GZIP_HEADER
+    def block(self, data, tail) -> tuple[bytes, int]:
+        compressors = self._local.__dict__.setdefault("compressors", {})
+        c = compressors.get((self._level, self._buffer))
+        if c is None:
+            c = compressors[self._level, self._buffer] = self._isal._ParallelCompress(
+                buffersize=self._buffer, level=self._level)
+        return c.compress_and_crc(data, tail)
+
+    def combine(self, crc, block_crc, n) -> int:
+        return self._isal.crc32_combine(crc, block_crc, n)
+
+    def trailer(self, crc, size) -> bytes:
         # an empty final block closes the deflate stream
         end = self._isal.compress(b"", wbits=-15)
-        return head + end + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF)
+        return end + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
+class _Plain:
+    """No compression: the layer is its tar stream."""
+
+    parallel = False
+
+    def header(self) -> bytes:
+        return b""
+
+    def block(self, data, tail) -> tuple[bytes, int]:
+        return data, 0
+
+    def combine(self, crc, block_crc, n) -> int:
+        return 0
+
+    def trailer(self, crc, size) -> bytes:
+        return b""
 
 
 def _isal():
@@ -109,6 +146,9 @@ class Compression:
     level: int | None = None
 
     def __post_init__(self):
+        if self.kind == NONE:
+            object.__setattr__(self, "level", 0)
+            return
         if self.kind not in KINDS:
             raise ValueError(f"unknown compressor {self.kind!r}; use one of {', '.join(KINDS)}")
         if self.level is None:
@@ -121,10 +161,19 @@ class Compression:
             _isal()  # fail at start, not at the first build
 
     def __str__(self):
-        return f"{self.kind} -{self.level}"
+        return self.kind if self.kind == NONE else f"{self.kind} -{self.level}"
+
+    @property
+    def compressed(self) -> bool:
+        return self.kind != NONE
 
     def gzip(self, block_size):
-        """A new gzip stream; feed it blocks of `block_size` (the last may be shorter)."""
+        """A new stream of blocks of `block_size` (the last may be shorter):
+        header(), then for each block (in order, unless the stream is
+        `parallel`) block(data, the previous block's last 32 KiB) -> (bytes,
+        CRC), CRCs combined in order by combine(), then trailer(CRC, size)."""
+        if self.kind == NONE:
+            return _Plain()
         if self.kind == "isal":
             return _IsalGzip(self.level, block_size)
         if self.kind == "zlib-ng":

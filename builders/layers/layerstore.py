@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,13 +22,18 @@ import cachetools
 from storage import keys, lifecycle
 from .. import digests, metrics
 from . import grouping, tarball
-from .compress import Compression
+from .compress import NONE, Compression
 
 logger = logging.getLogger(__name__)
 
 # How long this process believes a layer it has seen stored is still there
 # (garbage collection's grace period exceeds it).
 SEEN_SECONDS = lifecycle.CACHES_SECONDS
+
+# A layer whose gzip keeps more than this share of its tar bytes is stored
+# as the plain tar: a few percent saved is not worth every client's
+# decompressing it (already compressed data, random bytes).
+PLAIN_ABOVE = 0.95
 
 
 class Once:
@@ -64,10 +68,14 @@ class LayerStore:
     def __init__(self, storage, compression: Compression | None = None, *, workers=None):
         self.storage = storage
         self.compression = compression or Compression()
-        # One pool for every build of this process: compressing is CPU
-        # work, so more threads than cores only add memory.
-        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1,
-                                        thread_name_prefix="layer")
+        # One pool for every build of this process, that makes layers
+        # (reads files, hashes, writes), and one that compresses their
+        # blocks: compressing is CPU work, so more threads than cores only
+        # add memory; two pools, so that a layer waiting for its blocks
+        # never holds a thread its blocks need.
+        cores = workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="layer")
+        self._blocks = ThreadPoolExecutor(max_workers=cores, thread_name_prefix="layer-gzip")
         self._once = Once()
         # layers (by identity) and constant blobs this process saw stored;
         # the threads of every build share them, under one lock
@@ -136,7 +144,7 @@ class LayerStore:
             if not all(os.path.exists(p) for p in source.get("paths", ())):
                 logger.error("cannot restore %s: its store paths are gone", digest)
                 return False
-            if self._upload(source, expected_digest=digest) is None:
+            if self._upload(source, expected_digest=digest)[0] is None:
                 logger.error("cannot restore %s: the store paths no longer give that digest",
                              digest)
                 return False
@@ -167,33 +175,46 @@ class LayerStore:
                 return known
         logger.info("making layer %s (%d store paths)", ident[:12], len(source.get("paths", ())))
         source = dict(source, compression=[self.compression.kind, self.compression.level])
-        blob = self._upload(source)
+        blob, source = self._upload(source, plain_above=PLAIN_ABOVE)
         self._record_source(blob.digest, source)
         known = {"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id,
                  "paths": len(source.get("paths", ()))}
+        if not blob.compressed:
+            known["uncompressed"] = True  # the manifests name a plain tar layer
         self.storage.put_bytes(keys.layer(ident), digests.canonical(known), "application/json")
         return known
 
     def _writer(self, source):
         """How to write the layer a blob source record describes, with the
-        compressor it was first made with (the digest depends on it)."""
+        compressor it was first made with (the digest depends on it): none,
+        for a plain tar layer."""
         compression = (Compression(*source["compression"]) if "compression" in source
                        else self.compression)
+        how = {"pool": self._blocks, "md5": self.storage.wants_md5}
         if "paths" in source:
-            return lambda out: tarball.write_store_layer(source["paths"], out, compression)
+            return lambda out: tarball.write_store_layer(source["paths"], out, compression,
+                                                         **how)
         tree = {name: tuple(entry) for name, entry in source["tree"].items()}
-        return lambda out: tarball.write_tree_layer(tree, out, compression)
+        return lambda out: tarball.write_tree_layer(tree, out, compression, **how)
 
-    def _upload(self, source, expected_digest=None):
-        with tempfile.TemporaryFile() as f:
-            blob = self._writer(source)(f)
+    def _upload(self, source, expected_digest=None, plain_above=None):
+        """Write the layer `source` describes into storage's spool and store
+        it; (blob, source).  With `plain_above`, a layer whose gzip keeps
+        more than that share of its tar is written again as plain tar, and
+        the source says so.  None (and nothing stored) when the bytes do not
+        give `expected_digest`."""
+        with self.storage.spool() as spool:
+            blob = self._writer(source)(spool.file)
+            if plain_above is not None and blob.size > plain_above * blob.tar_size:
+                logger.info("layer %s: gzip keeps %.0f%% of its %d bytes; stored as plain tar",
+                            blob.diff_id[7:19], 100 * blob.size / blob.tar_size, blob.tar_size)
+                return self._upload(dict(source, compression=[NONE, 0]), expected_digest)
             if expected_digest and blob.digest != expected_digest:
-                return None
-            f.seek(0)
-            self.storage.put(keys.blob(blob.digest), f, size=blob.size, md5=blob.md5,
-                             content_type="application/octet-stream")
+                return None, source
+            self.storage.put_spooled(keys.blob(blob.digest), spool, size=blob.size,
+                                     sha256=blob.digest.removeprefix("sha256:"), md5=blob.md5)
         metrics.BYTES_STORED.inc(blob.size)
-        return blob
+        return blob, source
 
     def _record_source(self, digest, source):
         self.storage.put_bytes(keys.blob_source(digest), digests.canonical(source),

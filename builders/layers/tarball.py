@@ -1,161 +1,41 @@
 """Deterministic layer tarballs, streamed once through every hash they need.
 
-tar bytes -> sha256 (the diff_id) -> gzip -> sha256 (the digest) and MD5 ->
-output file.  Memory holds a few blocks of the tar stream, whatever the size
-of the layer: file contents are read straight into a block, and each full
-block is hashed, then compressed, hashed and written on a second thread
-while the next one fills.
+tar bytes -> sha256 (the diff_id) -> gzip -> sha256 (the digest) and, for
+storage that checks it, MD5 -> output file.  Memory holds a few blocks of
+the tar stream, whatever the size of the layer: file contents are read
+straight into a block, each full block is hashed and compressed on a pool
+of threads while the next ones fill, and the compressed blocks are hashed
+and written in order.
 
 The tar stream is what `tarfile` writes in PAX format for the same entries
 (headers come from `tarfile.TarInfo`); it is assembled here so that nothing
 is kept per member and file data is not copied through extra buffers.
+What becomes of its blocks (hashes, compression, output) is blocks.py's.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import queue
 import stat
 import tarfile
-import threading
-from dataclasses import dataclass
 
+from .blocks import BLOCK, LayerBlob, Sink
 from .compress import Compression
 
 logger = logging.getLogger(__name__)
 
 # Nix's own timestamp for store paths; fixed so tarballs are reproducible.
 MTIME = 1
-# The tar stream is compressed in blocks of this size.  The blocks' bounds
-# are part of what fixes the gzip bytes, so changing it changes digests.
-BLOCK = 1 << 20
-
 _TAR_BLOCK = tarfile.BLOCKSIZE
 _TAR_RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(_TAR_RECORD)
 
 
-@dataclass(frozen=True)
-class LayerBlob:
-    digest: str    # sha256 of the gzipped bytes
-    diff_id: str   # sha256 of the tar bytes
-    size: int      # gzipped bytes
-    md5: str       # hex MD5 of the gzipped bytes, for storage checks
-
-
-class _Sink:
-    """Fills blocks of tar bytes and hands each full one to a thread of its
-    own that gzips it, hashes the result and writes it to `out`.
-
-    Reading files and hashing the tar stream (the diff_id) overlap with
-    deflating the block before, so even a one-layer image uses two cores;
-    both sides release the GIL for their heavy work.  BUFFERS blocks are
-    all the memory it holds, whatever the layer's size.
-    """
-
-    BUFFERS = 3
-
-    def __init__(self, out, compression: Compression):
-        self.out = out
-        self.gzip = compression.gzip(BLOCK)
-        self.diff = hashlib.sha256()
-        self.digest = hashlib.sha256()
-        self.md5 = hashlib.md5()
-        self.size = 0
-        self.offset = 0  # tar bytes so far
-        self._free: queue.Queue = queue.Queue()
-        for _ in range(self.BUFFERS):
-            self._free.put(bytearray(BLOCK))
-        self._full: queue.Queue = queue.Queue()
-        self._error: BaseException | None = None
-        self._take_buffer()
-        self._thread = threading.Thread(target=self._deflate_blocks, name="layer-gzip",
-                                        daemon=True)
-        self._thread.start()
-
-    def _take_buffer(self):
-        self.buf = self._free.get()
-        self.view = memoryview(self.buf)
-        self.fill = 0
-
-    def write(self, data):
-        data = memoryview(data)
-        while data:
-            n = min(len(data), BLOCK - self.fill)
-            self.view[self.fill:self.fill + n] = data[:n]
-            self._advance(n)
-            data = data[n:]
-
-    def copy_from(self, f, size, name):
-        """Read exactly `size` bytes of the open file `f` into the stream."""
-        remaining = size
-        while remaining:
-            n = min(remaining, BLOCK - self.fill)
-            got = f.readinto(self.view[self.fill:self.fill + n])
-            if not got:
-                raise OSError(f"{name} shrank while it was being read")
-            self._advance(got)
-            remaining -= got
-
-    def _advance(self, n):
-        self.fill += n
-        self.offset += n
-        if self.fill == BLOCK:
-            self._block()
-
-    def _block(self):
-        if self._error is not None:
-            raise self._error
-        self.diff.update(self.view[:self.fill])
-        self._full.put((self.buf, self.fill))
-        self._take_buffer()
-
-    def _deflate_blocks(self):
-        while True:
-            item = self._full.get()
-            if item is None:
-                return
-            buf, n = item
-            try:
-                if self._error is None:
-                    self._emit(self.gzip.compress(memoryview(buf)[:n]))
-            except BaseException as e:  # handed to the writing thread
-                self._error = e
-            finally:
-                # after an error too, so the writing thread never waits
-                self._free.put(buf)
-
-    def _emit(self, chunk):
-        if chunk:
-            self.digest.update(chunk)
-            self.md5.update(chunk)
-            self.size += len(chunk)
-            self.out.write(chunk)
-
-    def _stop(self):
-        self._full.put(None)
-        self._thread.join()
-
-    def abort(self):
-        self._stop()
-
-    def finish(self) -> LayerBlob:
-        if self.fill:
-            self._block()
-        self._stop()
-        if self._error is not None:
-            raise self._error
-        self._emit(self.gzip.finish())
-        return LayerBlob("sha256:" + self.digest.hexdigest(),
-                         "sha256:" + self.diff.hexdigest(), self.size, self.md5.hexdigest())
-
-
 class _Writer:
     """A tar stream in PAX format, entries added in the order given."""
 
-    def __init__(self, out, compression):
-        self.sink = _Sink(out, compression)
+    def __init__(self, out, compression, pool=None, md5=True):
+        self.sink = Sink(out, compression, pool, md5)
 
     def add(self, info):
         self.sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
@@ -240,9 +120,12 @@ def _chain(first, rest):
     yield from rest
 
 
-def write_store_layer(paths, out, compression: Compression = Compression()) -> LayerBlob:
-    """Write the gzipped tarball of `paths` (store paths) to `out`."""
-    writer = _Writer(out, compression)
+def write_store_layer(paths, out, compression: Compression = Compression(), *, pool=None,
+                      md5=True) -> LayerBlob:
+    """Write the gzipped tarball of `paths` (store paths) to `out`; its
+    blocks are compressed on `pool` (an executor shared by the layers made
+    at once; without one, threads of its own), its MD5 computed if `md5`."""
+    writer = _Writer(out, compression, pool, md5)
     try:
         dirs = set()
         links = {}
@@ -261,10 +144,11 @@ def write_store_layer(paths, out, compression: Compression = Compression()) -> L
     return writer.finish()
 
 
-def write_tree_layer(tree, out, compression: Compression = Compression()) -> LayerBlob:
+def write_tree_layer(tree, out, compression: Compression = Compression(), *, pool=None,
+                     md5=True) -> LayerBlob:
     """Write a layer from a description: {relative path: entry}, where an
     entry is ("dir", mode) or ("symlink", target).  Parents must be listed."""
-    writer = _Writer(out, compression)
+    writer = _Writer(out, compression, pool, md5)
     try:
         for name in sorted(tree):
             kind, arg = tree[name]

@@ -61,6 +61,7 @@ class CountingStorage(FilesystemStorage):
     read = _noted("read", FilesystemStorage.read)
     read_versioned = _noted("read", FilesystemStorage.read_versioned)
     put = _noted("put", FilesystemStorage.put)
+    put_spooled = _noted("put", FilesystemStorage.put_spooled)
     put_if = _noted("put", FilesystemStorage.put_if)
     mark_used = _noted("mark", FilesystemStorage.mark_used)
 
@@ -469,8 +470,10 @@ def test_layers_that_fill_the_disk_are_the_machines_trouble(tmp_path, monkeypatc
     tiny.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], check=True)
     try:
-        monkeypatch.setattr(tempfile, "tempdir", str(tiny))  # where layers are made
-        svc = service(tmp_path / "store")
+        # where layers are made: the temporary folder (bucket storage) or
+        # the storage's own (the filesystem)
+        monkeypatch.setattr(tempfile, "tempdir", str(tiny))
+        svc = service(tiny / "store")
         with pytest.raises(BuildInterrupted) as info:
             svc.image(Image.from_name("hello"), "latest")
         assert info.value.cause == "disk"

@@ -52,6 +52,50 @@ def test_put_then_read_back(driver):
         assert requests.get(url, timeout=30).content == data
 
 
+def spooled(driver, data):
+    """Write `data` into the driver's spool as a layer writer does: the
+    hashes computed as it writes, the MD5 only if the driver wants it."""
+    spool = driver.spool()
+    spool.file.write(data)
+    return spool, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                   "md5": md5(data) if driver.wants_md5 else None}
+
+
+def test_spooled_put_then_read_back(driver):
+    data = os.urandom(3 << 20)
+    key = blob(data)
+    spool, hashes = spooled(driver, data)
+    with spool:
+        driver.put_spooled(key, spool, **hashes)
+    with driver.open(key) as f:
+        assert f.read() == data
+    assert driver.size(key) == len(data)
+    url = driver.url(key)
+    if url is not None:
+        assert requests.get(url, timeout=30).content == data
+
+
+def test_spooled_put_of_other_bytes_leaves_nothing(driver):
+    data = os.urandom(1 << 16)
+    spool, hashes = spooled(driver, data)
+    with spool, pytest.raises(IntegrityError):
+        driver.put_spooled(blob(b"other bytes"), spool, **hashes)
+    assert not driver.exists(blob(b"other bytes")) and not driver.exists(blob(data))
+    spool, hashes = spooled(driver, data)
+    with spool, pytest.raises(IntegrityError):
+        driver.put_spooled(blob(data), spool, **dict(hashes, size=len(data) + 1))
+    assert not driver.exists(blob(data))
+
+
+def test_a_spool_not_stored_leaves_nothing(driver, tmp_path):
+    spool, _ = spooled(driver, b"half a layer")
+    with spool:
+        pass
+    assert not list(driver.list(""))
+    if isinstance(driver, FilesystemStorage):
+        assert not os.listdir(driver.tmp)
+
+
 def test_missing_object(driver):
     with pytest.raises(ObjectNotFound):
         driver.open("manifests/nothing")

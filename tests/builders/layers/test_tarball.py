@@ -6,8 +6,10 @@ import tarfile
 
 import pytest
 
-from builders.layers import tarball
-from builders.layers.compress import KINDS, Compression
+from concurrent.futures import ThreadPoolExecutor
+
+from builders.layers import blocks, tarball
+from builders.layers.compress import KINDS, NONE, Compression
 
 
 def make_tree(root):
@@ -139,13 +141,76 @@ def test_memory_does_not_hold_the_layer(tmp_path):
         tarball.write_store_layer([str(root)], out, Compression())
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < 16 << 20
+    # the blocks waiting or being compressed, and their output: a few per
+    # core, not the layer's 64
+    assert peak < (2 * blocks.PENDING + 8) * blocks.BLOCK
+
+
+def pinned_tree():
+    """A tree layer whose tar stream spans several blocks, the same on every machine."""
+    tree = {"pins": ("dir", 0o755)}
+    h = b"pin"
+    for i in range(12000):
+        h = hashlib.sha256(h).digest()
+        tree[f"pins/link-{i:05d}"] = ("symlink", h.hex() + "/" + h.hex()[:30])
+    return tree
+
+
+# Made by the writer before its blocks were compressed in parallel: the
+# bytes must not change, or every stored layer would be made anew (and
+# restoring one from its source would fail).
+PINNED_DIFF_ID = "sha256:efde06f5ceb8a1b6657686da3d7ab6fd81fc628b9ca396caf30dd675105bb0e4"
+PINNED = {
+    "isal -1": "sha256:dd61db92fc9e424bc3a6d31ef32d7861410a1cf5834b1b2adb9f05c0929e5adc",
+    "zlib -6": "sha256:2563d4c5c7d15d585687dd6fe6779cc9845628c8cecb1fb8a812a404a99ef57e",
+    "zlib-ng -1": "sha256:541554c876bf41f4f44669e95bd9548e17cecb3686c5068140e78c5e2f962ad4",
+    "none": PINNED_DIFF_ID,
+}
+
+
+@pytest.mark.parametrize("compression", [Compression(), Compression("zlib", 6),
+                                         Compression("zlib-ng", 1), Compression(NONE)], ids=str)
+def test_layer_digests_are_pinned(compression):
+    tree = pinned_tree()
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(2):  # a pool shared with another layer changes nothing
+            out = io.BytesIO()
+            other = pool.submit(tarball.write_tree_layer, tree, io.BytesIO(), compression,
+                                pool=pool)
+            blob = tarball.write_tree_layer(tree, out, compression, pool=pool)
+            assert other.result() == blob
+            assert blob.digest == PINNED[str(compression)]
+            assert blob.diff_id == PINNED_DIFF_ID
+            assert blob.digest == "sha256:" + hashlib.sha256(out.getvalue()).hexdigest()
+    alone = tarball.write_tree_layer(tree, io.BytesIO(), compression)
+    assert alone.digest == PINNED[str(compression)]
+
+
+def test_a_plain_layer_is_its_tar_stream(tmp_path):
+    root = tmp_path / "store" / "abc-pkg"
+    make_tree(root)
+    blob, data = write([str(root)], Compression(NONE))
+    gz, gz_data = write([str(root)])
+    assert blob.digest == blob.diff_id == gz.diff_id
+    assert not blob.compressed and gz.compressed
+    assert blob.size == blob.tar_size == len(data) == gz.tar_size
+    assert data == gzip.decompress(gz_data)
+    assert blob.md5 == hashlib.md5(data).hexdigest()
+
+
+def test_md5_only_when_asked(tmp_path):
+    root = tmp_path / "store" / "abc-pkg"
+    make_tree(root)
+    blob = tarball.write_store_layer([str(root)], io.BytesIO(), Compression(), md5=False)
+    assert blob.md5 is None
 
 
 def test_a_failed_layer_leaves_no_thread_behind(tmp_path):
     import threading
     root = tmp_path / "store" / "abc-pkg"
     make_tree(root)
-    with pytest.raises(FileNotFoundError):
-        write([str(root), str(tmp_path / "store" / "gone")])
-    assert not [t for t in threading.enumerate() if t.name == "layer-gzip"]
+    before = set(threading.enumerate())
+    for compression in (Compression(), Compression("zlib")):
+        with pytest.raises(FileNotFoundError):
+            write([str(root), str(tmp_path / "store" / "gone")], compression)
+    assert not set(threading.enumerate()) - before
