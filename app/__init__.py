@@ -109,7 +109,7 @@ def create_app(config: Config | None = None, *, nix=None):
 
     import storage as storage_mod
 
-    from . import auth, commands, errors, logs, metrics, ops, upkeep, web
+    from . import auth, commands, errors, front, logs, metrics, ops, upkeep, web
     from .proxy import Forwarded, Proxies
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
@@ -133,9 +133,17 @@ def create_app(config: Config | None = None, *, nix=None):
     app.extensions["stored"] = metrics.StoredCollector(store)
     # /v2 is answered below Flask (app/registry.py says why); pages and
     # operators' endpoints by Flask; both within one request scope
-    api = RegistryAPI(app.wsgi_app, store, images, blob_accel=config.blob_accel)
-    if config.authenticates:
-        api = auth.Authenticate(api, auth.from_config(config))
+    from storage.lifecycle import mark_every
+    api = RegistryAPI(app.wsgi_app, store, images, blob_accel=config.blob_accel,
+                      digest_seconds=mark_every(config.retention))
+    authenticator = auth.from_config(config) if config.authenticates else None
+    if authenticator is not None:
+        api = auth.Authenticate(api, authenticator)
+    # the caching nginx in front asks whether a request may be answered
+    api = front.FrontAuth(api, authenticator)
+    if config.front_reports:
+        # started by gunicorn's workers (app/http/gunicorn_conf.py), not by commands
+        app.extensions["front_reports"] = front.FrontReports(config.front_reports)
     app.wsgi_app = Forwarded(RequestScope(api), Proxies(config.forwarded_allow_ips))
 
     @app.before_request

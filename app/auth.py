@@ -141,12 +141,15 @@ class Authenticator:
         # is not
         self._checked = cachetools.cached(
             cachetools.TTLCache(maxsize=4096, ttl=CACHE_SECONDS),
-            key=lambda key, user, password, address: key, lock=threading.Lock())(self._check)
+            key=lambda key, user, password, address, count=True: key,
+            lock=threading.Lock())(self._check)
         self._failures: dict[tuple, deque] = {}
         self._lock = threading.Lock()
 
-    def user_of(self, environ) -> str:
-        """The user this request is from; Unauthorized or TooManyRequests."""
+    def user_of(self, environ, count_failures=True) -> str:
+        """The user this request is from; Unauthorized or TooManyRequests.
+        Without `count_failures` wrong credentials are refused but not
+        counted (app/front.py's check, which the request itself follows)."""
         if self.user_header and self.user_header_peers.trusts(proxy.peer_of(environ)):
             user = environ.get(self.user_header, "").strip()
             if user:
@@ -166,17 +169,18 @@ class Authenticator:
             raise self._challenge(LOG_IN)  # what `curl -u :` and empty logins send
         key = hashlib.sha256(f"{self.htpasswd.signature}\0{user}\0{password}".encode()).digest()
         # REMOTE_ADDR: the client, as app/proxy.py says
-        self._checked(key, user, password, environ.get("REMOTE_ADDR", ""))
+        self._checked(key, user, password, environ.get("REMOTE_ADDR", ""), count_failures)
         return user
 
-    def _check(self, key, user, password, address) -> bool:
+    def _check(self, key, user, password, address, count=True) -> bool:
         """Check credentials against the users' file (`key` names them and
         the file's state); Unauthorized or TooManyRequests."""
         client = client_key(None, address)
         self._refuse_if_failing(client, user, address)
         if self.htpasswd.verify(user, password):
             return True
-        self._failed(client, user)
+        if count:
+            self._failed(client, user)
         raise self._challenge("wrong user name or password")
 
     def signed_in(self, environ) -> str | None:

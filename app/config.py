@@ -94,6 +94,9 @@ class Config:
     # that serves the storage folder: blob GETs then answer with an
     # X-Accel-Redirect there, and the web server sends the bytes.
     blob_accel: str | None = None
+    # Where the caching nginx in front reports what it answered from its
+    # cache (HOST:PORT, UDP), for the metrics to count it (app/front.py).
+    front_reports: str | None = None
     # Who may pull: an htpasswd file of bcrypt entries; and/or the header an
     # authenticating proxy names the user in, believed only from its
     # addresses (CIDR ranges).  tls_in_front says TLS ends in front of the
@@ -237,6 +240,7 @@ class Config:
                                              cls.platforms),
             retention_days=number("NIXERY_RETENTION", float, cls.retention_days),
             blob_accel=get("NIXERY_BLOB_ACCEL"),
+            front_reports=get("NIXERY_FRONT_REPORTS"),
             htpasswd=get("NIXERY_HTPASSWD"),
             user_header=get("NIXERY_USER_HEADER"),
             user_header_peers=get("NIXERY_USER_HEADER_PEERS"),

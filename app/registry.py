@@ -26,7 +26,7 @@ from builders.image.names import Image
 from storage import keys
 from storage.errors import CorruptObject, ObjectNotFound
 
-from . import errors, grammar, metrics, quota, wire
+from . import errors, front, grammar, metrics, quota, wire
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
                      PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
 from .scope import ROUTE
@@ -36,18 +36,23 @@ from builders import digests
 logger = logging.getLogger(__name__)
 
 PREFIX = "/v2"
+TAG_EXPIRES = front.expires(front.TAG_SECONDS)
+BLOB_EXPIRES = front.expires(front.BLOB_SECONDS)
 
 
 class RegistryAPI:
     """WSGI: /v2 requests to their handler, everything else to `app`."""
 
-    def __init__(self, app, storage, images, blob_accel=None):
+    def __init__(self, app, storage, images, blob_accel=None, digest_seconds=front.DIGEST_SECONDS):
         self.app = app
         self.storage = storage
         self.images = images
         # the web server's internal location of the storage folder, when it
         # sends blobs (deploy/nginx.conf)
         self.blob_accel = blob_accel
+        # how long nginx may keep a manifest by digest: a pull of it must
+        # reach the registry at least as often as it marks what it uses
+        self.digest_expires = front.expires(min(front.DIGEST_SECONDS, digest_seconds))
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -106,12 +111,14 @@ class RegistryAPI:
                                       {"digest": digest})
             # a pull by digest keeps its image as a pull by tag does
             self.images.mark_pulled(keys.blob(digest))
+            keep = self.digest_expires
         elif grammar.REFERRERS_TAG_RE.fullmatch(reference):
             # the referrers tag schema, for clients that predate the API: the
             # same index, and the package source is not asked
             media_type = manifest.OCI_INDEX
             body = self._referrers_index(f"sha256:{reference[7:]}")
             digest = digests.digest_of(body)
+            keep = None  # it changes as referrers are added
         else:
             if not grammar.TAG_RE.fullmatch(reference):
                 raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, "
@@ -131,11 +138,14 @@ class RegistryAPI:
             media_type = wire.negotiate(accept, record.media_types)
             body = record.manifest(media_type)
             digest = digests.digest_of(body)
+            keep = TAG_EXPIRES
         headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),
                    ("ETag", f'"{digest}"')]
         if wire.not_modified(call, digest):
             return Reply(304, headers)
         headers.append(("Content-Length", str(len(body))))
+        if keep:
+            headers.append(keep)
         if call.method == "GET":
             metrics.MANIFEST_BYTES.inc(len(body))
         return Reply(200, headers, [body])
@@ -199,6 +209,9 @@ class RegistryAPI:
             size = f.seek(0, os.SEEK_END)
         else:
             size = self._checked_blob(digest, self.storage.size)
+        # the web server in front sends big blobs; small ones are sent from
+        # here, for it to keep (app/front.py)
+        accel = self.blob_accel and size > front.CACHED_BLOB_MAX
         headers = [("Docker-Content-Digest", digest), ("ETag", f'"{digest}"'), wire.BLOB_CACHE]
         if call.method == "GET":
             url = self.storage.url(keys.blob(digest))
@@ -209,7 +222,7 @@ class RegistryAPI:
             wire.close(f)
             return Reply(304, headers)
         headers.append(("Content-Type", "application/octet-stream"))
-        if self.blob_accel and call.method == "GET":
+        if accel and call.method == "GET":
             # checked (and made again if it was missing) above: the web
             # server in front sends the file, ranges included, and says
             # Accept-Ranges itself (nginx keeps this answer's Cache-Control
@@ -232,8 +245,12 @@ class RegistryAPI:
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{stop - 1}/{size}"))
         headers.append(("Content-Length", str(stop - start)))
-        if f is None:  # HEAD
+        if status == 200:
+            headers.append(BLOB_EXPIRES)
+        if call.method == "HEAD":
             return Reply(status, headers)
+        if f is None:
+            f = self._checked_blob(digest, self.storage.open)
         return Reply(status, headers, wire.stream_blob(f, start, stop))
 
     def _checked_blob(self, digest, look):

@@ -63,6 +63,19 @@ def client_builds(name, raw):
                           f"once (e.g. 20,2), not {raw!r}") from None
 
 
+def host_port(raw: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 address in brackets) as (host, port); ValueError
+    says what is wrong."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8514")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("write an IPv6 address in brackets, e.g. [::1]:8514")
+    return host, int(port)
+
+
 def flag(name, raw):
     """True or False for `raw` (1, true, yes or 0, false, no; unset is 0)."""
     raw = (raw or "0").lower()
@@ -109,6 +122,7 @@ VARIABLES = {
     "failure_ttl": ("NIXERY_FAILURE_TTL",),
     "retention_days": ("NIXERY_RETENTION",),
     "blob_accel": ("NIXERY_BLOB_ACCEL",),
+    "front_reports": ("NIXERY_FRONT_REPORTS",),
     "htpasswd": ("NIXERY_HTPASSWD",),
     "user_header": ("NIXERY_USER_HEADER",),
     "user_header_peers": ("NIXERY_USER_HEADER_PEERS",),

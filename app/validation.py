@@ -12,7 +12,7 @@ import urllib.parse
 from builders.layers import compress
 
 from .proxy import Proxies
-from .settings import HTTP_WORKERS, STORAGE_BACKENDS, ConfigError
+from .settings import HTTP_WORKERS, STORAGE_BACKENDS, ConfigError, host_port
 
 CHANNEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -72,6 +72,11 @@ def check(config) -> None:
         if not (config.blob_accel.startswith("/") and config.blob_accel.endswith("/")):
             raise ConfigError(f"NIXERY_BLOB_ACCEL must be a location like /_registry_blobs/, "
                               f"not {config.blob_accel!r}")
+    if config.front_reports is not None:
+        try:
+            host_port(config.front_reports)
+        except ValueError as e:
+            raise ConfigError(f"NIXERY_FRONT_REPORTS {config.front_reports!r}: {e}") from None
     if config.htpasswd and not os.path.isfile(config.htpasswd):
         raise ConfigError(f"NIXERY_HTPASSWD {config.htpasswd!r} is not a file")
     if bool(config.user_header) != bool(config.user_header_peers):

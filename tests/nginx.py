@@ -1,4 +1,4 @@
-"""deploy/nginx.conf as an operator uses it: its three marked values set for
+"""deploy/nginx.conf as an operator uses it: its four marked values set for
 this machine, and nothing else changed but where its pid and temporary
 files go (one set per nginx on a machine, as the file's header says)."""
 from __future__ import annotations
@@ -17,24 +17,30 @@ from tests.server import Local, free_port, stop_process, wait_ready
 CONF = ROOT / "deploy" / "nginx.conf"
 # the comment that marks each value an operator sets, and the directive it is on
 MARKS = {"# what clients reach": "listen", "# where gunicorn listens": "server",
-         "# STORAGE_PATH": "alias"}
+         "# STORAGE_PATH": "alias", "# NIXERY_FRONT_REPORTS": "access_log"}
 RUNTIME_PREFIX = "/tmp/nginx-registry"
 
 
-def render(*, listen, upstream: str, storage_root: str, runtime: str) -> str:
+def render(*, listen, upstream: str, storage_root: str, runtime: str,
+           reports: str | None = None) -> str:
     """The shipped file with `listen` (an address, or a list of them), the
-    upstream `server` and the blob `alias` set on the lines their comments
-    mark, and its pid and temporary files under `runtime`."""
+    upstream `server`, the blob `alias` and the reports' `server=` (the
+    registry's NIXERY_FRONT_REPORTS; by default a free port nobody listens
+    on) set on the lines their comments mark, and its pid and temporary
+    files under `runtime`."""
     addresses = [listen] if isinstance(listen, str) else list(listen)
     values = {"listen": "; listen ".join(addresses), "server": upstream,
               "alias": storage_root.rstrip("/") + "/"}
+    reports = reports or f"127.0.0.1:{free_port()}"
     text = CONF.read_text()
     for mark, directive in MARKS.items():
-        pattern = re.compile(rf"^(\s*){directive}\s[^;]*;(\s*{re.escape(mark)}.*)$",
+        pattern = re.compile(rf"^(\s*){directive}\s([^;]*);(\s*{re.escape(mark)}.*)$",
                              re.MULTILINE)
         found = pattern.findall(text)
         assert len(found) == 1, f"deploy/nginx.conf marks one `{directive}` with {mark!r}"
-        text = pattern.sub(lambda m: f"{m[1]}{directive} {values[directive]};{m[2]}", text)
+        if directive == "access_log":  # only where the reports go
+            values[directive] = re.sub(r"server=[^,]+", f"server={reports}", found[0][1])
+        text = pattern.sub(lambda m: f"{m[1]}{directive} {values[directive]};{m[3]}", text)
     assert RUNTIME_PREFIX in text
     return text.replace(RUNTIME_PREFIX, os.path.join(runtime, "nginx-registry"))
 
@@ -53,7 +59,7 @@ class Nginx(Local):
     workers then run as nginx's default user, nobody), or, with `as_user`,
     by that user from the start."""
 
-    def __init__(self, upstream, storage_root, as_user=None, also=()):
+    def __init__(self, upstream, storage_root, as_user=None, also=(), reports=None):
         need("nginx")
         self.port = free_port()
         self.dir = open_folder("nginx-registry-test-")
@@ -62,8 +68,8 @@ class Nginx(Local):
         self.conf = os.path.join(self.dir, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(render(listen=[f"{a}:{self.port}" for a in ("127.0.0.1", *also)],
-                           upstream=upstream,
-                           storage_root=storage_root, runtime=self.dir))
+                           upstream=upstream, storage_root=storage_root, runtime=self.dir,
+                           reports=reports))
         os.chmod(self.conf, 0o644)
         self.log_path = os.path.join(self.dir, "stderr.log")
         self.log = open(self.log_path, "wb")

@@ -69,6 +69,15 @@ def on_starting(server):
     os.makedirs(_metrics, exist_ok=True)
 
 
+def post_worker_init(worker):
+    # nginx's reports of what it answered from its cache (NIXERY_FRONT_REPORTS):
+    # every worker listens, and counts its share into the shared metrics
+    app = getattr(worker, "wsgi", None)
+    reports = getattr(app, "extensions", {}).get("front_reports")
+    if reports is not None:
+        reports.start()
+
+
 def worker_exit(server, worker):
     # Builds are jobs that outlive the requests that started them
     # (builders/jobs/jobs.py): a worker that stops (a HUP, a deploy, a

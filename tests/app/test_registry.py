@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from app import create_app, logs
+from app import create_app, front, logs
 from storage import keys
 
 from app.errors import RegistryError
@@ -150,9 +150,11 @@ def comparable(r):
 
 
 def test_behind_a_web_server_a_blob_is_checked_and_its_file_named(config, monkeypatch):
-    """With NIXERY_BLOB_ACCEL the answer is the file's name for the web
-    server in front (deploy/nginx.conf); the blob is checked as before, by
-    its size once its digest was checked, and a corrupt one is not named."""
+    """With NIXERY_BLOB_ACCEL the answer to a GET of a blob too big for
+    nginx to keep is the file's name for the web server in front
+    (deploy/nginx.conf); the blob is checked as before, by its size once
+    its digest was checked, and a corrupt one is not named."""
+    monkeypatch.setattr(front, "CACHED_BLOB_MAX", 100_000)
     app = create_app(dataclasses.replace(config, blob_accel="/_blobs/"))
     storage = app.extensions["storage"]
     data = os.urandom(300_000)

@@ -63,7 +63,7 @@ def image_uid() -> int:
 
 def nginx_conf(directive) -> str:
     """The value of `directive` on the line deploy/nginx.conf marks for it."""
-    return re.search(rf"^\s*{directive}\s+([^;]+);", (ROOT / "deploy" / "nginx.conf").read_text(),
+    return re.search(rf"^\s*{directive}\s+([^;]+);[ \t]*#", (ROOT / "deploy" / "nginx.conf").read_text(),
                      re.MULTILINE)[1]
 
 
@@ -128,6 +128,14 @@ def test_base_is_what_deploy_nginx_conf_expects():
     assert {p["name"]: p["containerPort"] for p in registry["ports"]}["gunicorn"] == 8080
     assert nginx_conf("alias") == settings["STORAGE_PATH"] + "/" == STORAGE + "/"
     assert settings["NIXERY_BLOB_ACCEL"] == "/_registry_blobs/"
+    # nginx reports its cache's answers where the registry listens for them
+    reports = re.search(r"server=([^,]+)", nginx_conf("access_log"))[1]
+    assert settings["NIXERY_FRONT_REPORTS"] == reports == "127.0.0.1:8514"
+    # and its /tmp holds the cache (max_size) besides its temporary files
+    cache = re.search(r"max_size=(\d+)g", (ROOT / "deploy" / "nginx.conf").read_text())[1]
+    tmp = next(v for v in one(kinds, "Deployment")["spec"]["template"]["spec"]["volumes"]
+               if v["name"] == "nginx-tmp")
+    assert int(tmp["emptyDir"]["sizeLimit"].removesuffix("Gi")) > int(cache)
 
 
 @pytest.mark.parametrize("folder", KUSTOMIZATIONS)
