@@ -4,13 +4,13 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
-import os
 import tempfile
 import typing
 from dataclasses import dataclass
 
 from . import keys
 from .errors import IntegrityError, ObjectNotFound
+from .spool import Spool
 
 
 @dataclass(frozen=True)
@@ -21,28 +21,6 @@ class ObjectInfo:
     size: int
     used: float     # when it was last written or marked used (seconds since the epoch)
     version: str    # what a conditional delete compares with
-
-
-class Spool:
-    """A file the bytes of an object are written into before they are
-    stored (Storage.put_spooled); closed, and removed unless stored, when
-    the `with` block ends."""
-
-    def __init__(self, file: typing.BinaryIO, path: str | None = None):
-        self.file = file
-        self.path = path        # where it is, for drivers that move it into place
-        self.stored = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.file.close()
-        if self.path is not None and not self.stored:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 class Storage(abc.ABC):

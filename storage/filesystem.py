@@ -12,7 +12,8 @@ from cachetools import LRUCache
 
 from . import filelock
 from .access import Access
-from .base import ObjectInfo, Spool, Storage
+from .base import ObjectInfo, Storage
+from .spool import Spool, StorageFile
 from .errors import CorruptObject, IntegrityError, ObjectNotFound, StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,8 @@ class FilesystemStorage(Storage):
         """A temporary file in `root/.tmp`, on the file system of the
         objects, so that storing it is a rename."""
         fd, tmp = self._temporary()
-        return Spool(os.fdopen(fd, "wb"), tmp)
+        return Spool(StorageFile(os.fdopen(fd, "wb"), f"{self.name}: cannot write to {self.tmp}"),
+                     tmp)
 
     def put_spooled(self, key, spool, *, size, sha256, md5=None,
                     content_type="application/octet-stream"):

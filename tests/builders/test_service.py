@@ -28,6 +28,7 @@ from builders.sources.revisions import Revisions
 from builders.service import ImageService
 from builders.sources.folder import PathSource
 from storage import FilesystemStorage, keys
+from storage.base import Storage
 from tests.conftest import PKGS, drowsy_set, killed_once_set
 
 
@@ -78,11 +79,21 @@ class CountingNix(Nix):
         return super()._run(cmd, deadline)
 
 
+class SpoolingLikeBuckets(CountingStorage):
+    """Filesystem storage that spools what it stores as the bucket drivers
+    do (Storage's own spool: the machine's temporary folder), and wants
+    the MD5 they want."""
+
+    wants_md5 = True
+    spool = Storage.spool
+    put_spooled = Storage.put_spooled
+
+
 def service(root, *, popularity_url=None, max_layers=100, layer_workers=None, pkgs=PKGS,
-            pull_wait=120, state=None, platforms=(AMD64,)):
+            pull_wait=120, state=None, platforms=(AMD64,), storage=CountingStorage):
     """An image service on the test package set, as create_app wires one;
     `state` is its machine's own folder (the storage root's by default)."""
-    store = CountingStorage(root)
+    store = storage(root)
     state = state or os.path.join(root, ".state")
     nix = CountingNix()
     layerstore = LayerStore(store, workers=layer_workers)
@@ -470,10 +481,10 @@ def test_layers_that_fill_the_disk_are_the_machines_trouble(tmp_path, monkeypatc
     tiny.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], check=True)
     try:
-        # where layers are made: the temporary folder (bucket storage) or
-        # the storage's own (the filesystem)
+        # where bucket storage makes layers (the filesystem makes them in
+        # its own folder, whose being full is the storage's trouble: 503)
         monkeypatch.setattr(tempfile, "tempdir", str(tiny))
-        svc = service(tiny / "store")
+        svc = service(tmp_path / "store", storage=SpoolingLikeBuckets)
         with pytest.raises(BuildInterrupted) as info:
             svc.image(Image.from_name("hello"), "latest")
         assert info.value.cause == "disk"
