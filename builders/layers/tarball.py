@@ -8,8 +8,9 @@ of threads while the next ones fill, and the compressed blocks are hashed
 and written in order.
 
 The tar stream is what `tarfile` writes in PAX format for the same entries
-(headers come from `tarfile.TarInfo`); it is assembled here so that nothing
-is kept per member and file data is not copied through extra buffers.
+(headers as `tarfile.TarInfo` makes them, made faster by tarheader.py); it
+is assembled here so that nothing is kept per member and file data is not
+copied through extra buffers.
 What becomes of its blocks (hashes, compression, output) is blocks.py's.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import tarfile
 
 from .blocks import BLOCK, LayerBlob, Sink
 from .compress import Compression
+from .tarheader import header
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +39,14 @@ class _Writer:
     def __init__(self, out, compression, pool=None, md5=True):
         self.sink = Sink(out, compression, pool, md5)
 
-    def add(self, info):
-        self.sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+    def add(self, name, type, mode, linkname=""):
+        self.sink.write(header(name, type, mode, MTIME, linkname=linkname))
 
-    def add_file(self, info, path):
-        self.add(info)
+    def add_file(self, name, mode, size, path):
+        self.sink.write(header(name, tarfile.REGTYPE, mode, MTIME, size))
         with open(path, "rb", buffering=0) as f:
-            self.sink.copy_from(f, info.size, path)
-        pad = -info.size % _TAR_BLOCK
+            self.sink.copy_from(f, size, path)
+        pad = -size % _TAR_BLOCK
         if pad:
             self.sink.write(_ZEROS[:pad])
 
@@ -58,22 +60,6 @@ class _Writer:
         if pad:
             self.sink.write(_ZEROS[:pad])
         return self.sink.finish()
-
-
-def _info(name, type, mode, size=0, linkname=""):
-    ti = tarfile.TarInfo(name)
-    ti.type = type
-    ti.mode = mode
-    ti.size = size
-    ti.linkname = linkname
-    ti.mtime = MTIME
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    return ti
-
-
-def _dir(name, mode=0o755):
-    return _info(name, tarfile.DIRTYPE, mode)
 
 
 def _walk(path):
@@ -99,19 +85,19 @@ def _add_path(writer, root, links):
         name = path.lstrip("/")
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
-            writer.add(_dir(name, mode))
+            writer.add(name, tarfile.DIRTYPE, mode)
         elif stat.S_ISLNK(st.st_mode):
-            writer.add(_info(name, tarfile.SYMTYPE, 0o777, linkname=os.readlink(path)))
+            writer.add(name, tarfile.SYMTYPE, 0o777, os.readlink(path))
         elif stat.S_ISREG(st.st_mode):
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 # Hard links only within this layer: another layer's copy
                 # of the same inode is a file of its own there.
                 if key in links:
-                    writer.add(_info(name, tarfile.LNKTYPE, mode, linkname=links[key]))
+                    writer.add(name, tarfile.LNKTYPE, mode, links[key])
                     continue
                 links[key] = name
-            writer.add_file(_info(name, tarfile.REGTYPE, mode, size=st.st_size), path)
+            writer.add_file(name, mode, st.st_size, path)
         # sockets, fifos and devices never occur in the Nix store
 
 
@@ -136,7 +122,7 @@ def write_store_layer(paths, out, compression: Compression = Compression(), *, p
                 d = "/".join(parts[:i])
                 if d not in dirs:
                     dirs.add(d)
-                    writer.add(_dir(d))
+                    writer.add(d, tarfile.DIRTYPE, 0o755)
             _add_path(writer, path, links)
     except BaseException:
         writer.abort()
@@ -153,9 +139,9 @@ def write_tree_layer(tree, out, compression: Compression = Compression(), *, poo
         for name in sorted(tree):
             kind, arg = tree[name]
             if kind == "dir":
-                writer.add(_dir(name, arg))
+                writer.add(name, tarfile.DIRTYPE, arg)
             elif kind == "symlink":
-                writer.add(_info(name, tarfile.SYMTYPE, 0o777, linkname=arg))
+                writer.add(name, tarfile.SYMTYPE, 0o777, arg)
             else:
                 raise ValueError(f"unknown entry kind {kind!r}")
     except BaseException:
