@@ -227,8 +227,11 @@ def test_what_nginx_answers_from_its_cache_is_counted(fronted):
                             headers={"Accept": DOCKER})
     layer = min(manifest.json()["layers"], key=lambda l: l["size"])
     url = f"{nginx.url}/v2/shell/hello/blobs/{layer['digest']}"
-    requests.get(url)  # kept from now on, if it was not
-    time.sleep(front.FLUSH_SECONDS + 1)  # its own count, if it was, is in
+    by_digest = f"{nginx.url}/v2/shell/hello/manifests/{manifest.headers['Docker-Content-Digest']}"
+    requests.get(url)  # kept from now on, if they were not
+    requests.get(by_digest)
+    time.sleep(front.FLUSH_SECONDS + 1)  # their own counts, if they were, are in
+    manifests_before = _metric(nginx, "registry_served_bytes_total", kind="manifest")
     labels = dict(route="registry.blobs", method="GET", status="200")
     requests_before = _metric(nginx, "registry_http_requests_total", **labels)
     heads_before = _metric(nginx, "registry_http_requests_total", route="registry.blobs",
@@ -238,6 +241,8 @@ def test_what_nginx_answers_from_its_cache_is_counted(fronted):
     for _ in range(5):
         assert requests.get(url).status_code == 200
         assert requests.head(url).status_code == 200
+    for _ in range(3):
+        assert requests.get(by_digest).content == manifest.content
     end = time.monotonic() + 10
     while _metric(nginx, "registry_http_requests_total", **labels) < requests_before + 5:
         assert time.monotonic() < end, "nginx's answers were not counted"
@@ -248,6 +253,8 @@ def test_what_nginx_answers_from_its_cache_is_counted(fronted):
                    method="HEAD", status="200") == heads_before + 5
     assert _metric(nginx, "registry_served_bytes_total", kind="blob") == (
         bytes_before + 5 * layer["size"])
+    assert _metric(nginx, "registry_served_bytes_total", kind="manifest") == (
+        manifests_before + 3 * len(manifest.content))
     # nginx answered them: the registry saw none
     assert layer["digest"] not in server.read_log()[len(before):]
     assert "[alert]" not in nginx.read_errors() and "[error]" not in nginx.read_errors()
