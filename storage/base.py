@@ -83,15 +83,23 @@ class Storage(abc.ABC):
         they do not match the key's digest or the bytes.  A driver that
         keeps the spooled file as it is (the filesystem) need not read it
         again; the others check and upload it as put() does."""
-        if md5 is None:
+        self._vouched(key, spool, size, sha256, md5)
+        spool.file.seek(0)
+        self.put(key, spool.file, size=size, md5=md5, content_type=content_type)
+        spool.stored = True
+
+    def _vouched(self, key, spool, size, sha256, md5):
+        """What put_spooled() checks without reading the spooled bytes: the
+        writer's hashes are there and fit the key, and the size is right."""
+        if md5 is None and self.wants_md5:
             raise ValueError(f"{self.name} needs the MD5 of what it stores")
         want = self.expected_sha256(key)
         if want and want != sha256:
             raise IntegrityError(f"{key}: content has sha256 {sha256}")
         spool.file.flush()
-        spool.file.seek(0)
-        self.put(key, spool.file, size=size, md5=md5, content_type=content_type)
-        spool.stored = True
+        written = spool.file.seek(0, io.SEEK_END)
+        if written != size:
+            raise IntegrityError(f"{key}: got {written} of {size} bytes")
 
     # Small records that writers race for (build claims): written whole,
     # conditionally on what the writer last saw, so of two writers exactly

@@ -231,23 +231,18 @@ class FilesystemStorage(Storage):
         it vouched for counts as checked (open() and size() need not hash it
         in this process while the file stays as it is)."""
         path = self._path(key)
-        want = self.expected_sha256(key)
-        if want and want != sha256:
-            raise IntegrityError(f"{key}: content has sha256 {sha256}")
         if spool.path is None or os.path.dirname(spool.path) != self.tmp:
             raise ValueError(f"{self.name} stores only what its own spool() holds")
+        self._vouched(key, spool, size, sha256, md5)
         try:
-            spool.file.flush()
             os.fsync(spool.file.fileno())
             st = os.fstat(spool.file.fileno())
-            if st.st_size != size:
-                raise IntegrityError(f"{key}: got {st.st_size} of {size} bytes")
             self.access.makedirs(os.path.dirname(path))
             os.replace(spool.path, path)
         except OSError as e:
             raise StorageUnavailable(f"{self.name}: cannot write {key}: {e.strerror}") from e
         spool.stored = True
-        if want:
+        if self.expected_sha256(key):
             with self._verified_lock:
                 self._verified[path] = _signature(st)
 

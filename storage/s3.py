@@ -150,6 +150,19 @@ class S3Storage(Storage):
             verify(key, src, start, size, md5, self.expected_sha256(key))
             s3_upload.store(self, key, src, start, size, md5, content_type)
 
+    def put_spooled(self, key, spool, *, size, sha256, md5=None,
+                    content_type="application/octet-stream"):
+        """A single PUT carries the writer's MD5, which the service checks,
+        so the spooled bytes are not read and hashed here first; an upload
+        in parts (no whole MD5) is checked here, as put() checks it."""
+        if size > self.multipart_above and self.expected_sha256(key):
+            return super().put_spooled(key, spool, size=size, sha256=sha256, md5=md5,
+                                       content_type=content_type)
+        check_key(key)
+        self._vouched(key, spool, size, sha256, md5)
+        s3_upload.store(self, key, spool.file, 0, size, md5, content_type)
+        spool.stored = True
+
     def put_if(self, key, data, *, version):
         check_key(key)
         condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
