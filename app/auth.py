@@ -42,6 +42,7 @@ import cachetools
 from . import metrics, proxy, wire
 from .errors import RegistryError, TooManyRequests
 from .quota import client_key
+from .scope import REPLAY
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,11 @@ class Authenticate:
                 headers.append(wire.API_VERSION)
             start_response(f"{status} {wire.reason(e.message)}", headers)
             return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
-        return self.app(environ, start_response)
+        body = self.app(environ, start_response)
+        # the answer was for these credentials, checked now: never given
+        # again without them being checked (app/http/replay.py)
+        environ.pop(REPLAY, None)
+        return body
 
 
 def from_config(config) -> Authenticator:

@@ -94,9 +94,16 @@ class AccessLogger(GunicornLogger):
         # gunicorn's own answers to requests that failed (handle_error) set
         # only the status line
         status = getattr(resp, "status_code", None) or _status_code(resp.status)
-        sent = getattr(resp, "sent", None)
-        duration_ms = round(request_time.total_seconds() * 1000, 1)
-        user_agent = environ.get("HTTP_USER_AGENT", "")
+        self.access_line(client, user, method, path, status, getattr(resp, "sent", None),
+                         round(request_time.total_seconds() * 1000, 1),
+                         environ.get("HTTP_USER_AGENT", ""), rid)
+
+    def access_line(self, client, user, method, path, status, sent, duration_ms, user_agent,
+                    rid):
+        """Write an access line of these fields (app/http/replay.py writes
+        those of the answers it gives, which have no WSGI environ)."""
+        if not self.access_log_enabled:
+            return
         if self.json_format:
             line = json.dumps({
                 "client": client, "user": user, "method": method, "path": path,
@@ -118,9 +125,18 @@ class AccessLogger(GunicornLogger):
         False, having written nothing, if the log is off or a stream closed."""
         if not self.access_log.isEnabledFor(logging.INFO):
             return True  # logging.disable(): nothing is written either way
-        if any(h.stream is None for h in self._streams):
+        streams = self._streams
+        if len(streams) == 1:  # `-` or a file: each request's line, so the short way
+            handler = streams[0]
+            with handler.lock:
+                if handler.stream is None:
+                    return False
+                handler.stream.write(line + handler.terminator)
+                handler.stream.flush()
+            return True
+        if any(h.stream is None for h in streams):
             return False
-        for handler in self._streams:
+        for handler in streams:
             with handler.lock:  # also held while gunicorn reopens the file (USR1)
                 handler.stream.write(line + handler.terminator)
                 handler.stream.flush()

@@ -18,6 +18,9 @@ REFUSALS = Counter("registry_refusals", "Requests refused, by reason (auth, quot
                    ["reason"])
 BYTES_SERVED = Counter("registry_served_bytes", "Bytes of blobs and manifests sent to clients",
                        ["kind"])
+REPLAYED = Counter("registry_replayed_answers",
+                   "Answers a worker gave again without the app (a cached pull's), by kind",
+                   ["kind"])
 # Children made once: looking a child up by its labels is a good share of
 # what a cached pull's request costs.
 BLOB_BYTES = BYTES_SERVED.labels("blob")

@@ -15,6 +15,7 @@ not here: app/scope.py gives them to every endpoint alike.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from storage.errors import CorruptObject, ObjectNotFound
 from . import errors, front, grammar, metrics, quota, wire
 from .errors import (BlobUnknown, DigestInvalid, ManifestUnknown, NameInvalid, NameUnknown,
                      PaginationInvalid, RangeInvalid, TagInvalid, Unsupported)
-from .scope import ROUTE
+from .scope import REPLAY, ROUTE, Replayable
 from .wire import API_VERSION, Call, Reply
 from builders import digests
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "/v2"
 TAG_EXPIRES = front.expires(front.TAG_SECONDS)
+TAG_REPLAY = Replayable("manifest", front.TAG_SECONDS)
 BLOB_EXPIRES = front.expires(front.BLOB_SECONDS)
 
 
@@ -53,6 +55,8 @@ class RegistryAPI:
         # how long nginx may keep a manifest by digest: a pull of it must
         # reach the registry at least as often as it marks what it uses
         self.digest_expires = front.expires(min(front.DIGEST_SECONDS, digest_seconds))
+        # given again by the worker as long as nginx may keep them (app/http/replay.py)
+        self.digest_replay = Replayable("manifest", min(front.DIGEST_SECONDS, digest_seconds))
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -112,13 +116,14 @@ class RegistryAPI:
             # a pull by digest keeps its image as a pull by tag does
             self.images.mark_pulled(keys.blob(digest))
             keep = self.digest_expires
+            replay = self.digest_replay
         elif grammar.REFERRERS_TAG_RE.fullmatch(reference):
             # the referrers tag schema, for clients that predate the API: the
             # same index, and the package source is not asked
             media_type = manifest.OCI_INDEX
             body = self._referrers_index(f"sha256:{reference[7:]}")
             digest = digests.digest_of(body)
-            keep = None  # it changes as referrers are added
+            keep = replay = None  # it changes as referrers are added
         else:
             if not grammar.TAG_RE.fullmatch(reference):
                 raise TagInvalid(f"invalid tag {reference!r}: tags are up to 128 letters, "
@@ -138,7 +143,7 @@ class RegistryAPI:
             media_type = wire.negotiate(accept, record.media_types)
             body = record.manifest(media_type)
             digest = digests.digest_of(body)
-            keep = TAG_EXPIRES
+            keep, replay = TAG_EXPIRES, TAG_REPLAY
         headers = [("Content-Type", media_type), ("Docker-Content-Digest", digest),
                    ("ETag", f'"{digest}"')]
         if wire.not_modified(call, digest):
@@ -146,6 +151,8 @@ class RegistryAPI:
         headers.append(("Content-Length", str(len(body))))
         if keep:
             headers.append(keep)
+        if replay:
+            call.environ[REPLAY] = replay
         if call.method == "GET":
             metrics.MANIFEST_BYTES.inc(len(body))
         return Reply(200, headers, [body])
@@ -247,6 +254,12 @@ class RegistryAPI:
         headers.append(("Content-Length", str(stop - start)))
         if status == 200:
             headers.append(BLOB_EXPIRES)
+            unchanged = None if accel else self.storage.unchanged(keys.blob(digest))
+            if unchanged is not None:
+                # given again while storage says the file is the one checked
+                call.environ[REPLAY] = Replayable(
+                    "blob", front.BLOB_SECONDS, unchanged,
+                    functools.partial(self.storage.open, keys.blob(digest)))
         if call.method == "HEAD":
             return Reply(status, headers)
         if f is None:

@@ -133,6 +133,13 @@ class Storage(abc.ABC):
         """Delete the object only if it is still at `version` (not written
         or marked used since it was listed); whether it was deleted."""
 
+    def unchanged(self, key: str):
+        """A function that tells, cheaply (one local stat), whether the
+        object under `key` is still the one whose digest was checked, or
+        None when this storage cannot tell so (the worker gives a blob again
+        without the app only while it can, app/http/replay.py)."""
+        return None
+
     def url(self, key: str) -> str | None:
         """A URL clients may fetch the object from directly, or None to stream it."""
         return None

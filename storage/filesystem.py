@@ -101,6 +101,20 @@ class FilesystemStorage(Storage):
                 return st.st_size
         return super().size(key)
 
+    def unchanged(self, key):
+        path = self._path(key)
+        with self._verified_lock:
+            signature = self._verified.get(path)
+        if signature is None:
+            return None  # not checked (or not content-addressed): nothing to compare
+
+        def check() -> bool:
+            try:
+                return _signature(os.stat(path)) == signature
+            except OSError:
+                return False
+        return check
+
     def _checked(self, path, st) -> bool:
         """Whether the file at `path`, as `st` finds it, is one whose digest was checked."""
         with self._verified_lock:

@@ -55,7 +55,9 @@ def _check_methods() -> list[str]:
     # gunicorn calls these with exactly these positional arguments, and the
     # overrides take exactly those; any other parameter would be lost or required
     for name, args in (("enqueue_req", "self, conn"), ("handle", "self, conn"),
-                       ("init_process", "self"), ("handle_exit", "self, sig, frame")):
+                       ("init_process", "self"), ("handle_exit", "self, sig, frame"),
+                       ("accept", "self, listener"), ("set_accept_enabled", "self, enabled"),
+                       ("wait_for_and_dispatch_events", "self, timeout")):
         method = getattr(ThreadWorker, name, None)
         if not inspect.isfunction(method):
             missing.append(f"ThreadWorker.{name}")
@@ -68,7 +70,9 @@ def _check_methods() -> list[str]:
     # read while a connection is kept, to let go of it when the worker stops
     # (alive) or its master is gone (ppid)
     attributes = _worker_attributes()
-    missing += [f"a worker attribute '{a}' set in __init__" for a in ("alive", "ppid")
+    # and to spread new connections over the workers (app/http/balance.py)
+    missing += [f"a worker attribute '{a}' set in __init__"
+                for a in ("alive", "ppid", "age", "nr_conns", "_accepting", "worker_connections")
                 if a not in attributes]
     return missing
 

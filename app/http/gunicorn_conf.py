@@ -79,6 +79,14 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
+    # its connections no longer count against taking new ones (app/http/balance.py)
+    if hasattr(worker, "left"):
+        worker.left()
+    # the counts of answers the worker gave again (app/http/replay.py),
+    # added to the metrics once a second: the last second's too
+    replays = getattr(getattr(worker, "_plain", None), "replays", None)
+    if replays is not None:
+        replays.stop()
     # Builds are jobs that outlive the requests that started them
     # (builders/jobs/jobs.py): a worker that stops (a HUP, a deploy, a
     # max-requests recycle) waits for its jobs before it exits, within
@@ -94,5 +102,7 @@ def worker_exit(server, worker):
 
 
 def child_exit(server, worker):
+    if hasattr(worker, "left"):
+        worker.left(worker.pid)  # killed, it could not say so itself
     from prometheus_client import multiprocess
     multiprocess.mark_process_dead(worker.pid)

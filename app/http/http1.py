@@ -33,6 +33,7 @@ from gunicorn import util
 from gunicorn.http import message, unreader as unreaders, wsgi
 
 from .http1_response import PlainResponse
+from .replay import BODY_MAX, Replays
 from ..proxy import Proxies
 
 _LINE = rb"(GET|HEAD) (/[!\"$-~]*) HTTP/1\.1"          # no '#': gunicorn splits fragments
@@ -107,6 +108,10 @@ class PlainHTTP:
         # a worker's settings stay as they are for its life
         self.pre_request, self.post_request = cfg.pre_request, cfg.post_request
         self.keepalive = cfg.keepalive
+        # answers given again without the app (app/http/replay.py)
+        self.replays = Replays(worker.log, self.proxies) if Replays.usable(worker) else None
+        from ..scope import REPLAY  # here, in the worker: it makes the metrics
+        self.replay_key = REPLAY
 
     @staticmethod
     def usable(cfg, script_name) -> bool:
@@ -135,8 +140,18 @@ class PlainHTTP:
             return None
         unreader = conn.parser.unreader
         data = unreader.take_buffered()
-        if b"\r\n\r\n" not in data:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
             data += conn.sock.recv(8192)  # blocking, as gthread keeps it here
+            end = data.find(b"\r\n\r\n")
+        if self.replays is not None and 0 <= end < _MAX_HEAD and self.may_keep(conn):
+            # the same head as a request answered before: its answer again
+            head = data[:end + 4]
+            if self.replays.answer(conn.sock, head, remote_addr(conn.client)):
+                self.worker.nr += 1
+                if len(data) > end + 4:
+                    unreader.unread(data[end + 4:])
+                return True
         parsed = self.parse(data, self.trusted(conn))
         if parsed is None:
             unreader.unread(data)  # gunicorn reads it all again
@@ -144,7 +159,15 @@ class PlainHTTP:
         req, environ, rest = parsed
         if rest:
             unreader.unread(rest)  # the next request, sent ahead
-        return self.answer(conn, req, environ)
+        return self.answer(conn, req, environ, data[:len(data) - len(rest)])
+
+    def may_keep(self, conn) -> bool:
+        """Whether the connection stays open after its next answer (as
+        `answer` decides it), and the worker goes on after it: only then is
+        an answer given again without the app."""
+        worker = self.worker
+        return (worker.alive and self.keepalive and worker.nr + 1 < worker.max_requests
+                and len(worker.keepalived_conns) < worker.max_keepalived)
 
     def parse(self, data: bytes, trusted: bool):
         """(request, environ, bytes after its head) for a plain request, or None."""
@@ -212,8 +235,9 @@ class PlainHTTP:
         env["SCRIPT_NAME"] = ""
         return req, env, data[end + 4:]
 
-    def answer(self, conn, req, environ) -> bool:
-        """Run the app for a parsed request, as gthread's handle_request does."""
+    def answer(self, conn, req, environ, head=None) -> bool:
+        """Run the app for a parsed request, as gthread's handle_request
+        does; its answer is kept to be given again if the app says so."""
         worker = self.worker
         client = conn.client
         environ["gunicorn.socket"] = conn.sock
@@ -230,10 +254,24 @@ class PlainHTTP:
                 not worker.alive or not self.keepalive
                 or len(worker.keepalived_conns) >= worker.max_keepalived))
             body = worker.wsgi(environ, resp.start_response)
+            replayable = environ.get(self.replay_key) if self.replays is not None else None
             try:
-                for chunk in body:
-                    resp.write(chunk)
+                if replayable is None:
+                    for chunk in body:
+                        resp.write(chunk)
+                else:
+                    chunks, size = [], 0
+                    for chunk in body:
+                        resp.write(chunk)
+                        if chunks is not None:
+                            size += len(chunk)
+                            if size <= BODY_MAX:
+                                chunks.append(chunk)
+                            else:
+                                chunks = None  # read from storage when given again
                 resp.close()
+                if replayable is not None and head is not None:
+                    self.replays.keep(head, environ, resp, chunks, replayable)
             finally:
                 worker.log.access(resp, req, environ, datetime.now() - start)
                 close = getattr(body, "close", None)

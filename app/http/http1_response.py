@@ -12,7 +12,7 @@ import time
 from gunicorn import util
 from gunicorn.http import wsgi
 
-_JOIN_BELOW = 65536  # a body's first bytes up to this size go out with the head
+JOIN_BELOW = 65536  # a body's first bytes up to this size go out with the head
 
 
 class PlainResponse:
@@ -113,7 +113,7 @@ class PlainResponse:
                     data = b"%X\r\n%s\r\n" % (len(data), data)
         else:
             data = b""
-        if head and len(data) < _JOIN_BELOW:
+        if head and len(data) < JOIN_BELOW:
             self.sock.sendall(head + data)  # one write for a small answer
             return
         if head:
@@ -135,12 +135,19 @@ class PlainResponse:
             self.must_close = True  # the client waits for bytes that will not come
 
 
-_now = [0, ""]
+_now = [0, "", b""]
 
 
 def _date() -> str:
     """gunicorn's Date header, formatted once a second."""
     second = int(time.time())
     if _now[0] != second:
-        _now[:] = second, util.http_date(second)
+        text = util.http_date(second)
+        _now[:] = second, text, text.encode("latin-1")
     return _now[1]
+
+
+def date_bytes() -> bytes:
+    """The Date header's value, as bytes."""
+    _date()
+    return _now[2]

@@ -37,6 +37,7 @@ import gunicorn
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..config import script_name
+from .balance import LOOK_AGAIN, Balance
 from .gthread_internals import missing_internals
 from .http1 import PlainHTTP, remote_addr
 from .http1_response import PlainResponse
@@ -67,10 +68,40 @@ class LingeringWorker(ThreadWorker):
         self._counts = threading.Lock()
         self._wakeup = None  # made in the forked worker: init_process()
         self._plain = None   # app/http/http1.py, once the app is loaded
+        # asked on every request: gunicorn's settings are slow to read
+        self._threads, self._keepalive = self.cfg.threads, self.cfg.keepalive
 
     def init_process(self):
         self._wakeup = Wakeup()
+        self._slot = BALANCE.slot_of(self.age)
+        BALANCE.hold(self._slot, 0)
         super().init_process()
+
+    # New connections, spread evenly over the workers (app/http/balance.py):
+    # a worker holding more than another takes none, and looks again soon.
+
+    def accept(self, listener):
+        if not BALANCE.may_take(self._slot, self.nr_conns):
+            super().set_accept_enabled(False)  # gthread's loop asks again
+            return
+        super().accept(listener)
+        BALANCE.hold(self._slot, self.nr_conns)
+
+    def set_accept_enabled(self, enabled):
+        super().set_accept_enabled(enabled and BALANCE.may_take(self._slot, self.nr_conns))
+
+    def wait_for_and_dispatch_events(self, timeout):
+        if not self._accepting and self.alive and self.nr_conns < self.worker_connections:
+            timeout = min(timeout, LOOK_AGAIN)  # declined for now: look again soon
+        else:
+            BALANCE.hold(self._slot, self.nr_conns)
+        super().wait_for_and_dispatch_events(timeout)
+
+    def left(self, pid=None) -> None:
+        """The worker is gone (called in it as it exits, and in the master
+        when it reaps it): its connections count no more."""
+        slot = getattr(self, "_slot", None)
+        BALANCE.leave(BALANCE.slot_of(self.age) if slot is None else slot, pid or self.pid)
 
     def load_wsgi(self):
         super().load_wsgi()
@@ -153,7 +184,7 @@ class LingeringWorker(ThreadWorker):
     def _starved(self) -> bool:
         """Whether a connection waits that no free thread will take."""
         with self._counts:
-            return self._queued > self.cfg.threads - self._held
+            return self._queued > self._threads - self._held
 
     def enqueue_req(self, conn):
         with self._counts:
@@ -203,10 +234,12 @@ class LingeringWorker(ThreadWorker):
         if conn.parser.unreader.buf.getvalue():
             return None  # already read ahead: the socket will not signal it
         sock = conn.sock.fileno()
-        poll = select.poll()
-        poll.register(sock, select.POLLIN)
-        poll.register(self._wakeup.fileno(), select.POLLIN)
-        deadline = time.monotonic() + self.cfg.keepalive
+        poll = getattr(conn, "lingering_poll", None)
+        if poll is None:  # made once per connection: it waits before each request
+            poll = conn.lingering_poll = select.poll()
+            poll.register(sock, select.POLLIN)
+            poll.register(self._wakeup.fileno(), select.POLLIN)
+        deadline = time.monotonic() + self._keepalive
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -269,5 +302,7 @@ def worker_class() -> type[ThreadWorker]:
     return PlainWorker
 
 
-# Decided once, at import: gunicorn's master loads the class before forking.
+# Decided once, at import: gunicorn's master loads the class before forking,
+# and the table its workers share is made here, before any is forked.
 Worker = worker_class()
+BALANCE = Balance()

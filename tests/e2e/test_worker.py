@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import ssl
 import threading
@@ -272,5 +273,58 @@ def test_skopeo_probing_https_leaves_no_warning(tmp_path):
         print(log[-3000:])
         assert probes >= 1
         assert "WARNING" not in log and '"- -" 400' not in log and "Invalid request" not in log
+    finally:
+        srv.stop()
+
+
+def _established_by_worker(srv) -> dict[int, int]:
+    """How many of the server's established connections each worker holds,
+    read off /proc (the workers are the master's children)."""
+    with open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children") as f:
+        workers = [int(p) for p in f.read().split()]
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == srv.port and fields[3] == "01":
+                    inodes.add(fields[9])
+    held = {}
+    for pid in workers:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        held[pid] = sum(1 for fd in fds
+                        if _link(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[")[:-1] in inodes)
+    return held
+
+
+def _link(path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def test_connections_opened_at_once_are_spread_over_the_workers(tmp_path):
+    """A client opening its connections together (a pull's client, nginx in
+    front) gets them on every worker alike, not most on one (a worker's
+    Python uses one core at a time)."""
+    srv = Server(str(tmp_path), NIXERY_PKGS_PATH=str(PKGS),
+                 GUNICORN_CMD_ARGS="--workers 2").start()
+    try:
+        for _ in range(3):
+            conns = [socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                     for _ in range(8)]
+            for conn in conns:
+                conn.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            for conn in conns:
+                assert conn.recv(65536).startswith(b"HTTP/1.1 200 ")
+            held = _established_by_worker(srv)
+            assert sum(held.values()) == 8 and len(held) == 2, held
+            assert max(held.values()) - min(held.values()) <= 1, held
+            for conn in conns:
+                conn.close()
+            deadline = time.monotonic() + 10
+            while sum(_established_by_worker(srv).values()) and time.monotonic() < deadline:
+                time.sleep(0.1)
     finally:
         srv.stop()
