@@ -11,7 +11,10 @@ median of its per-round ratios.
     ./.venv/bin/python -m bench.pulls [--rounds 5] [--seconds 4] [--clients 8]
 
 Targets: direct at least 0.7x the static ceiling, through deploy/nginx.conf
-at least 0.8x and faster than direct.  Exits 1 when one is missed.
+at least 0.8x.  Exits 1 when one is missed.  Through nginx against direct
+is printed too: it was the front's reason to be while direct ran the app
+for every request; now that a worker gives a cached pull's answers again
+without the app, direct reaches the static ceiling and no front passes it.
 
 Behind deploy/nginx.conf the registry runs as the shipped files run it
 (NIXERY_BLOB_ACCEL, NIXERY_FRONT_REPORTS): after the first pull nginx
@@ -162,11 +165,9 @@ def main(argv=None):
             front_runs, direct_runs = figures[name, "nginx front"], figures[name, "direct"]
             over_direct = median([f["pulls_s"] / d["pulls_s"]
                                   for f, d in zip(front_runs, direct_runs)])
-            verdict = "ok" if over_direct > 1 else "MISSED"
-            print(f"  {name:16} nginx front / direct {over_direct:.2f}x "
-                  f"(a front should be faster) {verdict}")
-            if over_direct <= 1:
-                missed.append(f"{name} nginx front over direct")
+            # no target: with answers given again (app/http/replay.py) direct
+            # is at the static ceiling itself, which no front can pass
+            print(f"  {name:16} nginx front / direct {over_direct:.2f}x")
         print(json.dumps({f"{n}|{t}": [round(r["pulls_s"], 1) for r in v]
                           for (n, t), v in figures.items()}))
         if missed:
