@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 
 from gunicorn.glogging import Logger as GunicornLogger
@@ -77,11 +78,18 @@ class AccessLogger(GunicornLogger):
     """
 
     json_format = False
+    # lines written `later` wait at most this long, or until this many
+    # characters wait (see access_line)
+    LATER_SECONDS = 0.1
+    LATER_CHARS = 64 << 10
 
     def setup(self, cfg):
         super().setup(cfg)
         self._proxies = Proxies(",".join(cfg.forwarded_allow_ips))
         self._streams = _message_only_handlers(self.access_log)
+        self._later: list[str] = []
+        self._later_chars = 0
+        self._later_lock = threading.Lock()
 
     def access(self, resp, req, environ, request_time):
         if not self.access_log_enabled:
@@ -99,9 +107,17 @@ class AccessLogger(GunicornLogger):
                          environ.get("HTTP_USER_AGENT", ""), rid)
 
     def access_line(self, client, user, method, path, status, sent, duration_ms, user_agent,
-                    rid):
+                    rid, later=False):
         """Write an access line of these fields (app/http/replay.py writes
-        those of the answers it gives, which have no WSGI environ)."""
+        those of the answers it gives, which have no WSGI environ).
+
+        `later`: the line may wait, with others, for the next write_later()
+        (which its caller makes at least every LATER_SECONDS), so that a
+        worker answering tens of thousands of requests a second makes one
+        write for many lines: each write lets another of its threads take
+        the interpreter, and that handover costs more than the write.
+        Only where lines go straight to their streams; elsewhere (syslog,
+        a logging configuration) the line is written at once."""
         if not self.access_log_enabled:
             return
         if self.json_format:
@@ -114,31 +130,54 @@ class AccessLogger(GunicornLogger):
         else:
             line = (f'{client} {user} "{method} {path}" {status} {sent} '
                     f'{duration_ms}ms [{rid}] "{user_agent}"')
+        if later and self._streams is not None:
+            with self._later_lock:
+                self._later.append(line)
+                self._later_chars += len(line)
+                if self._later_chars < self.LATER_CHARS:
+                    return
+            self.write_later()
+            return
         try:
             if self._streams is None or not self._write(line):
                 self.access_log.info(line)
         except Exception:
             self.exception("cannot write the access log")
 
-    def _write(self, line) -> bool:
-        """Write the line to each handler's stream, as its emit() would;
+    def write_later(self) -> None:
+        """Write the lines that wait (access_line's `later`), in their order."""
+        with self._later_lock:
+            lines, self._later, self._later_chars = self._later, [], 0
+        if not lines:
+            return
+        try:
+            if self._streams is None or not self._write(*lines):
+                for line in lines:
+                    self.access_log.info(line)
+        except Exception:
+            self.exception("cannot write the access log")
+
+    def _write(self, *lines) -> bool:
+        """Write the lines to each handler's stream, as its emit() would;
         False, having written nothing, if the log is off or a stream closed."""
         if not self.access_log.isEnabledFor(logging.INFO):
             return True  # logging.disable(): nothing is written either way
         streams = self._streams
         if len(streams) == 1:  # `-` or a file: each request's line, so the short way
             handler = streams[0]
+            end = handler.terminator
             with handler.lock:
                 if handler.stream is None:
                     return False
-                handler.stream.write(line + handler.terminator)
+                handler.stream.write(end.join(lines) + end)
                 handler.stream.flush()
             return True
         if any(h.stream is None for h in streams):
             return False
         for handler in streams:
+            end = handler.terminator
             with handler.lock:  # also held while gunicorn reopens the file (USR1)
-                handler.stream.write(line + handler.terminator)
+                handler.stream.write(end.join(lines) + end)
                 handler.stream.flush()
         return True
 

@@ -21,8 +21,9 @@ Nothing is lost by it:
   long as nginx may keep it, so that pulls still mark it used for garbage
   collection;
 - each answer is in the access log (with the client by app/proxy.py's
-  rule) and in the request and byte metrics, added a second's worth at a
-  time as nginx's reports are (app/front.py's Tally);
+  rule; its lines written a tenth of a second's worth at a time, see
+  app/logs.py's `later`) and in the request and byte metrics, added a
+  second's worth at a time as nginx's reports are (app/front.py's Tally);
 - requests with credentials, with an X-Request-ID of their own, ranges,
   conditions that were met (304) and errors are never kept: they always
   reach the app.
@@ -78,6 +79,7 @@ class Replays:
         self._front, self._metrics = front, metrics
         self.given: collections.Counter = collections.Counter()  # answers given again, by kind
         self.log = log
+        self._log_later = hasattr(log, "write_later")
         self.proxies = proxies
         self.clock = clock
         self.entries: dict[bytes, Entry] = {}
@@ -196,7 +198,7 @@ class Replays:
             self.log.access_line(
                 self.proxies.client(peer, entry.forwarded_for) or "-", "-", entry.method,
                 entry.path, 200, sent[0], round((time.perf_counter() - start) * 1000, 1),
-                entry.user_agent, rid.decode())
+                entry.user_agent, rid.decode(), later=self._log_later)
         if sent[0] != entry.size:
             raise ConnectionError("the blob in storage ended before its length")
         return True
@@ -218,11 +220,21 @@ class Replays:
                 self.given.clear()
 
     def _flush_every(self) -> None:
-        while not self._stop.wait(FLUSH_SECONDS):
-            self.flush()
+        every = getattr(self.log, "LATER_SECONDS", FLUSH_SECONDS)
+        flushed = self.clock()
+        while not self._stop.wait(every):
+            self._write_log()
+            if self.clock() - flushed >= FLUSH_SECONDS:
+                self.flush()
+                flushed = self.clock()
+
+    def _write_log(self) -> None:
+        if self._log_later:
+            self.log.write_later()
 
     def stop(self) -> None:
         self._stop.set()
+        self._write_log()
         self.flush()
 
 

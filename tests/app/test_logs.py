@@ -140,3 +140,61 @@ def test_a_line_for_an_answer_gunicorn_made_for_a_failed_request(make_logger, tm
     log.access(failed, None, environ(), datetime.timedelta(microseconds=1234))
     line = (tmp_path / "access.log").read_text()
     assert f'"GET /v2/shell/hello/blobs/{DIGEST}" 500 0 1.2ms [-] ' in line
+
+
+def only_its_file(log):
+    """The logger with its own file alone (pytest's log capture may have
+    put handlers of its own on gunicorn's shared logger)."""
+    for handler in list(log.access_log.handlers):
+        if not getattr(handler, "_gunicorn", False):
+            log.access_log.removeHandler(handler)
+    log.setup(log.cfg)
+    return log
+
+
+def test_lines_written_later_come_in_order_at_the_next_write(make_logger, tmp_path):
+    log = only_its_file(make_logger())
+    line = (f'203.0.113.7 - "GET /v2/shell/hello/blobs/{DIGEST}" 200 0 0.1ms [req-%d] '
+            '"skopeo/1.9"\n')
+    for i in range(3):
+        log.access_line("203.0.113.7", "-", "GET", f"/v2/shell/hello/blobs/{DIGEST}", 200, 0,
+                        0.1, "skopeo/1.9", f"req-{i}", later=True)
+    assert not (tmp_path / "access.log").exists() or (tmp_path / "access.log").read_text() == ""
+    log.write_later()
+    assert (tmp_path / "access.log").read_text() == "".join(line % i for i in range(3))
+    log.write_later()  # nothing waits: nothing more is written
+    assert (tmp_path / "access.log").read_text().count("\n") == 3
+
+
+def test_lines_written_later_do_not_wait_beyond_their_limit(make_logger, tmp_path):
+    log = only_its_file(make_logger())
+    path = f"/v2/shell/hello/blobs/{DIGEST}"
+    n = log.LATER_CHARS // len(path) + 1
+    for i in range(n):
+        log.access_line("203.0.113.7", "-", "GET", path, 200, 0, 0.1, "", f"req-{i}",
+                        later=True)
+    # written once that many characters waited, without a write_later():
+    # never more than that waits
+    written = (tmp_path / "access.log").read_text().splitlines()
+    assert written and [line.split("[")[1].split("]")[0] for line in written] == \
+        [f"req-{i}" for i in range(len(written))]
+    assert sum(len(line) for line in log._later) < log.LATER_CHARS
+    log.write_later()
+    assert (tmp_path / "access.log").read_text().count("\n") == n
+
+
+def test_a_handler_of_its_own_gets_a_later_line_at_once(make_logger, tmp_path):
+    log = only_its_file(make_logger())
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+    keep = Keep()
+    log.access_log.addHandler(keep)
+    try:
+        log.setup(log.cfg)
+        log.access_line("203.0.113.7", "-", "GET", "/v2/", 200, 0, 0.1, "", "req-1", later=True)
+    finally:
+        log.access_log.removeHandler(keep)
+    assert len(seen) == 1 and "[req-1]" in seen[0]

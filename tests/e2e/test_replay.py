@@ -60,14 +60,16 @@ def eventually(check, timeout=10):
 
 
 def test_a_repeated_request_gets_the_apps_answer_again(one_worker):
+    """For the smallest blob and the largest alike."""
     srv = one_worker
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     manifest_path = "/v2/hello/manifests/latest"
     status, _, body = ask(conn, "GET", manifest_path, {"Accept": OCI})
     assert status == 200
     layers = json.loads(body)["layers"]
-    blob = layers[0]
-    blob_path = f"/v2/hello/blobs/{blob['digest']}"
+    blobs = [min(layers, key=lambda layer: layer["size"]),
+             max(layers, key=lambda layer: layer["size"])]
+    assert blobs[0]["size"] < blobs[1]["size"]
     before = {
         "replayed": counted(srv, "registry_replayed_answers_total", kind="blob"),
         "gets": counted(srv, "registry_http_requests_total", method="GET",
@@ -77,41 +79,50 @@ def test_a_repeated_request_gets_the_apps_answer_again(one_worker):
         "bytes": counted(srv, "registry_served_bytes_total", kind="blob"),
     }
     rounds = 6
-    answers = {"manifest": [], "GET": [], "HEAD": []}
+    answers = {"manifest": []}
+    for blob in blobs:
+        answers["GET", blob["digest"]], answers["HEAD", blob["digest"]] = [], []
     for _ in range(rounds):
         answers["manifest"].append(ask(conn, "GET", manifest_path, {"Accept": OCI}))
-        answers["HEAD"].append(ask(conn, "HEAD", blob_path))
-        answers["GET"].append(ask(conn, "GET", blob_path))
+        for blob in blobs:
+            blob_path = f"/v2/hello/blobs/{blob['digest']}"
+            answers["HEAD", blob["digest"]].append(ask(conn, "HEAD", blob_path))
+            answers["GET", blob["digest"]].append(ask(conn, "GET", blob_path))
     sock = conn.sock
     assert sock is not None  # one connection throughout: later answers were given again
 
     for kind, runs in answers.items():
         for answer in runs[1:]:
             assert same_but_varying(runs[0], answer), kind
-    get_status, get_headers, get_body = answers["GET"][-1]
-    assert get_status == 200
-    assert "sha256:" + hashlib.sha256(get_body).hexdigest() == blob["digest"]
-    assert dict(get_headers)["content-length"] == str(blob["size"])
-    assert answers["HEAD"][-1][2] == b""
-    assert dict(answers["HEAD"][-1][1])["content-length"] == str(blob["size"])
     ids = [dict(h)["x-request-id"] for runs in answers.values() for _, h, _ in runs]
     assert len(set(ids)) == len(ids)  # each answer its own id
+    for blob in blobs:
+        blob_path = f"/v2/hello/blobs/{blob['digest']}"
+        gets, heads = answers["GET", blob["digest"]], answers["HEAD", blob["digest"]]
+        for get_status, get_headers, get_body in gets:
+            assert get_status == 200
+            assert "sha256:" + hashlib.sha256(get_body).hexdigest() == blob["digest"]
+            assert dict(get_headers)["content-length"] == str(blob["size"])
+        assert heads[-1][2] == b""
+        assert dict(heads[-1][1])["content-length"] == str(blob["size"])
+        # the answers given again are in the access log
+        for _, headers, _ in gets:
+            line = srv.log_line(dict(headers)["x-request-id"])
+            assert f'"GET {blob_path}" 200 {blob["size"]} ' in line
+        for _, headers, _ in heads:
+            assert f'"HEAD {blob_path}" 200 0 ' in srv.log_line(dict(headers)["x-request-id"])
 
-    # the answers given again are in the access log and in the metrics
-    for _, headers, _ in answers["GET"]:
-        line = srv.log_line(dict(headers)["x-request-id"])
-        assert f'"GET {blob_path}" 200 {blob["size"]} ' in line
-    for _, headers, _ in answers["HEAD"]:
-        assert f'"HEAD {blob_path}" 200 0 ' in srv.log_line(dict(headers)["x-request-id"])
+    # and in the metrics
     eventually(lambda: counted(srv, "registry_http_requests_total", method="GET",
-                               route="registry.blobs", status="200") == before["gets"] + rounds)
+                               route="registry.blobs", status="200")
+               == before["gets"] + rounds * len(blobs))
     assert counted(srv, "registry_http_requests_total", method="HEAD", route="registry.blobs",
-                   status="200") == before["heads"] + rounds
+                   status="200") == before["heads"] + rounds * len(blobs)
     assert counted(srv, "registry_served_bytes_total", kind="blob") == \
-        before["bytes"] + rounds * blob["size"]
+        before["bytes"] + rounds * sum(blob["size"] for blob in blobs)
     # all but the app's own first answer of each (GET and HEAD) were given again
     assert counted(srv, "registry_replayed_answers_total", kind="blob") == \
-        before["replayed"] + 2 * (rounds - 1)
+        before["replayed"] + 2 * (rounds - 1) * len(blobs)
     assert counted(srv, "registry_replayed_answers_total", kind="manifest") > 0
     conn.close()
 

@@ -118,3 +118,31 @@ def test_closed_folder_names_where_a_web_server_cannot_pass(tmp_path):
     finally:
         for p, mode in modes.items():
             os.chmod(p, mode)
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["statx, the lock held", "os.stat"])
+def test_unchanged_says_whether_the_checked_file_is_still_there(tmp_path, monkeypatch, quick):
+    from storage import filesystem
+    if quick:
+        assert filesystem._quick_signature is not None  # Linux's libc has statx
+    else:
+        monkeypatch.setattr(filesystem, "_quick_signature", None)
+    driver = FilesystemStorage(str(tmp_path / "s"))
+    key = blob(b"layer bytes")
+    path = tmp_path / "s" / key
+    driver.put(key, io.BytesIO(b"layer bytes"), size=11, md5=md5(b"layer bytes"))
+    driver.open(key).close()  # checked
+    unchanged = driver.unchanged(key)
+    assert unchanged() and unchanged()
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched
+    assert not unchanged()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert unchanged()
+    replaced = tmp_path / "other"
+    replaced.write_bytes(b"layer bytes")
+    os.utime(replaced, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replaced, path)  # same bytes, size and time: another file
+    assert not unchanged()
+    path.unlink()
+    assert not unchanged()
