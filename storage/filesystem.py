@@ -1,7 +1,6 @@
 """Storage in a local folder (the default backend)."""
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
@@ -109,7 +108,12 @@ class FilesystemStorage(Storage):
         if signature is None:
             return None  # not checked (or not content-addressed): nothing to compare
 
-        return Unchanged(path, signature)
+        def check() -> bool:
+            try:
+                return _signature(os.stat(path)) == signature
+            except OSError:
+                return False
+        return check
 
     def _checked(self, path, st) -> bool:
         """Whether the file at `path`, as `st` finds it, is one whose digest was checked."""
@@ -296,75 +300,6 @@ def _unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-class Unchanged:
-    """Called: whether the file at `path` is still the one whose digest was
-    checked (one stat)."""
-
-    __slots__ = ("path", "signature", "_encoded")
-
-    def __init__(self, path, signature):
-        self.path, self.signature = path, signature
-        self._encoded = os.fsencode(path)
-
-    def __call__(self) -> bool:
-        if _quick_signature is not None:
-            return _quick_signature(self._encoded) == self.signature
-        try:
-            return _signature(os.stat(self.path)) == self.signature
-        except OSError:
-            return False
-
-
-class _Time(ctypes.Structure):
-    _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_uint32), ("pad", ctypes.c_int32)]
-
-
-class _Statx(ctypes.Structure):
-    """struct statx (linux/stat.h): the same layout on every architecture."""
-    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
-                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("mode", ctypes.c_uint16),
-                ("pad1", ctypes.c_uint16), ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
-                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
-                ("atime", _Time), ("btime", _Time), ("ctime", _Time), ("mtime", _Time),
-                ("rdev_major", ctypes.c_uint32), ("rdev_minor", ctypes.c_uint32),
-                ("dev_major", ctypes.c_uint32), ("dev_minor", ctypes.c_uint32),
-                ("spare", ctypes.c_uint64 * 14)]
-
-
-_AT_FDCWD = -100
-_STATX_WANTED = 0x40 | 0x100 | 0x200  # STATX_MTIME | STATX_INO | STATX_SIZE
-
-
-def _bind_statx():
-    """_signature(os.stat(path)) by statx(2) called with the interpreter
-    lock held (ctypes.PyDLL), or None where libc has no statx.
-
-    os.stat lets go of the lock for the call; in a worker whose threads
-    give cached answers, each let-go hands the lock to another thread and
-    back, two thread switches that cost several times the stat itself (a
-    cached blob's answer checks its file with one)."""
-    try:
-        call = ctypes.PyDLL(None, use_errno=True).statx
-    except (AttributeError, OSError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
-                     ctypes.POINTER(_Statx)]
-    call.restype = ctypes.c_int
-
-    def signature(path: bytes) -> tuple | None:
-        st = _Statx()
-        if call(_AT_FDCWD, path, 0, _STATX_WANTED, ctypes.byref(st)) != 0:
-            return None
-        if st.mask & _STATX_WANTED != _STATX_WANTED:
-            return None  # a file system that does not say them all
-        return st.ino, st.size, st.mtime.sec * 1_000_000_000 + st.mtime.nsec
-    return signature
-
-
-_quick_signature = _bind_statx()
 
 
 def _signature(st) -> tuple:

@@ -120,13 +120,7 @@ def test_closed_folder_names_where_a_web_server_cannot_pass(tmp_path):
             os.chmod(p, mode)
 
 
-@pytest.mark.parametrize("quick", [True, False], ids=["statx, the lock held", "os.stat"])
-def test_unchanged_says_whether_the_checked_file_is_still_there(tmp_path, monkeypatch, quick):
-    from storage import filesystem
-    if quick:
-        assert filesystem._quick_signature is not None  # Linux's libc has statx
-    else:
-        monkeypatch.setattr(filesystem, "_quick_signature", None)
+def test_unchanged_says_whether_the_checked_file_is_still_there(tmp_path):
     driver = FilesystemStorage(str(tmp_path / "s"))
     key = blob(b"layer bytes")
     path = tmp_path / "s" / key
