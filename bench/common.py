@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,16 +39,26 @@ def registry(workdir, **env) -> Server:
     return Server(workdir, **env)
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def servers(prefix, *, keep=False):
     """A work folder, and a list the run appends the servers it starts to:
     however the run ends, they are stopped, last first, and the folder is
-    removed (or kept, and named, with `keep`)."""
+    removed (or kept, and named, with `keep`); a SIGTERM (kill, pkill)
+    ends the run the same way instead of leaving its servers behind."""
     workdir = tempfile.mkdtemp(prefix=prefix)
     stack = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield workdir, stack
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for proc in reversed(stack):
             proc.stop()
         if keep:
