@@ -138,18 +138,17 @@ class AccessLogger(GunicornLogger):
                     return
             self.write_later()
             return
-        try:
-            if self._streams is None or not self._write(line):
-                self.access_log.info(line)
-        except Exception:
-            self.exception("cannot write the access log")
+        self._emit(line)
 
     def write_later(self) -> None:
         """Write the lines that wait (access_line's `later`), in their order."""
         with self._later_lock:
             lines, self._later, self._later_chars = self._later, [], 0
-        if not lines:
-            return
+        if lines:
+            self._emit(*lines)
+
+    def _emit(self, *lines) -> None:
+        """Write the lines straight to the streams, else through logging."""
         try:
             if self._streams is None or not self._write(*lines):
                 for line in lines:

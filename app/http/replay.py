@@ -220,7 +220,7 @@ class Replays:
                 self.given.clear()
 
     def _flush_every(self) -> None:
-        every = getattr(self.log, "LATER_SECONDS", FLUSH_SECONDS)
+        every = self.log.LATER_SECONDS if self._log_later else FLUSH_SECONDS
         flushed = self.clock()
         while not self._stop.wait(every):
             self._write_log()
