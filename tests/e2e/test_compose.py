@@ -59,7 +59,8 @@ class Compose:
 @pytest.fixture(scope="module")
 def composed(container_engine, registry_image, tmp_path_factory):
     if container_engine.name != "podman":
-        pytest.skip("podman-compose drives podman, which is not installed here")
+        pytest.fail("podman-compose drives podman, which is not installed here "
+                    "(make test-deps installs it)")
     compose = Compose(container_engine, tmp_path_factory.mktemp("compose"))
     compose("up", "-d", timeout=600)
     try:
