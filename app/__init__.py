@@ -109,7 +109,7 @@ def create_app(config: Config | None = None, *, nix=None):
 
     import storage as storage_mod
 
-    from . import auth, commands, errors, front, logs, metrics, ops, upkeep, web
+    from . import auth, commands, errors, front, front_reports, logs, metrics, ops, upkeep, web
     from .proxy import Forwarded, Proxies
     from .registry import RegistryAPI
     from .scope import ROUTE, RequestScope
@@ -143,7 +143,7 @@ def create_app(config: Config | None = None, *, nix=None):
     api = front.FrontAuth(api, authenticator)
     if config.front_reports:
         # started by gunicorn's workers (app/http/gunicorn_conf.py), not by commands
-        app.extensions["front_reports"] = front.FrontReports(config.front_reports)
+        app.extensions["front_reports"] = front_reports.receiver(config.front_reports)
     app.wsgi_app = Forwarded(RequestScope(api), Proxies(config.forwarded_allow_ips))
 
     @app.before_request

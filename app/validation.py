@@ -72,11 +72,15 @@ def check(config) -> None:
         if not (config.blob_accel.startswith("/") and config.blob_accel.endswith("/")):
             raise ConfigError(f"NIXERY_BLOB_ACCEL must be a location like /_registry_blobs/, "
                               f"not {config.blob_accel!r}")
-    if config.front_reports is not None:
+    if config.front_reports is not None and not config.front_reports.startswith("/"):
         try:
             host_port(config.front_reports)
         except ValueError as e:
-            raise ConfigError(f"NIXERY_FRONT_REPORTS {config.front_reports!r}: {e}") from None
+            raise ConfigError(f"NIXERY_FRONT_REPORTS {config.front_reports!r}: {e}, or the "
+                              f"absolute path of a file") from None
+    if config.front_reports is not None and config.front_reports.endswith("/"):
+        raise ConfigError(f"NIXERY_FRONT_REPORTS {config.front_reports!r} is a folder: name "
+                          f"the file nginx writes its reports to")
     if config.htpasswd and not os.path.isfile(config.htpasswd):
         raise ConfigError(f"NIXERY_HTPASSWD {config.htpasswd!r} is not a file")
     if bool(config.user_header) != bool(config.user_header_peers):

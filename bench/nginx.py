@@ -186,7 +186,8 @@ def main(argv=None):
     with servers("bench-nginx-", keep=args.keep) as (workdir, stack):
         # a build of the larger images may outlast the default pull wait and
         # Nix timeout on a cold store; these GETs wait for it instead
-        reports = f"127.0.0.1:{free_port()}"
+        # nginx's reports, in a file as deploy/nginx.conf writes them
+        reports = os.path.join(workdir, "front-reports")
         ours = registry(os.path.join(workdir, "registry"), NIXERY_BLOB_ACCEL=ACCEL,
                         NIX_TIMEOUT="600", NIXERY_PULL_WAIT="600",
                         NIXERY_FRONT_REPORTS=reports).start()

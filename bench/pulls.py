@@ -17,9 +17,9 @@ for every request; now that a worker gives a cached pull's answers again
 without the app, direct reaches the static ceiling and no front passes it.
 
 Behind deploy/nginx.conf the registry runs as the shipped files run it
-(NIXERY_BLOB_ACCEL, NIXERY_FRONT_REPORTS): after the first pull nginx
-answers from its cache, still asking the registry about credentials every
-5 s and reporting every answer to it.
+(NIXERY_BLOB_ACCEL, NIXERY_FRONT_REPORTS in a file): after the first pull
+nginx answers from its cache, still asking the registry about credentials
+every 5 s and reporting every answer to it.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import sys
 
 import requests
 
-from .common import OCI_MANIFEST, Process, free_port, median, need, registry, servers
+from .common import OCI_MANIFEST, Process, median, need, registry, servers
 from .floor import ACCEL
 from .nginx import front
 from .serve import nginx
@@ -113,7 +113,7 @@ def main(argv=None):
             images[name] = (r.content, r.json())
             print(f"{kind}: {name}, {len(r.json()['layers'])} layers, "
                   f"{sum(l['size'] for l in r.json()['layers']) / 1e6:.1f} MB")
-        reports = f"127.0.0.1:{free_port()}"
+        reports = os.path.join(workdir, "front-reports")  # as deploy/nginx.conf writes them
         accel = registry(os.path.join(workdir, "accel"), STORAGE_PATH=storage,
                          NIXERY_BLOB_ACCEL=ACCEL, NIXERY_FRONT_REPORTS=reports)
         stack.append(accel.start(timeout=60))

@@ -24,25 +24,31 @@ RUNTIME_PREFIX = "/tmp/nginx-registry"
 def render(*, listen, upstream: str, storage_root: str, runtime: str,
            reports: str | None = None) -> str:
     """The shipped file with `listen` (an address, or a list of them), the
-    upstream `server`, the blob `alias` and the reports' `server=` (the
-    registry's NIXERY_FRONT_REPORTS; by default a free port nobody listens
-    on) set on the lines their comments mark, and its pid and temporary
-    files under `runtime`."""
+    upstream `server`, the blob `alias` and where the reports go (the
+    registry's NIXERY_FRONT_REPORTS: a file, by default one under `runtime`
+    nobody reads, or HOST:PORT, which makes the access_log the syslog one
+    the file's header gives) set on the lines their comments mark, and its
+    pid and temporary files under `runtime`."""
     addresses = [listen] if isinstance(listen, str) else list(listen)
     values = {"listen": "; listen ".join(addresses), "server": upstream,
               "alias": storage_root.rstrip("/") + "/"}
-    reports = reports or f"127.0.0.1:{free_port()}"
+    reports = reports or os.path.join(runtime, "reports")
     text = CONF.read_text()
+    assert RUNTIME_PREFIX in text
+    text = text.replace(RUNTIME_PREFIX, os.path.join(runtime, "nginx-registry"))
     for mark, directive in MARKS.items():
         pattern = re.compile(rf"^(\s*){directive}\s([^;]*);(\s*{re.escape(mark)}.*)$",
                              re.MULTILINE)
         found = pattern.findall(text)
         assert len(found) == 1, f"deploy/nginx.conf marks one `{directive}` with {mark!r}"
         if directive == "access_log":  # only where the reports go
-            values[directive] = re.sub(r"server=[^,]+", f"server={reports}", found[0][1])
+            _, rest = found[0][1].split(None, 1)
+            if not reports.startswith("/"):  # syslog lines are not buffered
+                reports = f"syslog:server={reports},tag=registry_front,nohostname"
+                rest = " ".join(w for w in rest.split() if not w.startswith(("buffer=", "flush=")))
+            values[directive] = f"{reports} {rest}"
         text = pattern.sub(lambda m: f"{m[1]}{directive} {values[directive]};{m[3]}", text)
-    assert RUNTIME_PREFIX in text
-    return text.replace(RUNTIME_PREFIX, os.path.join(runtime, "nginx-registry"))
+    return text
 
 
 def open_folder(prefix: str) -> str:
@@ -81,8 +87,9 @@ class Nginx(Local):
                                      start_new_session=True)
         # /healthz: /v2/ asks for credentials when pulls need them
         if not wait_ready(self.proc, lambda: _answers(self.url + "/healthz"), 20):
+            errors = self.read_errors()  # before stop() removes its folder
             self.stop()
-            raise RuntimeError(f"nginx did not start:\n{self.read_errors()}")
+            raise RuntimeError(f"nginx did not start:\n{errors}")
 
     def workers(self) -> set[str]:
         """The users nginx's worker processes run as."""

@@ -71,7 +71,8 @@ def on_starting(server):
 
 def post_worker_init(worker):
     # nginx's reports of what it answered from its cache (NIXERY_FRONT_REPORTS):
-    # every worker listens, and counts its share into the shared metrics
+    # every worker listens (UDP) or tries to be the one that reads the file,
+    # and counts into the shared metrics
     app = getattr(worker, "wsgi", None)
     reports = getattr(app, "extensions", {}).get("front_reports")
     if reports is not None:
@@ -87,6 +88,11 @@ def worker_exit(server, worker):
     replays = getattr(getattr(worker, "_plain", None), "replays", None)
     if replays is not None:
         replays.stop()
+    # and the front's reports it read last (another worker reads on)
+    app = getattr(worker, "wsgi", None)
+    reports = getattr(app, "extensions", {}).get("front_reports")
+    if reports is not None:
+        reports.stop()
     # Builds are jobs that outlive the requests that started them
     # (builders/jobs/jobs.py): a worker that stops (a HUP, a deploy, a
     # max-requests recycle) waits for its jobs before it exits, within

@@ -23,7 +23,7 @@ Nothing is lost by it:
 - each answer is in the access log (with the client by app/proxy.py's
   rule; its lines written a tenth of a second's worth at a time, see
   app/logs.py's `later`) and in the request and byte metrics, added a
-  second's worth at a time as nginx's reports are (app/front.py's Tally);
+  second's worth at a time as nginx's reports are (app/front_reports.py's Tally);
 - requests with credentials, with an X-Request-ID of their own, ranges,
   conditions that were met (304) and errors are never kept: they always
   reach the app.
@@ -74,9 +74,9 @@ class Replays:
     """A worker's answers given again (see the module)."""
 
     def __init__(self, log, proxies, *, clock=time.monotonic):
-        # in the worker: the metrics (app/front.py's Tally) are made there
-        from .. import front, metrics
-        self._front, self._metrics = front, metrics
+        # in the worker: the metrics (app/front_reports.py's Tally) are made there
+        from .. import front_reports, metrics
+        self._front, self._metrics = front_reports, metrics
         self.given: collections.Counter = collections.Counter()  # answers given again, by kind
         self.log = log
         self._log_later = hasattr(log, "write_later")
@@ -84,7 +84,7 @@ class Replays:
         self.clock = clock
         self.entries: dict[bytes, Entry] = {}
         self.weight = 0
-        self.tally = front.Tally()
+        self.tally = front_reports.Tally()
         self._lock = threading.Lock()   # entries' changes and the tally
         self._flusher = None
         self._stop = threading.Event()

@@ -1,23 +1,14 @@
 """What the registry does for the caching nginx in front: the answers it
-lets nginx keep, its yes or no to credentials, and the reports of what
-nginx answered from its cache, parsed and counted in batches."""
-import socket
-import time
-
+lets nginx keep, and its yes or no to credentials (the counting of what
+nginx answered alone: tests/app/test_front_reports.py)."""
 import pytest
-from prometheus_client import REGISTRY
 
 from app import create_app, front
-from app.config import Config, ConfigError
+from app.config import Config
 from tests.app.test_auth import basic, entry
 from tests.conftest import PKGS
-from tests.server import free_port
 
 DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def sample(name, **labels):
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 # --- what nginx may keep -------------------------------------------------
@@ -110,96 +101,3 @@ def test_the_check_counts_no_failures_the_request_itself_does(locked):
 def test_a_user_named_by_the_proxy_is_a_yes_not_kept(locked):
     r = locked.test_client().get(front.AUTH_PATH, headers={"X-Forwarded-User": "carol"})
     assert r.status_code == 200 and front.EXPIRES not in r.headers
-
-
-# --- reports --------------------------------------------------------------
-
-@pytest.mark.parametrize("line,report", [
-    (b"<190>Dec  5 07:00:00 registry_front: blob GET 200 1143158",
-     front.Report("blob", "GET", "200", 1143158)),
-    (b"<190>Dec  5 07:00:00 registry_front: manifest HEAD 200 0",
-     front.Report("manifest", "HEAD", "200", 0)),
-    (b"registry_front: blob GET 206 10", front.Report("blob", "GET", "206", 10)),
-])
-def test_report_lines_are_read(line, report):
-    assert front.parse(line) == report
-
-
-@pytest.mark.parametrize("line", [
-    b"", b"blob GET 200 5", b"<190>Dec  5 other: blob GET 200 5",
-    b"registry_front: blob GET 200", b"registry_front: blob GET 200 5 6",
-    b"registry_front: other GET 200 5", b"registry_front: blob POST 200 5",
-    b"registry_front: blob GET 2000 5", b"registry_front: blob GET 200 -5",
-    b"registry_front: blob GET 200 x", b"registry_front: blob GET 20x 5",
-    b"registry_front: \xff GET 200 5",
-])
-def test_anything_else_is_not(line):
-    assert front.parse(line) is None
-
-
-def test_a_tally_adds_to_the_registrys_own_counters_at_flush():
-    key = dict(route="registry.blobs", method="GET", status="200")
-    before = sample("registry_http_requests_total", **key)
-    bytes_before = sample("registry_served_bytes_total", kind="blob")
-    head_before = sample("registry_http_requests_total", route="registry.manifests",
-                         method="HEAD", status="200")
-    tally = front.Tally()
-    for _ in range(3):
-        tally.add(front.Report("blob", "GET", "200", 1000))
-    tally.add(front.Report("manifest", "HEAD", "200", 0))
-    assert tally.pending == 4
-    assert sample("registry_http_requests_total", **key) == before  # not yet
-    tally.flush()
-    assert tally.pending == 0
-    assert sample("registry_http_requests_total", **key) == before + 3
-    assert sample("registry_served_bytes_total", kind="blob") == bytes_before + 3000
-    assert sample("registry_http_requests_total", route="registry.manifests", method="HEAD",
-                  status="200") == head_before + 1
-    tally.flush()  # nothing twice
-    assert sample("registry_http_requests_total", **key) == before + 3
-
-
-def test_reports_sent_over_udp_are_counted_within_a_flush():
-    address = f"127.0.0.1:{free_port()}"
-    reports = front.FrontReports(address, flush_seconds=0.2)
-    key = dict(route="registry.blobs", method="GET", status="304")
-    before = sample("registry_http_requests_total", **key)
-    reports.start()
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for line in (b"<190>Dec  5 07:00:00 registry_front: blob GET 304 0",
-                         b"garbage", b"<190>Dec  5 07:00:00 registry_front: blob GET 304 0"):
-                s.sendto(line, reports.address)
-        end = time.monotonic() + 5
-        while sample("registry_http_requests_total", **key) < before + 2:
-            assert time.monotonic() < end, "the reports were not counted"
-            time.sleep(0.05)
-    finally:
-        reports.stop()
-    assert sample("registry_http_requests_total", **key) == before + 2
-
-
-def test_a_second_listener_on_the_same_address_shares_it():
-    """Every gunicorn worker binds the address (SO_REUSEPORT)."""
-    address = f"127.0.0.1:{free_port()}"
-    first, second = front.FrontReports(address), front.FrontReports(address)
-    first.start()
-    second.start()
-    try:
-        assert first._thread is not None and second._thread is not None
-    finally:
-        first.stop()
-        second.stop()
-
-
-@pytest.mark.parametrize("value", ["8514", "localhost", "127.0.0.1:", "127.0.0.1:0",
-                                   "127.0.0.1:70000", "::1:8514", ":8514"])
-def test_a_bad_report_address_stops_the_start(value):
-    with pytest.raises(ConfigError, match="NIXERY_FRONT_REPORTS"):
-        Config.from_env({"NIXERY_FRONT_REPORTS": value})
-
-
-def test_report_addresses_are_read():
-    assert Config.from_env({"NIXERY_FRONT_REPORTS": "127.0.0.1:8514"}).front_reports == \
-        "127.0.0.1:8514"
-    assert front.FrontReports("[::1]:8514").address == ("::1", 8514)

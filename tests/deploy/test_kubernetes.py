@@ -128,9 +128,16 @@ def test_base_is_what_deploy_nginx_conf_expects():
     assert {p["name"]: p["containerPort"] for p in registry["ports"]}["gunicorn"] == 8080
     assert nginx_conf("alias") == settings["STORAGE_PATH"] + "/" == STORAGE + "/"
     assert settings["NIXERY_BLOB_ACCEL"] == "/_registry_blobs/"
-    # nginx reports its cache's answers where the registry listens for them
-    reports = re.search(r"server=([^,]+)", nginx_conf("access_log"))[1]
-    assert settings["NIXERY_FRONT_REPORTS"] == reports == "127.0.0.1:8514"
+    # nginx reports its cache's answers in the file the registry reads, on a
+    # volume both mount there
+    reports = nginx_conf("access_log").split()[0]
+    assert settings["NIXERY_FRONT_REPORTS"] == reports
+    folder = os.path.dirname(reports)
+    shared = [{m["mountPath"]: m["name"] for m in c["volumeMounts"]}.get(folder)
+              for c in (registry, nginx)]
+    assert shared[0] is not None and shared[0] == shared[1], shared
+    assert "emptyDir" in next(v for v in one(kinds, "Deployment")["spec"]["template"]["spec"]
+                              ["volumes"] if v["name"] == shared[0])
     # and its /tmp holds the cache (max_size) besides its temporary files
     cache = re.search(r"max_size=(\d+)g", (ROOT / "deploy" / "nginx.conf").read_text())[1]
     tmp = next(v for v in one(kinds, "Deployment")["spec"]["template"]["spec"]["volumes"]

@@ -7,6 +7,7 @@ of its own: a path nothing roots goes, what a running build rooted stays.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -25,6 +26,7 @@ SERVICE = SYSTEMD / "nix-image-registry.service"
 GC = SYSTEMD / "nix-image-registry-gc.service"
 TIMER = SYSTEMD / "nix-image-registry-gc.timer"
 SYSUSERS = SYSTEMD / "sysusers.d" / "nix-image-registry.conf"
+TMPFILES = SYSTEMD / "tmpfiles.d" / "nix-image-registry.conf"
 # where docs/deployment.md installs the registry; not on the test machine
 COMMAND = "/opt/nix-image-registry/bin/nix-image-registry"
 
@@ -111,6 +113,23 @@ def test_sysusers_makes_the_units_user_at_home_in_its_state(tmp_path):
     # Debian's nix-daemon socket admits nix-users only
     assert "nix-image-registry" in groups["nix-users"][3].split(",")
     assert values(SERVICE, "SupplementaryGroups") == ["nix-users"]
+
+
+def test_tmpfiles_makes_the_front_reports_file_the_registrys_before_nginx_starts(tmp_path):
+    """nginx, as root, would make the file its own, which the registry could
+    read but not free; made at boot, it is the registry's and its group's."""
+    need("systemd-sysusers", "systemd-tmpfiles")
+    (tmp_path / "etc").mkdir()
+    run(["systemd-sysusers", f"--root={tmp_path}", SYSUSERS])
+    run(["systemd-tmpfiles", f"--root={tmp_path}", "--create", TMPFILES])
+    uid = next(int(line.split(":")[2]) for line in
+               (tmp_path / "etc" / "passwd").read_text().splitlines()
+               if line.startswith("nix-image-registry:"))
+    reports = re.search(r"access_log (/\S+) ", (ROOT / "deploy" / "nginx.conf").read_text())[1]
+    made = os.stat(str(tmp_path) + reports)
+    assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (uid, uid, 0o660)
+    assert f"NIXERY_FRONT_REPORTS={reports}" in SERVICE.read_text()
+    assert "tmpfiles.d/nix-image-registry.conf" in SERVICE.read_text()
 
 
 def test_serve_tells_systemd_when_it_listens(tmp_path):

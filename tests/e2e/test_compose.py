@@ -4,6 +4,7 @@ registry's image, and only this machine's changes on top
 runs, and its gc job collects the shared storage."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -96,6 +97,31 @@ def test_compose_pulls_through_nginx_and_what_was_pulled_runs(composed, tmp_path
                            f"http://{NGINX}/v2/shell/hello/blobs/sha256:{blob}").stdout
     assert head.startswith("HTTP/1.1 200") and "\nServer: nginx" in head, head
     assert f"Docker-Content-Digest: sha256:{blob}" in head
+    # what nginx answered from its cache (a blob it kept when skopeo pulled
+    # it) is counted by the registry, which reads nginx's reports on the
+    # volume they share
+    blobs = tmp_path / "oci" / "blobs" / "sha256"
+    index = json.loads((tmp_path / "oci" / "index.json").read_text())
+    config = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_text())
+    small = blobs / config["config"]["digest"].split(":")[1]
+    metrics = lambda: composed.inside(  # noqa: E731
+        "curl", "--silent", f"http://{NGINX}/metrics").stdout
+    before = counted(metrics(), "blob")
+    for _ in range(3):
+        composed.inside("curl", "--silent", "--fail", "--output", "/dev/null",
+                        f"http://{NGINX}/v2/shell/hello/blobs/sha256:{small.name}")
+    end = time.monotonic() + 15
+    while counted(metrics(), "blob") < before + 3 * small.stat().st_size:
+        assert time.monotonic() < end, (metrics()[-2000:], composed.logs("registry"))
+        time.sleep(0.5)
+
+
+def counted(metrics: str, kind: str) -> float:
+    """registry_served_bytes_total of `kind` in a /metrics page."""
+    for line in metrics.splitlines():
+        if line.startswith(f'registry_served_bytes_total{{kind="{kind}"}}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_compose_gc_job_collects_the_shared_storage(composed):

@@ -125,14 +125,20 @@ def test_image_is_configured_as_documented(container_engine, registry_image, ser
     served.engine("exec", served.name, "/bin/sh", "-c", command)
 
 
-def test_image_runs_the_other_commands(container_engine, registry_image):
+def test_image_runs_the_other_commands(container_engine, registry_image, tmp_path):
     done = container_engine("run", "--rm", "--network", "none", *container_engine.run_options,
                             registry_image, "gc", "--dry-run")
     assert "would delete 0 objects" in done.stdout
     # nginx as the Kubernetes sidecar runs it: the image's user and nginx.conf,
-    # nothing writable but /tmp
+    # nothing writable but /tmp and the folder of its reports to the
+    # registry (the pod's emptyDir, which the pod's group may write)
+    front = tmp_path / "front"
+    front.mkdir()
+    front.chmod(0o777)
     nginx = container_engine("run", "--rm", "--network", "none", *container_engine.run_options,
-                             "--read-only", "--tmpfs", "/tmp", "--entrypoint", "nginx",
+                             "--read-only", "--tmpfs", "/tmp",
+                             "--volume", f"{front}:/var/lib/nix-image-registry/front",
+                             "--entrypoint", "nginx",
                              registry_image, "-e", "stderr", "-t",
                              "-c", "/etc/nix-image-registry/nginx.conf")
     assert "test is successful" in nginx.stderr

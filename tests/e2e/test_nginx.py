@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from app import front
+from app import front, front_reports
 from tests.app.test_auth import basic, entry
 from tests.conftest import PKGS, package_set
 from tests.e2e.conftest import run
@@ -38,7 +38,7 @@ def fronted(tmp_path_factory):
     # folder anyone may enter, not under pytest's private ones
     work = tmp_path_factory.mktemp("nginx-front")
     shared = open_folder("registry-nginx-storage-")
-    reports = f"127.0.0.1:{free_port()}"
+    reports = os.path.join(shared, "front-reports")
     server = Server(str(work / "registry"), NIXERY_PKGS_PATH=str(PKGS), NIX_TIMEOUT="120",
                     NIXERY_BLOB_ACCEL=ACCEL, STORAGE_PATH=os.path.join(shared, "storage"),
                     NIXERY_FRONT_REPORTS=reports).start()
@@ -221,8 +221,24 @@ def _metric(nginx, name, **labels):
     return 0.0
 
 
-def test_what_nginx_answers_from_its_cache_is_counted(fronted):
-    server, nginx = fronted
+@pytest.fixture(scope="module")
+def udp_fronted(fronted, tmp_path_factory):
+    """The same storage behind another registry and an nginx that reports
+    over UDP, as one on another machine would."""
+    server, _ = fronted
+    reports = f"127.0.0.1:{free_port()}"
+    udp = Server(str(tmp_path_factory.mktemp("nginx-udp")), NIXERY_PKGS_PATH=str(PKGS),
+                 NIX_TIMEOUT="120", NIXERY_BLOB_ACCEL=ACCEL,
+                 STORAGE_PATH=server.env["STORAGE_PATH"], NIXERY_FRONT_REPORTS=reports).start()
+    nginx = Nginx(udp.host, udp.env["STORAGE_PATH"], reports=reports)
+    yield udp, nginx
+    nginx.stop()
+    udp.stop()
+
+
+@pytest.mark.parametrize("how", ["file", "udp"])
+def test_what_nginx_answers_from_its_cache_is_counted(how, request):
+    server, nginx = request.getfixturevalue("fronted" if how == "file" else "udp_fronted")
     manifest = requests.get(f"{nginx.url}/v2/shell/hello/manifests/latest",
                             headers={"Accept": DOCKER})
     layer = min(manifest.json()["layers"], key=lambda l: l["size"])
@@ -230,7 +246,7 @@ def test_what_nginx_answers_from_its_cache_is_counted(fronted):
     by_digest = f"{nginx.url}/v2/shell/hello/manifests/{manifest.headers['Docker-Content-Digest']}"
     requests.get(url)  # kept from now on, if they were not
     requests.get(by_digest)
-    time.sleep(front.FLUSH_SECONDS + 1)  # their own counts, if they were, are in
+    time.sleep(front_reports.FLUSH_SECONDS + 1)  # their own counts, if they were, are in
     manifests_before = _metric(nginx, "registry_served_bytes_total", kind="manifest")
     labels = dict(route="registry.blobs", method="GET", status="200")
     requests_before = _metric(nginx, "registry_http_requests_total", **labels)
@@ -258,6 +274,9 @@ def test_what_nginx_answers_from_its_cache_is_counted(fronted):
     # nginx answered them: the registry saw none
     assert layer["digest"] not in server.read_log()[len(before):]
     assert "[alert]" not in nginx.read_errors() and "[error]" not in nginx.read_errors()
+    if how == "file":  # what was counted is freed: no line is left to read
+        with open(server.env["NIXERY_FRONT_REPORTS"], "rb") as f:
+            assert f.read().strip(b"\0") == b""
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +288,7 @@ def locked_front(tmp_path_factory):
     htpasswd.write_text(entry("alice", "wonderland") + entry("bob", "builder"))
     pkgs = package_set(work / "pkgs")
     shared = open_folder("registry-nginx-locked-")
-    reports = f"127.0.0.1:{free_port()}"
+    reports = os.path.join(shared, "front-reports")
     server = Server(str(work / "registry"), NIXERY_PKGS_PATH=pkgs, NIX_TIMEOUT="120",
                     NIXERY_BLOB_ACCEL=ACCEL, STORAGE_PATH=os.path.join(shared, "storage"),
                     NIXERY_FRONT_REPORTS=reports, NIXERY_HTPASSWD=str(htpasswd),
