@@ -95,10 +95,10 @@ def hashlib_of(cmd):
         raise SystemExit(f"{cmd} failed")
 
 
-def make_layers(groups, compression, workers):
+def make_layers(groups, compression, workers, sizes):
     """Each layer made to a temporary file as filesystem storage has it
-    made (no MD5: it is not asked for), layers on one pool and their blocks
-    compressed on another, as LayerStore does."""
+    made (no MD5: it is not asked for), layers on one pool, the biggest
+    first, and their blocks compressed on another, as LayerStore does."""
     blocks = ThreadPoolExecutor(max_workers=workers)
 
     def one(group):
@@ -106,16 +106,16 @@ def make_layers(groups, compression, workers):
             return tarball.write_store_layer(group, f, compression, pool=blocks, md5=False)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        blobs = list(pool.map(one, groups))
+        blobs = list(pool.map(one, [groups[i] for i in grouping.largest_first(groups, sizes)]))
     blocks.shutdown()
     return blobs
 
 
-def store_layers(groups, compression, workers, scratch):
+def store_layers(groups, compression, workers, scratch, sizes):
     root = tempfile.mkdtemp(dir=scratch)
     try:
         store = LayerStore(FilesystemStorage(root), compression, workers=workers)
-        return timed(store.store_layers, groups, {"tmp": ("dir", 0o1777)})[:2]
+        return timed(store.store_layers, groups, {"tmp": ("dir", 0o1777)}, None, sizes)[:2]
     finally:
         shutil.rmtree(root)
 
@@ -141,6 +141,7 @@ def main():
     closure = closure_of(paths)
     files, size = corpus.describe(paths)
     groups = grouping.group(closure, 99)
+    sizes = {p.path: p.nar_size for p in closure}
     quoted = " ".join(f"'{p}'" for p in paths)
     tar = f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1 -cf - {quoted}"
     shell(f"{tar} | cat > /dev/null")  # into the page cache, for every contender
@@ -162,10 +163,10 @@ def main():
         record("tar | sha256sum (coreutils)", *timed(shell, f"{tar} | sha256sum")[:2])
         record("tar | openssl dgst -sha256", *timed(shell, f"{tar} | openssl dgst -sha256")[:2])
         record("tar | hashlib sha256", *timed(hashlib_of, tar)[:2])
-        wall, cpu, blobs = timed(make_layers, groups, compression, workers)
+        wall, cpu, blobs = timed(make_layers, groups, compression, workers, sizes)
         record("ours: layers made", wall, cpu)
         record("ours: layers made and stored", *store_layers(groups, compression, workers,
-                                                              args.root))
+                                                              args.root, sizes))
     gz = sum(b.size for b in blobs)
     print(f"our layers: {gz / 1e6:.0f} MB ({gz / tar_bytes:.3f} of the tar stream)")
     print(f"{'(best of ' + str(args.repeat) + ')':32} {'wall':>9} {'MB/s':>7} {'CPU':>8} "

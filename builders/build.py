@@ -85,8 +85,9 @@ class ImageBuilder:
             counts, popular = self.popularity.for_layering(names, image.system)
             groups = grouping.group(closure, self.max_layers - 1, counts, roots, threshold=popular)
             job.layers(len(groups) + 1)
-            stored = self.layerstore.store_layers(groups, forest.symlink_tree(roots),
-                                                  on_layer=job.layer_done)
+            stored = self.layerstore.store_layers(
+                groups, forest.symlink_tree(roots), on_layer=job.layer_done,
+                sizes={p.path: p.nar_size for p in closure})
         self.popularity.record(names, image.system)
 
         phase("storing")

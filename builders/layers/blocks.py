@@ -87,12 +87,12 @@ class Sink:
             self._advance(n)
             data = data[n:]
 
-    def copy_from(self, f, size, name):
-        """Read exactly `size` bytes of the open file `f` into the stream."""
+    def copy_from(self, fd, size, name):
+        """Read exactly `size` bytes of the file open as `fd` into the stream."""
         remaining = size
         while remaining:
             n = min(remaining, BLOCK - self.fill)
-            got = f.readinto(self.view[self.fill:self.fill + n])
+            got = os.readv(fd, (self.view[self.fill:self.fill + n],))
             if not got:
                 raise OSError(f"{name} shrank while it was being read")
             self._advance(got)

@@ -54,6 +54,17 @@ def popular_threshold(popularity: Mapping[str, int]) -> float:
     return max(MIN_POPULAR, top * POPULAR_SHARE)
 
 
+def largest_first(groups, sizes: Mapping[str, int] | None = None) -> list[int]:
+    """The indexes of `groups` in the order to make their layers: the
+    biggest first (by `sizes`, bytes of each store path), so that on a
+    few cores the last layer to finish is a small one, not one that
+    started late and runs alone while the other cores have nothing left.
+    Without `sizes`, their own order."""
+    if not sizes:
+        return list(range(len(groups)))
+    return sorted(range(len(groups)), key=lambda i: -sum(sizes.get(p, 0) for p in groups[i]))
+
+
 def group(closure: list[StorePath], budget: int, popularity: Mapping[str, int] | None = None,
           roots: Iterable[str] | None = None, threshold: float | None = None
           ) -> list[tuple[str, ...]]:

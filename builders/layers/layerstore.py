@@ -87,12 +87,15 @@ class LayerStore:
             seen, key=lambda data, content_type: ("constant", digests.digest_of(data)),
             lock=lock)(self._constant_once)
 
-    def store_layers(self, groups, tree, on_layer=None) -> list[dict]:
+    def store_layers(self, groups, tree, on_layer=None, sizes=None) -> list[dict]:
         """The layers of `groups` (tuples of store paths) and then of the
         symlink `tree`, made in parallel on the layer pool, in order; each
         {digest, size, diff_id, paths}.  `on_layer(size)` is called as each
-        is stored."""
-        futures = [self._submit(self._store_paths, g) for g in groups]
+        is stored.  With `sizes` ({store path: bytes}) the biggest layers
+        are started first (grouping.largest_first)."""
+        futures = [None] * len(groups)
+        for i in grouping.largest_first(groups, sizes):
+            futures[i] = self._submit(self._store_paths, groups[i])
         futures.append(self._submit(self._store_tree, tree))
         if on_layer:
             for f in futures:

@@ -71,3 +71,27 @@ def test_layers_are_written_once_into_storage(tmp_path):
     noise = store_path(tmp_path, "aaa-noise", os.urandom(1 << 20))
     LayerStore(storage, workers=2).store_layers([(text,), (noise,)], {})
     assert os.listdir(storage.tmp) == []
+
+
+def test_the_biggest_layers_start_first_and_come_back_in_order(tmp_path, monkeypatch):
+    """With the store paths' sizes, a big layer is not left to start last
+    and run alone on a core while the others have nothing to do."""
+    storage = FilesystemStorage(str(tmp_path / "storage"))
+    small = store_path(tmp_path, "aaa-small", b"s" * 1000)
+    big = store_path(tmp_path, "bbb-big", b"b" * 200_000)
+    middle = store_path(tmp_path, "ccc-middle", b"m" * 50_000)
+    store = LayerStore(storage, workers=1)  # one at a time: the order is the start order
+    started = []
+    make = store._store_paths
+    monkeypatch.setattr(store, "_store_paths", lambda paths: started.append(paths) or make(paths))
+    groups = [(small,), (big,), (middle,)]
+    sizes = {small: 1000, big: 200_000, middle: 50_000}
+    layers = store.store_layers(groups, {}, sizes=sizes)
+    assert started == [(big,), (middle,), (small,)]
+    # each layer where its group is, whatever order they were made in
+    assert [json.loads(storage.read(keys.blob_source(layer["digest"])))["paths"]
+            for layer in layers[:3]] == [[small], [big], [middle]]
+    # without sizes, their own order
+    started.clear()
+    store.store_layers(groups, {})
+    assert started == groups

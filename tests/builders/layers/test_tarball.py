@@ -214,3 +214,20 @@ def test_a_failed_layer_leaves_no_thread_behind(tmp_path):
         with pytest.raises(FileNotFoundError):
             write([str(root), str(tmp_path / "store" / "gone")], compression)
     assert not set(threading.enumerate()) - before
+
+
+def test_a_file_cut_short_while_it_is_read_fails_the_layer(tmp_path, monkeypatch):
+    """A store path changed under the registry (it never should be) makes
+    no layer whose tar header promises bytes it does not hold."""
+    root = tmp_path / "abc-cut"
+    make_tree(root)
+    walk = tarball._walk
+
+    def cutting(path):
+        for entry, st in walk(path):
+            if entry.endswith("/data"):
+                os.truncate(entry, 1000)  # after its size was taken
+            yield entry, st
+    monkeypatch.setattr(tarball, "_walk", cutting)
+    with pytest.raises(OSError, match="shrank while it was being read"):
+        write([str(root)])
