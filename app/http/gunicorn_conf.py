@@ -97,7 +97,6 @@ def worker_exit(server, worker):
     # (builders/jobs/jobs.py): a worker that stops (a HUP, a deploy, a
     # max-requests recycle) waits for its jobs before it exits, within
     # graceful_timeout, so no build is lost half done.
-    app = getattr(worker, "wsgi", None)
     images = getattr(app, "extensions", {}).get("images")
     jobs = images.jobs.running() if images is not None else []
     if jobs:

@@ -4,7 +4,6 @@ into the registry's own counters, received over UDP or read from the file
 nginx appends to, where what was counted is freed."""
 import os
 import socket
-import threading
 import time
 
 import pytest
@@ -287,3 +286,20 @@ def test_a_folder_that_is_missing_is_said_and_tried_again(tmp_path, reader, capl
     (tmp_path / "later").mkdir()
     wait_until(reports.reading.is_set, "the reader did not begin once the folder was there")
     assert caplog.text.count("cannot make it") == 1
+
+
+def test_a_reader_stopped_counts_what_is_left(tmp_path):
+    """A worker that exits counts the lines it has not yet read."""
+    nginx = Nginx(str(tmp_path / "reports"))
+    reports = front_reports.FileReports(str(tmp_path / "reports"), flush_seconds=30)
+    reports.start()
+    try:
+        wait_until(reports.reading.is_set, "no worker reads the file")
+        before = blob_gets("257")
+        nginx.write(b"blob GET 257 1\n" * 9)
+        time.sleep(0.2)
+        assert blob_gets("257") == before  # its next read is 30 s away
+    finally:
+        reports.stop()
+    assert blob_gets("257") == before + 9
+    nginx.close()
