@@ -44,8 +44,13 @@ def render(*, listen, upstream: str, storage_root: str, runtime: str,
         if directive == "access_log":  # only where the reports go
             _, rest = found[0][1].split(None, 1)
             if not reports.startswith("/"):  # syslog lines are not buffered
-                reports = f"syslog:server={reports},tag=registry_front,nohostname"
                 rest = " ".join(w for w in rest.split() if not w.startswith(("buffer=", "flush=")))
+                # the form the file's header gives for an nginx on another machine
+                syslog = "syslog:server=HOST:PORT,tag=registry_front,nohostname"
+                comments = " ".join(line.lstrip("# ") for line in text.splitlines()
+                                    if line.startswith("#"))
+                assert f"access_log {syslog} {rest};" in " ".join(comments.split())
+                reports = syslog.replace("HOST:PORT", reports)
             values[directive] = f"{reports} {rest}"
         text = pattern.sub(lambda m: f"{m[1]}{directive} {values[directive]};{m[3]}", text)
     return text
