@@ -330,6 +330,8 @@ class FileReports:
         quiet = 0
         while True:
             stopping = self._stopped.is_set()
+            if os.fstat(fd).st_size < offset:  # cut short: from its first line again
+                offset = freed = self._first(fd)
             before = offset
             offset, more = self._read(fd, offset)
             if writable and offset > freed:
@@ -371,8 +373,6 @@ class FileReports:
         """Counts the whole lines from `offset` on (CHUNK at most); returns
         where the next one begins, and whether more are waiting."""
         size = os.fstat(fd).st_size
-        if size < offset:  # cut short by someone: from its first line again
-            offset = self._first(fd)
         if size <= offset:
             return offset, False
         data = os.pread(fd, min(size - offset, CHUNK), offset)

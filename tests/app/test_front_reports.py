@@ -269,6 +269,22 @@ def test_a_replaced_file_is_read_to_its_end_then_the_new_one(tmp_path, reader):
     nginx.close()
 
 
+def test_a_file_cut_short_below_what_was_read_is_read_from_its_start(tmp_path, reader):
+    """Nothing need ever cut it (it takes no room); a file found shorter
+    than where the reader was is read again from its first line."""
+    nginx = Nginx(str(tmp_path / "reports"))
+    reader()
+    before = blob_gets("258")
+    nginx.write(b"blob GET 258 1\n" * 600)
+    wait_until(lambda: blob_gets("258") == before + 600, "the lines were not counted")
+    os.truncate(tmp_path / "reports", 0)
+    nginx.write(b"blob GET 258 1\n" * 400)  # O_APPEND: from its new end, 0
+    wait_until(lambda: blob_gets("258") == before + 1000, "the new lines were not counted")
+    wait_until(lambda: os.stat(tmp_path / "reports").st_blocks * 512 <= 4096,
+               "what was counted after the cut was not freed")
+    nginx.close()
+
+
 def test_the_registry_makes_the_file_its_groups_when_it_is_first(tmp_path, reader):
     reports = reader()
     wait_until(reports.reading.is_set, "no worker reads the file")
