@@ -72,15 +72,17 @@ def check(config) -> None:
         if not (config.blob_accel.startswith("/") and config.blob_accel.endswith("/")):
             raise ConfigError(f"NIXERY_BLOB_ACCEL must be a location like /_registry_blobs/, "
                               f"not {config.blob_accel!r}")
-    if config.front_reports is not None and not config.front_reports.startswith("/"):
+    reports = config.front_reports
+    if reports is not None and reports.startswith("/"):  # a file
+        if reports.endswith("/"):
+            raise ConfigError(f"NIXERY_FRONT_REPORTS {reports!r} is a folder: name the file "
+                              f"nginx writes its reports to")
+    elif reports is not None:  # HOST:PORT
         try:
-            host_port(config.front_reports)
+            host_port(reports)
         except ValueError as e:
-            raise ConfigError(f"NIXERY_FRONT_REPORTS {config.front_reports!r}: {e}, or the "
-                              f"absolute path of a file") from None
-    if config.front_reports is not None and config.front_reports.endswith("/"):
-        raise ConfigError(f"NIXERY_FRONT_REPORTS {config.front_reports!r} is a folder: name "
-                          f"the file nginx writes its reports to")
+            raise ConfigError(f"NIXERY_FRONT_REPORTS {reports!r}: {e}, or the absolute path "
+                              f"of a file") from None
     if config.htpasswd and not os.path.isfile(config.htpasswd):
         raise ConfigError(f"NIXERY_HTPASSWD {config.htpasswd!r} is not a file")
     if bool(config.user_header) != bool(config.user_header_peers):
