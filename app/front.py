@@ -17,7 +17,7 @@ request's credentials are good, and the counting of what it answered.
   This check counts no failures, so a wrong password counts once.
 - Counting: nginx reports each answer from its cache to
   NIXERY_FRONT_REPORTS, and the registry adds them to the counters its own
-  answers go to (app/front_reports.py).
+  answers go to (app/front_reports.py, app/front_file.py, app/front_udp.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The counting of what the caching nginx in front answered from its cache
-alone (app/front_reports.py): its report lines parsed, counted in batches
-into the registry's own counters, received over UDP or read from the file
-nginx appends to, where what was counted is freed."""
+alone (app/front_reports.py, front_file.py, front_udp.py): its report
+lines parsed, counted in batches into the registry's own counters,
+received over UDP or read from the file nginx appends to, where what was
+counted is freed."""
 import os
 import socket
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
-from app import front_reports
+from app import front_file, front_reports, front_udp
 from app.config import Config, ConfigError
 from tests.server import free_port
 
@@ -86,7 +87,7 @@ def test_a_tally_adds_to_the_registrys_own_counters_at_flush():
 
 def test_reports_sent_over_udp_are_counted_within_a_flush():
     address = f"127.0.0.1:{free_port()}"
-    reports = front_reports.UdpReports(address, flush_seconds=0.2)
+    reports = front_udp.UdpReports(address, flush_seconds=0.2)
     key = dict(route="registry.blobs", method="GET", status="304")
     before = sample("registry_http_requests_total", **key)
     reports.start()
@@ -107,7 +108,7 @@ def test_reports_sent_over_udp_are_counted_within_a_flush():
 def test_a_second_listener_on_the_same_address_shares_it():
     """Every gunicorn worker binds the address (SO_REUSEPORT)."""
     address = f"127.0.0.1:{free_port()}"
-    first, second = front_reports.UdpReports(address), front_reports.UdpReports(address)
+    first, second = front_udp.UdpReports(address), front_udp.UdpReports(address)
     first.start()
     second.start()
     try:
@@ -127,14 +128,14 @@ def test_a_bad_report_address_stops_the_start(value):
 def test_report_addresses_are_read():
     assert Config.from_env({"NIXERY_FRONT_REPORTS": "127.0.0.1:8514"}).front_reports == \
         "127.0.0.1:8514"
-    assert front_reports.UdpReports("[::1]:8514").address == ("::1", 8514)
+    assert front_udp.UdpReports("[::1]:8514").address == ("::1", 8514)
 
 
 def test_report_paths_are_read_and_a_folder_is_not():
     where = "/var/lib/nix-image-registry/front/reports"
     assert Config.from_env({"NIXERY_FRONT_REPORTS": where}).front_reports == where
-    assert isinstance(front_reports.receiver(where), front_reports.FileReports)
-    assert isinstance(front_reports.receiver("127.0.0.1:8514"), front_reports.UdpReports)
+    assert isinstance(front_reports.receiver(where), front_file.FileReports)
+    assert isinstance(front_reports.receiver("127.0.0.1:8514"), front_udp.UdpReports)
     with pytest.raises(ConfigError, match="is a folder"):
         Config.from_env({"NIXERY_FRONT_REPORTS": "/var/lib/nix-image-registry/front/"})
 
@@ -166,7 +167,7 @@ def reader(tmp_path):
     started = []
 
     def start(path=None):
-        reports = front_reports.FileReports(str(path or tmp_path / "reports"), flush_seconds=0.1)
+        reports = front_file.FileReports(str(path or tmp_path / "reports"), flush_seconds=0.1)
         reports.start()
         started.append(reports)
         return reports
@@ -181,7 +182,7 @@ def test_the_file_is_counted_and_what_was_counted_freed(tmp_path, reader):
     before, bytes_before = blob_gets("251"), sample("registry_served_bytes_total", kind="blob")
     line = b"blob GET 251 1000\n"
     # a few seconds of a busy cache: more than the reader takes at once
-    many = (front_reports.CHUNK // len(line)) * 2 + 7
+    many = (front_file.CHUNK // len(line)) * 2 + 7
     for _ in range(many // 1000):
         nginx.write(line * 1000)
     nginx.write(line * (many % 1000) + b"garbage line\n" + b"manifest HEAD 251 0\n")
@@ -194,7 +195,7 @@ def test_the_file_is_counted_and_what_was_counted_freed(tmp_path, reader):
     assert reports.reading.is_set()
     # its size keeps growing, but no more than a block of it takes room
     stat = os.stat(tmp_path / "reports")
-    assert stat.st_size > 2 * front_reports.CHUNK
+    assert stat.st_size > 2 * front_file.CHUNK
     wait_until(lambda: os.stat(tmp_path / "reports").st_blocks * 512 <= 4096,
                f"what was counted was not freed: {os.stat(tmp_path / 'reports')}")
     nginx.close()
@@ -235,13 +236,13 @@ def test_a_reader_started_again_counts_only_what_was_not(tmp_path):
     first line not freed, whatever nginx wrote meanwhile."""
     nginx = Nginx(str(tmp_path / "reports"))
     before = blob_gets("254")
-    first = front_reports.FileReports(str(tmp_path / "reports"), flush_seconds=0.1)
+    first = front_file.FileReports(str(tmp_path / "reports"), flush_seconds=0.1)
     first.start()
     nginx.write(b"blob GET 254 7\n" * 1001)  # ends within a block
     wait_until(lambda: blob_gets("254") == before + 1001, "the lines were not counted")
     first.stop()
     nginx.write(b"blob GET 254 7\n" * 5)
-    again = front_reports.FileReports(str(tmp_path / "reports"), flush_seconds=0.1)
+    again = front_file.FileReports(str(tmp_path / "reports"), flush_seconds=0.1)
     again.start()
     try:
         wait_until(lambda: blob_gets("254") == before + 1006, "the new lines were not counted")
@@ -307,7 +308,7 @@ def test_a_folder_that_is_missing_is_said_and_tried_again(tmp_path, reader, capl
 def test_a_reader_stopped_counts_what_is_left(tmp_path):
     """A worker that exits counts the lines it has not yet read."""
     nginx = Nginx(str(tmp_path / "reports"))
-    reports = front_reports.FileReports(str(tmp_path / "reports"), flush_seconds=30)
+    reports = front_file.FileReports(str(tmp_path / "reports"), flush_seconds=30)
     reports.start()
     try:
         wait_until(reports.reading.is_set, "no worker reads the file")
